@@ -1,0 +1,576 @@
+"""SemanticCache: scopes, thresholds, the exact-match path, and the LLM fallback.
+
+Decisions a user can rely on (also in the README):
+
+- **Scope.** Every read and write has a namespace, a user id and a context key.
+  A lookup sees entries of its namespace and context key only, stored either
+  for its own user id or shared (stored with ``user_id=""``, the default).
+  A lookup without a user id sees shared entries only.
+- **Context key.** A hash of the LLM's ``cache_context`` (model, system prompt,
+  parameters) plus the ``context=`` you pass (per call, else the cache's).
+  Entries made under another context are invisible.
+- **Threshold.** Cosine similarity in [0, 1]; hit iff similarity >= threshold
+  (with a 1e-6 float32 tolerance). Per call > cache > the embedder's default.
+- **Exact-match path.** A query whose normalised text (NFKC, case-folded,
+  whitespace collapsed) equals a stored one in scope is answered without running
+  the embedder, with similarity 1.0 and ``exact=True``.
+- **Storing the same query again** in the same namespace, user and context
+  replaces the stored response (version + 1) instead of adding a duplicate.
+- **Counters.** Every lookup (``lookup``, ``find_similar``, ``get_or_compute``)
+  counts one hit or miss in the file, per namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+from .db import DEFAULT_BUSY_TIMEOUT, Database
+from .embedders import Embedder, LocalEmbedder
+from .errors import InvalidInputError, LLMError
+from .llms import llm_cache_context
+from .migrate import migrate
+from .store import EntryRow, NewEntry, Scope, Store
+from .validation import (
+    DEFAULT_MAX_QUERY_CHARS,
+    FloatVector,
+    as_unit_matrix,
+    as_unit_vector,
+    check_query,
+    check_scope_name,
+    check_text,
+    check_threshold,
+    query_hash,
+    similarity_hits,
+)
+
+logger = logging.getLogger("semcache_sqlite")
+
+DEFAULT_PATH = "semcache.db"
+DEFAULT_NAMESPACE = "default"
+
+Context = Mapping[str, Any] | str | None
+
+
+def _utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A stored entry as the public API shows it."""
+
+    id: int
+    namespace: str
+    user_id: str
+    context_key: str
+    query: str
+    response: str
+    created_at: datetime
+    updated_at: datetime
+    embedding_model: str
+    embedding_dim: int
+    version: int
+    hit_count: int
+    last_hit_at: datetime | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: EntryRow) -> CacheEntry:
+        return cls(
+            id=row.id,
+            namespace=row.namespace,
+            user_id=row.user_id,
+            context_key=row.context_key,
+            query=row.query,
+            response=row.response,
+            created_at=datetime.fromtimestamp(row.created_at, tz=timezone.utc),
+            updated_at=datetime.fromtimestamp(row.updated_at, tz=timezone.utc),
+            embedding_model=row.embedding_model,
+            embedding_dim=row.embedding_dim,
+            version=row.version,
+            hit_count=row.hit_count,
+            last_hit_at=_utc(row.last_hit_at),
+            metadata=row.metadata,
+        )
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """What a lookup found: the entry, how similar it is, and how it was found."""
+
+    entry: CacheEntry
+    similarity: float
+    exact: bool  # True: served by the exact-match path, embedder not run
+
+    @property
+    def entry_id(self) -> int:
+        return self.entry.id
+
+    @property
+    def query(self) -> str:
+        """The cached query that matched (not the one asked)."""
+        return self.entry.query
+
+    @property
+    def response(self) -> str:
+        return self.entry.response
+
+    @property
+    def created_at(self) -> datetime:
+        return self.entry.created_at
+
+    @property
+    def namespace(self) -> str:
+        return self.entry.namespace
+
+    @property
+    def user_id(self) -> str:
+        return self.entry.user_id
+
+
+class SemanticCache:
+    """A semantic cache in one SQLite file.
+
+    >>> with SemanticCache("cache.db") as cache:          # doctest: +SKIP
+    ...     cache.store("How do I reset my password?", None, "Settings > Reset.")
+    ...     cache.lookup("How can I reset my password?").response
+
+    Arguments: ``path`` of the file (created if missing); ``threshold`` (None:
+    the embedder's default); ``embedder`` (default: the offline LocalEmbedder);
+    ``llm`` for ``get_or_compute`` (any ``str -> str`` callable); defaults for
+    ``namespace``, ``user_id`` and ``context`` used when a call gives none.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_PATH,
+        *,
+        threshold: float | None = None,
+        embedder: Embedder | None = None,
+        llm: Callable[[str], str] | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        user_id: str = "",
+        context: Context = None,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.embedder: Embedder = embedder if embedder is not None else LocalEmbedder()
+        self._threshold = None if threshold is None else check_threshold(threshold)
+        self.llm = llm
+        self.namespace = check_scope_name(namespace, "namespace", allow_empty=False)
+        self.user_id = check_scope_name(user_id, "user_id", allow_empty=True)
+        self.context = context
+        self.max_query_chars = max_query_chars
+        self._db = Database(path, busy_timeout=busy_timeout)
+        try:
+            migrate(self._db)
+            self._store = Store(self._db, clock=clock)
+            self._store.bind_embedder(self.embedder.model_id, self.embedder.dim)
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- configuration -----------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self._db.path
+
+    @property
+    def threshold(self) -> float:
+        """The cache-wide threshold (the embedder's default unless one was given)."""
+        if self._threshold is not None:
+            return self._threshold
+        return check_threshold(self.embedder.default_threshold)
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = check_threshold(value)
+
+    def _resolve_threshold(self, threshold: float | None) -> float:
+        return self.threshold if threshold is None else check_threshold(threshold)
+
+    def context_key(self, context: Context = None, llm: object | None = None) -> str:
+        """The hash that scopes entries to an LLM configuration and caller context."""
+        parts: dict[str, Any] = {}
+        llm_context = llm_cache_context(llm if llm is not None else self.llm)
+        if llm_context:
+            parts["llm"] = llm_context
+        user_context = context if context is not None else self.context
+        if user_context:
+            parts["context"] = user_context
+        if not parts:
+            return ""
+        canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+    def _scope(
+        self,
+        namespace: str | None,
+        user_id: str | None,
+        context: Context,
+        llm: object | None = None,
+    ) -> Scope:
+        return Scope(
+            namespace=check_scope_name(
+                self.namespace if namespace is None else namespace, "namespace", allow_empty=False
+            ),
+            user_id=check_scope_name(
+                self.user_id if user_id is None else user_id, "user_id", allow_empty=True
+            ),
+            context_key=self.context_key(context, llm),
+        )
+
+    def _embed_one(self, query: str) -> FloatVector:
+        matrix = self.embedder.embed([query])
+        return as_unit_vector(matrix[0] if len(matrix) else matrix, self.embedder.dim)
+
+    # -- lookups -----------------------------------------------------------------
+
+    def lookup(
+        self,
+        query: str,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        threshold: float | None = None,
+    ) -> LookupResult | None:
+        """The cached answer for ``query`` in scope, or None on a miss."""
+        result, _vector = self._lookup(query, namespace, user_id, context, threshold, self.llm)
+        return result
+
+    def _lookup(
+        self,
+        query: str,
+        namespace: str | None,
+        user_id: str | None,
+        context: Context,
+        threshold: float | None,
+        llm: object | None,
+    ) -> tuple[LookupResult | None, FloatVector | None]:
+        check_query(query, max_chars=self.max_query_chars)
+        limit = self._resolve_threshold(threshold)
+        scope = self._scope(namespace, user_id, context, llm)
+        exact = self._store.find_exact(scope, query_hash(query))
+        if exact is not None:
+            result = LookupResult(CacheEntry.from_row(exact), 1.0, exact=True)
+            self._store.record_lookup(scope.namespace, exact.id)
+            logger.debug("exact hit entry=%s namespace=%s", exact.id, scope.namespace)
+            return result, None
+        vector = self._embed_one(query)
+        return self._search(scope, vector, limit), vector
+
+    def _search(self, scope: Scope, vector: FloatVector, threshold: float) -> LookupResult | None:
+        neighbours = self._store.nearest(scope, vector, k=1)
+        result = None
+        if neighbours:
+            row, distance = neighbours[0]
+            similarity = min(1.0, 1.0 - distance)
+            if similarity_hits(similarity, threshold):
+                result = LookupResult(CacheEntry.from_row(row), similarity, exact=False)
+            logger.debug(
+                "nearest entry=%s similarity=%.4f threshold=%.4f hit=%s",
+                row.id,
+                similarity,
+                threshold,
+                result is not None,
+            )
+        self._store.record_lookup(scope.namespace, None if result is None else result.entry_id)
+        return result
+
+    def find_similar(
+        self,
+        query_embedding: Any,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        threshold: float | None = None,
+    ) -> tuple[str, float] | None:
+        """Seed API: ``(response, similarity)`` of the nearest entry at/above threshold, or None."""
+        vector = as_unit_vector(query_embedding, self.embedder.dim)
+        limit = self._resolve_threshold(threshold)
+        result = self._search(self._scope(namespace, user_id, context, self.llm), vector, limit)
+        return None if result is None else (result.response, result.similarity)
+
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+    ) -> list[LookupResult]:
+        """The k nearest entries in scope whatever their similarity (not counted in stats)."""
+        check_query(query, max_chars=self.max_query_chars)
+        scope = self._scope(namespace, user_id, context, self.llm)
+        vector = self._embed_one(query)
+        return [
+            LookupResult(CacheEntry.from_row(row), min(1.0, 1.0 - distance), exact=False)
+            for row, distance in self._store.nearest(scope, vector, k=k)
+        ]
+
+    # -- the LLM fallback ----------------------------------------------------------
+
+    def get_or_compute(
+        self,
+        query: str,
+        llm: Callable[[str], str] | None = None,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        threshold: float | None = None,
+    ) -> tuple[str, bool]:
+        """Seed API: ``(response, is_cached)``. On a miss, call the LLM and store its answer.
+
+        An LLM that raises, or returns something that is not non-empty text, raises
+        LLMError and nothing is stored.
+        """
+        model = llm if llm is not None else self.llm
+        result, vector = self._lookup(query, namespace, user_id, context, threshold, model)
+        if result is not None:
+            return result.response, True
+        if model is None:
+            raise LLMError("cache miss and no LLM configured: pass llm= to SemanticCache or call")
+        try:
+            answer = model(query)
+        except LLMError:
+            raise
+        except Exception as exc:
+            raise LLMError(f"the LLM call failed, nothing was cached: {exc}") from exc
+        if not isinstance(answer, str) or not answer.strip():
+            raise LLMError(f"the LLM returned no text ({answer!r}), nothing was cached")
+        scope = self._scope(namespace, user_id, context, model)
+        self._store_in_scope(scope, [query], [answer], None if vector is None else [vector], None)
+        return answer, False
+
+    # -- writes ------------------------------------------------------------------
+
+    def store(
+        self,
+        query: str,
+        embedding: Any = None,
+        response: str | None = None,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Seed API: cache ``response`` for ``query``; returns the entry id.
+
+        ``embedding`` may be None (the cache embeds the query). Storing the same
+        query again in the same namespace, user and context replaces the response.
+        """
+        if response is None:
+            raise InvalidInputError("store() needs a response")
+        return self.store_many(
+            [query],
+            [response],
+            embeddings=None if embedding is None else [embedding],
+            namespace=namespace,
+            user_id=user_id,
+            context=context,
+            metadata=metadata,
+        )[0]
+
+    def store_many(
+        self,
+        queries: Sequence[str],
+        responses: Sequence[str],
+        *,
+        embeddings: Any = None,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        metadata: Mapping[str, Any] | None = None,
+        batch_size: int = 256,
+    ) -> list[int]:
+        """Batch warm-up: store many (query, response) pairs; one embedding call per batch.
+
+        Everything is validated before anything is written; each batch of
+        ``batch_size`` is written in one transaction. Returns the entry ids.
+        """
+        queries, responses = list(queries), list(responses)
+        if len(queries) != len(responses):
+            raise InvalidInputError(f"{len(queries)} queries but {len(responses)} responses")
+        for query in queries:
+            check_query(query, max_chars=self.max_query_chars)
+        for response in responses:
+            check_text(response, "response")
+        vectors = None
+        if embeddings is not None:
+            vectors = list(as_unit_matrix(embeddings, self.embedder.dim, len(queries)))
+        scope = self._scope(namespace, user_id, context, self.llm)
+        meta = dict(metadata or {})
+        ids: list[int] = []
+        step = max(1, int(batch_size))
+        for start in range(0, len(queries), step):
+            ids.extend(
+                self._store_in_scope(
+                    scope,
+                    queries[start : start + step],
+                    responses[start : start + step],
+                    None if vectors is None else vectors[start : start + step],
+                    meta,
+                )
+            )
+        return ids
+
+    def _store_in_scope(
+        self,
+        scope: Scope,
+        queries: list[str],
+        responses: list[str],
+        vectors: list[FloatVector] | None,
+        metadata: dict[str, Any] | None,
+    ) -> list[int]:
+        """Upsert one batch: replace the response of queries already stored in this exact
+        scope, embed and insert the rest (re-checking inside the write transaction)."""
+        entries = [
+            NewEntry(
+                scope.namespace,
+                scope.user_id,
+                scope.context_key,
+                q,
+                query_hash(q),
+                r,
+                dict(metadata or {}),
+            )
+            for q, r in zip(queries, responses, strict=True)
+        ]
+        given: list[FloatVector | None] = (
+            list(vectors) if vectors is not None else [None] * len(entries)
+        )
+        # Queries not stored yet need a vector; embed them all in one call.
+        missing = [
+            i
+            for i, e in enumerate(entries)
+            if given[i] is None and self._store.find_exact_owned(scope, e.query_hash) is None
+        ]
+        if missing:
+            matrix = self.embedder.embed([entries[i].query for i in missing])
+            checked = as_unit_matrix(matrix, self.embedder.dim, len(missing))
+            for i, vector in zip(missing, checked, strict=True):
+                given[i] = vector
+        ids, still_missing = self._store.upsert_many(scope, entries, given, self.embedder.model_id)
+        if still_missing:  # deleted by someone else between our check and our write
+            matrix = self.embedder.embed([entries[i].query for i in still_missing])
+            checked = as_unit_matrix(matrix, self.embedder.dim, len(still_missing))
+            for i, vector in zip(still_missing, checked, strict=True):
+                given[i] = vector
+            ids, _ = self._store.upsert_many(scope, entries, given, self.embedder.model_id)
+        return [i for i in ids if i is not None]
+
+    def update(
+        self,
+        entry_id: int,
+        *,
+        response: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+    ) -> CacheEntry:
+        """Change an entry in place; bumps ``version`` and ``updated_at``.
+
+        With ``expected_version``, raises VersionConflictError if the entry moved.
+        """
+        if response is not None:
+            check_text(response, "response")
+        row = self._store.replace(
+            entry_id,
+            response=response,
+            metadata=None if metadata is None else dict(metadata),
+            expected_version=expected_version,
+        )
+        return CacheEntry.from_row(row)
+
+    def get(self, entry_id: int) -> CacheEntry:
+        """The entry with this id (EntryNotFoundError if there is none)."""
+        return CacheEntry.from_row(self._store.get(entry_id))
+
+    def delete(self, entry_id: int) -> bool:
+        """Delete one entry and its vector; False if there was none."""
+        return self._store.delete(entry_id)
+
+    def clear(self, namespace: str | None = None, *, user_id: str | None = None) -> int:
+        """Delete entries: all of them, or those of ``namespace`` (and ``user_id``).
+
+        Returns how many were deleted. Hit/miss counters are kept.
+        """
+        if namespace is not None:
+            check_scope_name(namespace, "namespace", allow_empty=False)
+        if user_id is not None:
+            check_scope_name(user_id, "user_id", allow_empty=True)
+        return self._store.delete_where(namespace=namespace, user_id=user_id)
+
+    # -- statistics --------------------------------------------------------------
+
+    def stats(self, namespace: str | None = None) -> dict[str, Any]:
+        """Counters persisted in the file: overall, or for one namespace.
+
+        Keys: cached_entries, hits, misses, total_requests, hit_rate, and, overall,
+        ``namespaces`` (the same figures per namespace) plus the file's model facts.
+        """
+        per_namespace = {
+            name: _figures(entries, hits, misses)
+            for name, (entries, hits, misses) in self._store.namespace_counters().items()
+        }
+        if namespace is not None:
+            return per_namespace.get(namespace, _figures(0, 0, 0))
+        total = _figures(
+            sum(f["cached_entries"] for f in per_namespace.values()),
+            sum(f["hits"] for f in per_namespace.values()),
+            sum(f["misses"] for f in per_namespace.values()),
+        )
+        info = self._store.info()
+        total.update(
+            threshold=self.threshold,
+            embedding_model=info.get("embedding_model", ""),
+            embedding_dim=int(info.get("embedding_dim", "0")),
+            namespaces=per_namespace,
+        )
+        return total
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the file's connections. Idempotent."""
+        self._db.close()
+
+    def __enter__(self) -> SemanticCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SemanticCache(path={self.path!r}, embedder={self.embedder!r})"
+
+
+def _figures(entries: int, hits: int, misses: int) -> dict[str, Any]:
+    total = hits + misses
+    return {
+        "cached_entries": entries,
+        "hits": hits,
+        "misses": misses,
+        "total_requests": total,
+        "hit_rate": hits / total if total else 0.0,
+    }

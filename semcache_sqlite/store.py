@@ -1,0 +1,439 @@
+"""All SQL the cache runs: entries + their vectors, kept in step, and counters.
+
+Tables (see migrations/ for the plain ones):
+
+- ``entries``: one row per cached answer, readable with the stock sqlite3 shell.
+- ``entry_vectors``: a sqlite-vec ``vec0`` table, ``rowid = entries.id``, cosine
+  distance, with ``namespace``, ``user_id`` and ``context_key`` as metadata
+  columns so scope filters run INSIDE the KNN scan (filtering after a top-k
+  would lose matches). It is created by :meth:`Store.bind_embedder`, because its
+  column type carries the dimension.
+- ``cache_info``: key/value facts about the file (embedding model and dimension).
+- ``namespace_stats``: persisted hit/miss counters.
+
+Invariant: an entry row and its vector row are inserted, replaced and deleted
+in the same transaction. sqlite-vec has no INSERT OR REPLACE, so a vector
+"update" is DELETE + INSERT inside that transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .db import Database
+from .errors import EmbedderMismatchError, EntryNotFoundError, VersionConflictError
+from .validation import FloatVector
+
+VECTOR_TABLE = "entry_vectors"
+
+#: sqlite-vec caps k; we never need more than a handful of neighbours.
+MAX_K = 4096
+
+_ENTRY_COLUMNS = (
+    "id, namespace, user_id, context_key, query, response, created_at, updated_at, "
+    "embedding_model, embedding_dim, version, hit_count, last_hit_at, metadata"
+)
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    """One row of ``entries`` as stored."""
+
+    id: int
+    namespace: str
+    user_id: str
+    context_key: str
+    query: str
+    response: str
+    created_at: float
+    updated_at: float
+    embedding_model: str
+    embedding_dim: int
+    version: int
+    hit_count: int
+    last_hit_at: float | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> EntryRow:
+        return cls(
+            id=int(row[0]),
+            namespace=row[1],
+            user_id=row[2],
+            context_key=row[3],
+            query=row[4],
+            response=row[5],
+            created_at=float(row[6]),
+            updated_at=float(row[7]),
+            embedding_model=row[8],
+            embedding_dim=int(row[9]),
+            version=int(row[10]),
+            hit_count=int(row[11]),
+            last_hit_at=None if row[12] is None else float(row[12]),
+            metadata=json.loads(row[13]),
+        )
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which entries a lookup may see: one namespace, one context, shared + own user rows."""
+
+    namespace: str
+    user_id: str  # '' = anonymous: sees shared rows only
+    context_key: str
+
+    def visible_user_ids(self) -> tuple[str, ...]:
+        return ("",) if not self.user_id else ("", self.user_id)
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    namespace: str
+    user_id: str
+    context_key: str
+    query: str
+    query_hash: str
+    response: str
+    metadata: dict[str, Any]
+
+
+class Store:
+    """SQL over one cache file. Knows nothing about thresholds or embedders' models."""
+
+    def __init__(self, db: Database, clock: Any = time.time) -> None:
+        self.db = db
+        self._clock = clock
+
+    # -- file facts --------------------------------------------------------------
+
+    def info(self) -> dict[str, str]:
+        with self.db.reading() as conn:
+            return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM cache_info")}
+
+    def bind_embedder(self, model_id: str, dim: int) -> None:
+        """Record the file's embedding model and create the vector table, or check they match.
+
+        The first embedder to write a file owns it; any other is refused with the
+        way out named, because vectors of different models are not comparable.
+        """
+        with self.db.transaction() as conn:
+            info = dict(conn.execute("SELECT key, value FROM cache_info").fetchall())
+            stored_model, stored_dim = info.get("embedding_model"), info.get("embedding_dim")
+            if stored_model is None:
+                conn.execute(
+                    "INSERT INTO cache_info (key, value) VALUES ('embedding_model', ?), "
+                    "('embedding_dim', ?)",
+                    (model_id, str(dim)),
+                )
+                conn.execute(
+                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {VECTOR_TABLE} USING vec0("
+                    f"embedding float[{int(dim)}] distance_metric=cosine, "
+                    "namespace text, user_id text, context_key text)"
+                )
+                return
+            if stored_model != model_id or int(stored_dim or 0) != dim:
+                raise EmbedderMismatchError(
+                    f"{self.db.path} was created with embedding model {stored_model!r} "
+                    f"({stored_dim}-d), but this cache was given {model_id!r} ({dim}-d). "
+                    "Open it with the same embedder, or re-embed the entries into a new file "
+                    "(export the entries and store them again under the new model)."
+                )
+
+    # -- writes ------------------------------------------------------------------
+
+    def upsert_many(
+        self,
+        scope: Scope,
+        entries: Sequence[NewEntry],
+        vectors: Sequence[FloatVector | None],
+        model_id: str,
+    ) -> tuple[list[int | None], list[int]]:
+        """Store a batch in one transaction: an entry whose normalised query is already
+        stored under exactly this namespace, user and context gets its response replaced
+        (version + 1); any other is inserted with its vector.
+
+        Returns (ids, indexes that need a vector): an entry that is new but came
+        without a vector is not written, and its index is reported instead.
+        """
+        now = self._clock()
+        ids: list[int | None] = []
+        need_vector: list[int] = []
+        with self.db.transaction() as conn:
+            for index, (entry, vector) in enumerate(zip(entries, vectors, strict=True)):
+                row = conn.execute(
+                    "SELECT id FROM entries WHERE namespace = ? AND context_key = ? "
+                    "AND query_hash = ? AND user_id = ? ORDER BY id DESC LIMIT 1",
+                    (scope.namespace, scope.context_key, entry.query_hash, scope.user_id),
+                ).fetchone()
+                if row is not None:
+                    entry_id = int(row[0])
+                    conn.execute(
+                        "UPDATE entries SET response = ?, metadata = ?, version = version + 1, "
+                        "updated_at = ? WHERE id = ?",
+                        (entry.response, json.dumps(entry.metadata), now, entry_id),
+                    )
+                    if vector is not None:
+                        conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
+                        self._insert_vector(conn, entry_id, entry, vector)
+                    ids.append(entry_id)
+                elif vector is None:
+                    ids.append(None)
+                    need_vector.append(index)
+                else:
+                    ids.append(self._insert_row(conn, entry, vector, model_id, now))
+        return ids, need_vector
+
+    def insert_many(
+        self, entries: Sequence[NewEntry], vectors: Sequence[FloatVector], model_id: str
+    ) -> list[int]:
+        """Insert entries and their vectors in one transaction, no duplicate check (bulk
+        loads of known-new entries); return the new ids."""
+        now = self._clock()
+        ids: list[int] = []
+        with self.db.transaction() as conn:
+            for entry, vector in zip(entries, vectors, strict=True):
+                ids.append(self._insert_row(conn, entry, vector, model_id, now))
+        return ids
+
+    def _insert_row(
+        self, conn: Any, entry: NewEntry, vector: FloatVector, model_id: str, now: float
+    ) -> int:
+        cursor = conn.execute(
+            "INSERT INTO entries (namespace, user_id, context_key, query, query_hash, "
+            "response, created_at, updated_at, embedding_model, embedding_dim, metadata) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.namespace,
+                entry.user_id,
+                entry.context_key,
+                entry.query,
+                entry.query_hash,
+                entry.response,
+                now,
+                now,
+                model_id,
+                int(vector.shape[0]),
+                json.dumps(entry.metadata),
+            ),
+        )
+        entry_id = int(cursor.lastrowid)
+        self._insert_vector(conn, entry_id, entry, vector)
+        return entry_id
+
+    def _insert_vector(
+        self, conn: Any, entry_id: int, entry: NewEntry, vector: FloatVector
+    ) -> None:
+        conn.execute(
+            f"INSERT INTO {VECTOR_TABLE} (rowid, embedding, namespace, user_id, context_key) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (entry_id, vector.tobytes(), entry.namespace, entry.user_id, entry.context_key),
+        )
+
+    def replace(
+        self,
+        entry_id: int,
+        *,
+        response: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        vector: FloatVector | None = None,
+        expected_version: int | None = None,
+    ) -> EntryRow:
+        """Update an entry in place (bumping version and updated_at); optionally its vector."""
+        with self.db.transaction() as conn:
+            current = self._get(conn, entry_id)
+            if expected_version is not None and current.version != expected_version:
+                raise VersionConflictError(
+                    f"entry {entry_id} is at version {current.version}, expected {expected_version}"
+                )
+            conn.execute(
+                "UPDATE entries SET response = ?, metadata = ?, version = version + 1, "
+                "updated_at = ? WHERE id = ?",
+                (
+                    current.response if response is None else response,
+                    json.dumps(current.metadata if metadata is None else metadata),
+                    self._clock(),
+                    entry_id,
+                ),
+            )
+            if vector is not None:
+                conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
+                scope = NewEntry(
+                    current.namespace,
+                    current.user_id,
+                    current.context_key,
+                    current.query,
+                    "",
+                    current.response,
+                    {},
+                )
+                self._insert_vector(conn, entry_id, scope, vector)
+            return self._get(conn, entry_id)
+
+    def delete(self, entry_id: int) -> bool:
+        with self.db.transaction() as conn:
+            conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
+            return int(conn.execute("DELETE FROM entries WHERE id = ?", (entry_id,)).rowcount) > 0
+
+    def delete_where(self, namespace: str | None = None, user_id: str | None = None) -> int:
+        """Delete every entry (and vector) matching the given scope filters; None = any."""
+        clauses, params = [], []
+        if namespace is not None:
+            clauses.append("namespace = ?")
+            params.append(namespace)
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(user_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.db.transaction() as conn:
+            if not self._has_vector_table(conn):
+                return int(conn.execute(f"DELETE FROM entries {where}", params).rowcount)
+            conn.execute(
+                f"DELETE FROM {VECTOR_TABLE} WHERE rowid IN (SELECT id FROM entries {where})",
+                params,
+            )
+            return int(conn.execute(f"DELETE FROM entries {where}", params).rowcount)
+
+    def record_lookup(self, namespace: str, entry_id: int | None) -> None:
+        """Count a lookup as hit (entry_id given) or miss, in the file."""
+        hit = entry_id is not None
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO namespace_stats (namespace, hits, misses) VALUES (?, ?, ?) "
+                "ON CONFLICT(namespace) DO UPDATE SET hits = hits + excluded.hits, "
+                "misses = misses + excluded.misses",
+                (namespace, int(hit), int(not hit)),
+            )
+            if hit:
+                conn.execute(
+                    "UPDATE entries SET hit_count = hit_count + 1, last_hit_at = ? WHERE id = ?",
+                    (self._clock(), entry_id),
+                )
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, entry_id: int) -> EntryRow:
+        with self.db.reading() as conn:
+            return self._get(conn, entry_id)
+
+    def _get(self, conn: Any, entry_id: int) -> EntryRow:
+        row = conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,)
+        ).fetchone()
+        if row is None:
+            raise EntryNotFoundError(f"no cache entry with id {entry_id}")
+        return EntryRow.from_row(row)
+
+    def find_exact(self, scope: Scope, query_hash: str) -> EntryRow | None:
+        """The newest entry in scope whose normalised query is identical; the user's own first."""
+        users = scope.visible_user_ids()
+        marks = ",".join("?" * len(users))
+        with self.db.reading() as conn:
+            row = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE namespace = ? AND context_key = ? "
+                f"AND query_hash = ? AND user_id IN ({marks}) "
+                "ORDER BY user_id = ? DESC, updated_at DESC, id DESC LIMIT 1",
+                (scope.namespace, scope.context_key, query_hash, *users, scope.user_id),
+            ).fetchone()
+        return None if row is None else EntryRow.from_row(row)
+
+    def find_exact_owned(self, scope: Scope, query_hash: str) -> int | None:
+        """Id of the entry with this exact query stored under exactly this scope and user."""
+        with self.db.reading() as conn:
+            row = conn.execute(
+                "SELECT id FROM entries WHERE namespace = ? AND context_key = ? AND query_hash = ? "
+                "AND user_id = ? ORDER BY id DESC LIMIT 1",
+                (scope.namespace, scope.context_key, query_hash, scope.user_id),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def nearest(
+        self, scope: Scope, vector: FloatVector, k: int = 1
+    ) -> list[tuple[EntryRow, float]]:
+        """The k nearest entries in scope with their cosine distance, nearest first.
+
+        The scope filter is part of the vec0 KNN query itself, so it is applied
+        during the scan, before the top-k is taken.
+        """
+        k = max(1, min(int(k), MAX_K))
+        users = scope.visible_user_ids()
+        marks = ",".join("?" * len(users))
+        with self.db.reading() as conn:
+            if not self._has_vector_table(conn):
+                return []
+            neighbours = conn.execute(
+                f"SELECT rowid, distance FROM {VECTOR_TABLE} WHERE embedding MATCH ? AND k = ? "
+                f"AND namespace = ? AND context_key = ? AND user_id IN ({marks}) "
+                "ORDER BY distance",
+                (vector.tobytes(), k, scope.namespace, scope.context_key, *users),
+            ).fetchall()
+            results = []
+            for rowid, distance in neighbours:
+                row = conn.execute(
+                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (rowid,)
+                ).fetchone()
+                if row is not None:
+                    results.append((EntryRow.from_row(row), float(distance)))
+            return results
+
+    def count_entries(self, namespace: str | None = None) -> int:
+        with self.db.reading() as conn:
+            if namespace is None:
+                return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM entries WHERE namespace = ?", (namespace,)
+                ).fetchone()[0]
+            )
+
+    def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
+        """namespace -> (entries, hits, misses), for every namespace with entries or lookups."""
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT n.namespace, "
+                "  (SELECT count(*) FROM entries e WHERE e.namespace = n.namespace), "
+                "  coalesce(s.hits, 0), coalesce(s.misses, 0) "
+                "FROM (SELECT namespace FROM entries "
+                "      UNION SELECT namespace FROM namespace_stats) n "
+                "LEFT JOIN namespace_stats s ON s.namespace = n.namespace ORDER BY n.namespace"
+            ).fetchall()
+        return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+    def orphan_counts(self) -> tuple[int, int]:
+        """(entries without a vector, vectors without an entry): both must be 0."""
+        with self.db.reading() as conn:
+            if not self._has_vector_table(conn):
+                return (int(conn.execute("SELECT count(*) FROM entries").fetchone()[0]), 0)
+            no_vector = conn.execute(
+                f"SELECT count(*) FROM entries WHERE id NOT IN (SELECT rowid FROM {VECTOR_TABLE})"
+            ).fetchone()[0]
+            no_entry = conn.execute(
+                f"SELECT count(*) FROM {VECTOR_TABLE} WHERE rowid NOT IN (SELECT id FROM entries)"
+            ).fetchone()[0]
+        return int(no_vector), int(no_entry)
+
+    def iter_entries(self, batch: int = 1000) -> Iterable[EntryRow]:
+        last = 0
+        while True:
+            with self.db.reading() as conn:
+                rows = conn.execute(
+                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id > ? ORDER BY id LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield EntryRow.from_row(row)
+            last = int(rows[-1][0])
+
+    @staticmethod
+    def _has_vector_table(conn: Any) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
+            ).fetchone()
+            is not None
+        )

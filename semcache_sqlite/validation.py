@@ -1,0 +1,137 @@
+"""Checks and normal forms for what callers pass in: query text, vectors, thresholds.
+
+Kept in one place so the cache, the embedders and the CLI reject bad input the
+same way, with the same typed errors, before anything touches the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import (
+    DimensionMismatchError,
+    InvalidInputError,
+    InvalidQueryError,
+    InvalidThresholdError,
+    InvalidVectorError,
+)
+
+#: Longest query text accepted, in characters. Longer text is refused rather than
+#: silently cut: the embedder only sees its first tokens anyway (256 for the local
+#: model), so two long prompts differing only at the end would look identical.
+DEFAULT_MAX_QUERY_CHARS = 100_000
+
+#: Tolerance when comparing a similarity with the threshold: float32 cosine of a
+#: vector with itself can come out as 0.99999994, which must still hit at 1.0.
+SIMILARITY_EPSILON = 1e-6
+
+FloatMatrix = npt.NDArray[np.float32]
+FloatVector = npt.NDArray[np.float32]
+
+
+def check_query(query: Any, *, max_chars: int = DEFAULT_MAX_QUERY_CHARS) -> str:
+    """Return ``query`` unchanged if it is usable, else raise InvalidQueryError."""
+    if not isinstance(query, str):
+        raise InvalidQueryError(f"query must be str, got {type(query).__name__}")
+    if not query.strip():
+        raise InvalidQueryError("query is empty or whitespace only")
+    if len(query) > max_chars:
+        raise InvalidQueryError(
+            f"query is {len(query):,} characters, above the limit of {max_chars:,} "
+            "(raise max_query_chars if you really mean to cache such prompts)"
+        )
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidQueryError(
+            f"query is not valid Unicode (lone surrogate at {exc.start})"
+        ) from exc
+    return query
+
+
+def check_text(value: Any, what: str) -> str:
+    """A response or other stored text: any str that encodes as UTF-8."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be str, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode (lone surrogate at {exc.start})"
+        ) from exc
+    return value
+
+
+def check_scope_name(value: Any, what: str, *, allow_empty: bool) -> str:
+    """Namespace and user ids: plain strings, stored as given (bound, never spliced into SQL)."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be str, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise InvalidInputError(f"{what} must not be empty")
+    if len(value) > 1024:
+        raise InvalidInputError(f"{what} is {len(value)} characters; at most 1024")
+    check_text(value, what)
+    return value
+
+
+def normalize_query(query: str) -> str:
+    """The form used by the exact-match path: NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", query).casefold().split())
+
+
+def query_hash(query: str) -> str:
+    return hashlib.sha256(normalize_query(query).encode("utf-8")).hexdigest()
+
+
+def check_threshold(threshold: Any) -> float:
+    """A cosine-similarity threshold in [0, 1]; 0 and 1 are legal."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
+        raise InvalidThresholdError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    value = float(threshold)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise InvalidThresholdError(f"threshold must be in [0, 1], got {threshold!r}")
+    return value
+
+
+def as_unit_vector(vector: Any, dim: int) -> FloatVector:
+    """Validate one embedding and return it as a contiguous, L2-normalised float32 vector."""
+    try:
+        array = np.asarray(vector, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidVectorError(f"embedding is not a numeric vector: {exc}") from exc
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 1:
+        raise InvalidVectorError(f"embedding must be one vector, got shape {array.shape}")
+    if array.shape[0] != dim:
+        raise DimensionMismatchError(
+            f"embedding has {array.shape[0]} dimensions, this cache file uses {dim}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise InvalidVectorError("embedding contains NaN or infinite values")
+    norm = float(np.linalg.norm(array))
+    if norm == 0.0 or not math.isfinite(norm):
+        raise InvalidVectorError("embedding is all zeros (cosine similarity is undefined)")
+    return np.ascontiguousarray(array / norm, dtype=np.float32)
+
+
+def as_unit_matrix(vectors: Any, dim: int, expected_rows: int) -> FloatMatrix:
+    """Validate a batch of embeddings (rows) and L2-normalise each row."""
+    rows: Sequence[Any] = vectors if not isinstance(vectors, np.ndarray) else list(vectors)
+    if len(rows) != expected_rows:
+        raise InvalidInputError(f"got {len(rows)} embeddings for {expected_rows} queries")
+    if expected_rows == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.stack([as_unit_vector(row, dim) for row in rows])
+
+
+def similarity_hits(similarity: float, threshold: float) -> bool:
+    """The one place that decides hit or miss: similarity >= threshold (float32 tolerance)."""
+    return similarity >= threshold - SIMILARITY_EPSILON

@@ -1,0 +1,44 @@
+"""Shared fixtures: a fresh cache file, the fake and real embedders, a local OpenAI server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/fakes.py, tests/openai_server.py
+
+from fakes import FakeEmbedder  # noqa: E402
+from openai_server import OpenAIServer  # noqa: E402
+
+from semcache_sqlite import LocalEmbedder, SemanticCache  # noqa: E402
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "cache.db"
+
+
+@pytest.fixture
+def fake_embedder() -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+@pytest.fixture
+def cache(db_path: Path, fake_embedder: FakeEmbedder) -> Iterator[SemanticCache]:
+    with SemanticCache(db_path, embedder=fake_embedder, threshold=0.8) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def local_embedder() -> LocalEmbedder:
+    """The real offline model, loaded once for the whole run."""
+    return LocalEmbedder()
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAIServer]:
+    with OpenAIServer() as server:
+        yield server

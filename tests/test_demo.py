@@ -1,0 +1,53 @@
+"""`semcache demo` end to end, as a user runs it: offline, then with an OpenAI-compatible LLM."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from openai_server import OpenAIServer
+
+from semcache_sqlite import SemanticCache
+from semcache_sqlite.demo import DEMO_QUERIES
+
+
+def _demo(db: Path, env_extra: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(env_extra)
+    done = subprocess.run(
+        [sys.executable, "-m", "semcache_sqlite", "demo", "--db", str(db)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_demo_offline_twice(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    first = _demo(db, {})
+    assert "no LLM configured" in first
+    lines = [line for line in first.splitlines() if line.startswith(("HIT", "MISS"))]
+    assert [line.split()[0] for line in lines] == ["HIT", "MISS", "MISS", "HIT", "MISS"]
+    assert "(exact" in lines[3]
+    assert "0 entries before this run" in first
+    second = _demo(db, {})
+    assert "10 entries before this run" in second
+    assert "10 requests" in second  # counters persisted across runs
+
+
+def test_demo_with_llm_stores_misses_and_second_run_is_all_hits(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    with OpenAIServer() as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "test"}
+        first = _demo(db, env)
+        assert "LLM answer stored: answer to: What is the capital of France?" in first
+        chat_calls = server.state.count("/chat/completions")
+        assert chat_calls == 2  # France question + router question; the paraphrase hits
+        second = _demo(db, env)
+        assert server.state.count("/chat/completions") == chat_calls
+    assert [line.split()[0] for line in second.splitlines() if line.startswith(("HIT", "MISS"))] == [
+        "HIT"] * len(DEMO_QUERIES)
+    with SemanticCache(db) as cache:
+        assert cache.stats()["cached_entries"] == 12

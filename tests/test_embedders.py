@@ -1,0 +1,112 @@
+"""Embedders: the real offline model, its integrity check, and OpenAI over a real local server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openai_server import OpenAIServer
+
+from semcache_sqlite import (
+    EmbedderError,
+    InvalidInputError,
+    InvalidQueryError,
+    LocalEmbedder,
+    ModelIntegrityError,
+    OpenAIEmbedder,
+    SemanticCache,
+)
+from semcache_sqlite.embedders import _default_model_path, _default_tokenizer_path
+
+
+def test_local_embedder_output_shape_and_norm(local_embedder: LocalEmbedder) -> None:
+    vectors = local_embedder.embed(["How do I reset my password?", "short", "x " * 2000])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert local_embedder.model_id == "all-MiniLM-L6-v2-onnx-int8" and local_embedder.dim == 384
+
+
+def test_local_embedder_batch_equals_single(local_embedder: LocalEmbedder) -> None:
+    texts = ["a", "How do I reset my password?", "What are the pricing plans for teams of ten?"]
+    batch = local_embedder.embed(texts)
+    single = np.stack([local_embedder.embed([t])[0] for t in texts])
+    assert np.allclose(batch, single, atol=1e-4)  # padding must not change a text's vector
+
+
+def test_local_embedder_rejects_bad_text(local_embedder: LocalEmbedder) -> None:
+    with pytest.raises(InvalidQueryError):
+        local_embedder.embed(["fine", "  "])
+    with pytest.raises(InvalidInputError):
+        local_embedder.embed("a bare string is not a batch")  # type: ignore[arg-type]
+    assert local_embedder.embed([]).shape == (0, 384)
+
+
+def test_paraphrase_hits_and_lookalike_misses_with_real_model(tmp_path: Path, local_embedder: LocalEmbedder) -> None:
+    with SemanticCache(tmp_path / "real.db", embedder=local_embedder) as cache:
+        cache.store_many(
+            ["How do I reset my password?", "What are the pricing plans?", "Can I export my data?"],
+            ["reset answer", "pricing answer", "export answer"],
+        )
+        hit = cache.lookup("How can I reset my password?")
+        assert hit is not None and hit.response == "reset answer" and not hit.exact
+        assert cache.threshold <= hit.similarity < 1.0
+        assert cache.lookup("How do I reset my router?") is None
+        assert cache.lookup("What is the capital of France?") is None
+
+
+def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
+    tampered = tmp_path / "model.onnx"
+    shutil.copyfile(_default_model_path(), tampered)
+    with tampered.open("r+b") as handle:
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        LocalEmbedder(model_path=tampered).embed(["hello"])
+
+
+def test_tampered_tokenizer_is_refused(tmp_path: Path) -> None:
+    tampered = tmp_path / "tokenizer.json"
+    tampered.write_bytes(_default_tokenizer_path().read_bytes().replace(b"[UNK]", b"[UNX]", 1))
+    with pytest.raises(ModelIntegrityError):
+        LocalEmbedder(tokenizer_path=tampered).embed(["hello"])
+
+
+def test_missing_model_file_is_a_typed_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelIntegrityError, match="not found"):
+        LocalEmbedder(model_path=tmp_path / "absent.onnx").embed(["hello"])
+
+
+def test_openai_embedder_batches_against_real_server(openai_server: OpenAIServer) -> None:
+    embedder = OpenAIEmbedder(
+        "text-embedding-3-small", dimensions=64, base_url=openai_server.base_url,
+        api_key="test", batch_size=10, max_retries=0,
+    )
+    texts = [f"text number {i}" for i in range(25)]
+    vectors = embedder.embed(texts)
+    assert vectors.shape == (25, 64)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert openai_server.state.count("/embeddings") == 3  # 10 + 10 + 5
+    assert [len(r.body["input"]) for r in openai_server.state.requests] == [10, 10, 5]
+    assert embedder.model_id == "text-embedding-3-small@64"
+
+
+def test_openai_embedder_server_error_is_typed(openai_server: OpenAIServer) -> None:
+    openai_server.state.fail_next = [400]
+    embedder = OpenAIEmbedder(dim=64, base_url=openai_server.base_url, api_key="t", max_retries=0)
+    with pytest.raises(EmbedderError, match="400"):
+        embedder.embed(["hello"])
+
+
+def test_openai_embedder_in_cache_end_to_end(tmp_path: Path, openai_server: OpenAIServer) -> None:
+    embedder = OpenAIEmbedder(dimensions=64, base_url=openai_server.base_url, api_key="t")
+    with SemanticCache(tmp_path / "oa.db", embedder=embedder) as cache:
+        assert cache.threshold == 0.95
+        cache.store("what is the refund policy", None, "30 days")
+        hit = cache.lookup("What is  the Refund policy")
+        assert hit is not None and hit.exact
+        near = cache.lookup("what is the refund policy today", threshold=0.8)
+        assert near is not None and near.response == "30 days" and not near.exact

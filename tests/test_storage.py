@@ -1,0 +1,203 @@
+"""The file itself: migrations, refusals, persistence across processes, threads and fork."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from fakes import FakeEmbedder
+
+from semcache_sqlite import (
+    EmbedderMismatchError,
+    MigrationError,
+    NotACacheFileError,
+    SchemaTooNewError,
+    SemanticCache,
+)
+from semcache_sqlite import migrate as migrate_module
+from semcache_sqlite.db import Database
+from semcache_sqlite.migrate import APPLICATION_ID, Migration, latest_version, migrate
+
+TESTS_DIR = Path(__file__).parent
+
+
+def _pragma(path: Path, name: str) -> int:
+    db = Database(path)
+    try:
+        with db.reading() as conn:
+            return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_migration_from_empty_file(db_path: Path) -> None:
+    db = Database(db_path)
+    try:
+        assert migrate(db) == latest_version() >= 1
+        with db.reading() as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            applied = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert {"entries", "cache_info", "namespace_stats", "schema_migrations"} <= tables
+        assert [r[0] for r in applied] == list(range(1, latest_version() + 1))
+        assert migrate(db) == latest_version()  # applying again changes nothing
+        with db.reading() as conn:
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == latest_version()
+    finally:
+        db.close()
+    assert _pragma(db_path, "application_id") == APPLICATION_ID
+
+
+def test_failed_migration_rolls_back(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = migrate_module.available_migrations()
+    broken = Migration(len(real) + 1, "broken", "CREATE TABLE half_done (x INTEGER);\nSELECT * FROM no_such_table;\n")
+    monkeypatch.setattr(migrate_module, "available_migrations", lambda: [*real, broken])
+    db = Database(db_path)
+    try:
+        with pytest.raises(MigrationError, match="rolled back"):
+            migrate(db)
+        with db.reading() as conn:
+            assert int(conn.execute("PRAGMA user_version").fetchone()[0]) == len(real)
+            assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchone() is None
+    finally:
+        db.close()
+
+
+def test_newer_schema_refused_and_file_untouched(db_path: Path) -> None:
+    with SemanticCache(db_path, embedder=FakeEmbedder()) as cache:
+        cache.store("alpha", None, "a")
+    db = Database(db_path)
+    with db.transaction() as conn:
+        conn.execute("PRAGMA user_version = 999")
+    db.close()
+    before = db_path.read_bytes()
+    with pytest.raises(SchemaTooNewError, match="newer semcache-sqlite"):
+        SemanticCache(db_path, embedder=FakeEmbedder())
+    assert db_path.read_bytes() == before
+
+
+def test_not_sqlite_file_refused(db_path: Path) -> None:
+    db_path.write_bytes(b"this is not a database file at all" * 100)
+    before = db_path.read_bytes()
+    with pytest.raises(NotACacheFileError):
+        SemanticCache(db_path, embedder=FakeEmbedder())
+    assert db_path.read_bytes() == before
+
+
+def test_other_programs_sqlite_file_refused(db_path: Path) -> None:
+    db = Database(db_path)
+    with db.transaction() as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    db.close()
+    with pytest.raises(NotACacheFileError, match="customers"):
+        SemanticCache(db_path, embedder=FakeEmbedder())
+
+
+def test_other_embedder_refused_with_way_out(db_path: Path) -> None:
+    with SemanticCache(db_path, embedder=FakeEmbedder(dim=64)) as cache:
+        cache.store("alpha", None, "a")
+    with pytest.raises(EmbedderMismatchError, match="re-embed"):
+        SemanticCache(db_path, embedder=FakeEmbedder(dim=32))
+    with pytest.raises(EmbedderMismatchError):
+        SemanticCache(db_path, embedder=FakeEmbedder(dim=64, model_id="another-model"))
+
+
+def _run_child(code: str, db_path: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), *sys.path])}
+    script = textwrap.dedent(code).replace("DB_PATH", repr(str(db_path)))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_persistence_across_processes(db_path: Path) -> None:
+    _run_child(
+        """
+        from fakes import FakeEmbedder
+        from semcache_sqlite import SemanticCache
+        with SemanticCache(DB_PATH, embedder=FakeEmbedder()) as cache:
+            cache.store("written by the child process", None, "child answer", namespace="x")
+            cache.lookup("written by the child process", namespace="x")
+        """,
+        db_path,
+    )
+    with SemanticCache(db_path, embedder=FakeEmbedder()) as cache:
+        hit = cache.lookup("written by the child process", namespace="x")
+        assert hit is not None and hit.response == "child answer"
+        assert cache.stats("x")["hits"] == 2
+        cache.store("written by the parent", None, "parent answer")
+    out = _run_child(
+        """
+        from fakes import FakeEmbedder
+        from semcache_sqlite import SemanticCache
+        with SemanticCache(DB_PATH, embedder=FakeEmbedder()) as cache:
+            print(cache.lookup("written by the parent").response)
+        """,
+        db_path,
+    )
+    assert out.strip() == "parent answer"
+
+
+def test_threads_share_one_cache(cache: SemanticCache) -> None:
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(15):
+                cache.store(f"thread {n} item {i}", None, f"{n}-{i}", user_id=f"user{n}")
+                cache.lookup(f"thread {n} item {i}", user_id=f"user{n}")
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert cache.stats()["cached_entries"] == 120
+    assert cache.stats()["hits"] == 120
+    assert cache._store.orphan_counts() == (0, 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_usable_after_fork(cache: SemanticCache) -> None:
+    cache.store("before the fork", None, "parent")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must open its own connection, never reuse the parent's
+        code = 1
+        try:
+            hit = cache.lookup("before the fork")
+            cache.store("from the child", None, "child")
+            code = 0 if hit is not None and hit.response == "parent" else 2
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(code)
+    os.close(write_end)
+    status = os.read(read_end, 1)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert status == b"\x00"
+    hit = cache.lookup("from the child")
+    assert hit is not None and hit.response == "child"
+
+
+def test_stock_sqlite3_shell_reads_entries_without_extension(cache: SemanticCache) -> None:
+    shell = shutil.which("sqlite3")
+    if shell is None:
+        pytest.skip("the sqlite3 shell is not installed (.ci/run installs it)")
+    cache.store("shell visible query", None, "shell visible answer", user_id="u1")
+    done = subprocess.run(
+        [shell, str(cache.path), "select query, response, timestamp, user_id, embedding_dim from entries"],
+        capture_output=True, text=True, check=True,
+    )
+    query, response, timestamp, user_id, dim = done.stdout.strip().split("|")
+    assert (query, response, user_id, dim) == ("shell visible query", "shell visible answer", "u1", "64")
+    assert timestamp.endswith("Z") and timestamp[:2] == "20"
