@@ -315,8 +315,22 @@ class SemanticCache:
     ) -> list[LookupResult]:
         """The k nearest entries in scope whatever their similarity (not counted in stats)."""
         check_query(query, max_chars=self.max_query_chars)
+        return self.search_vector(
+            self._embed_one(query), k, namespace=namespace, user_id=user_id, context=context
+        )
+
+    def search_vector(
+        self,
+        query_embedding: Any,
+        k: int = 5,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+    ) -> list[LookupResult]:
+        """The k nearest entries in scope to an embedding (not counted in stats)."""
+        vector = as_unit_vector(query_embedding, self.embedder.dim)
         scope = self._scope(namespace, user_id, context, self.llm)
-        vector = self._embed_one(query)
         return [
             LookupResult(CacheEntry.from_row(row), min(1.0, 1.0 - distance), exact=False)
             for row, distance in self._store.nearest(scope, vector, k=k)
