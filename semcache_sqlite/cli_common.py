@@ -399,17 +399,31 @@ def _stderr_is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-@contextmanager
-def progress(
-    state: CliState, description: str, total: int | None
-) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; ``total=None`` shows a spinner.
+class ProgressBar:
+    """What ``progress()`` yields: call it with the rows just done; ``set_total``
+    once the total is known (until then the bar pulses)."""
 
-    Yields ``advance(n)``. Disabled (a no-op) with --quiet or when stderr is not
-    a terminal, so pipes and logs stay clean.
+    def __init__(self, bar: Any = None, task: Any = None) -> None:
+        self._bar, self._task = bar, task
+
+    def __call__(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, done)
+
+    def set_total(self, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
+
+@contextmanager
+def progress(state: CliState, description: str, total: int | None) -> Iterator[ProgressBar]:
+    """A rich progress bar on stderr (``total=None``: a pulsing bar).
+
+    Disabled (a no-op) with --quiet or when stderr is not a terminal, so pipes
+    and logs stay clean.
     """
     if state.quiet or not _stderr_is_tty():
-        yield lambda _n: None
+        yield ProgressBar()
         return
     from rich.progress import (
         BarColumn,
@@ -421,17 +435,13 @@ def progress(
         TimeRemainingColumn,
     )
 
-    columns = (
-        [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
-        if total is None
-        else [
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        ]
-    )
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console(stderr=True, terminal=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+        yield ProgressBar(bar, bar.add_task(description, total=total))

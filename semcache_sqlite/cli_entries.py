@@ -38,7 +38,11 @@ from .warmup import EntryWriter, WarmRow
 @click.argument("query", metavar="QUERY")
 @click.argument("response", metavar="RESPONSE")
 @scope_options
-@click.option("--metadata", default=None, help="JSON object stored with the entry.")
+@click.option(
+    "--metadata",
+    default=None,
+    help="JSON object stored with the entry (when replacing, default: keep the old).",
+)
 @json_option
 @pass_state
 def put(
@@ -70,7 +74,7 @@ def put(
         namespace=check_scope_name(namespace, "namespace", allow_empty=False),
         user_id=check_scope_name(user_id, "user_id", allow_empty=True),
         context_key=context_key,
-        metadata=parse_metadata(metadata) or {},
+        metadata=parse_metadata(metadata),
     )
     database, embedder = open_for_write(state, db)
     with closing(database):

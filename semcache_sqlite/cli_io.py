@@ -178,7 +178,12 @@ def _export(
 ) -> int:
     with progress(state, "exporting", None) as step:
         return export_entries(
-            database, out, flt=flt, vectors=cast("VectorFormat | None", vectors), advance=step
+            database,
+            out,
+            flt=flt,
+            vectors=cast("VectorFormat | None", vectors),
+            advance=step,
+            on_count=step.set_total,
         )
 
 

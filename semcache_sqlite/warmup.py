@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -51,7 +51,8 @@ class WarmRow:
     namespace: str
     user_id: str
     context_key: str
-    metadata: dict[str, Any] = field(default_factory=dict)
+    #: None: not given (an entry already stored keeps its metadata)
+    metadata: dict[str, Any] | None = None
 
 
 def detect_format(path: Path, given: str | None) -> WarmFormat:
@@ -85,7 +86,7 @@ def _warm_row(obj: Any, line: int, defaults: Scope) -> WarmRow:
             allow_empty=True,
         ),
         context_key=field_str(obj, "context_key", defaults.context_key),
-        metadata=field_metadata(obj),
+        metadata=field_metadata(obj) if "metadata" in obj else None,
     )
 
 
@@ -194,19 +195,17 @@ class EntryWriter:
             entries: list[NewEntry] = []
             for digest, index in by_hash.items():
                 row, old = rows[index], stored.get(digest)
-                if (
-                    old is not None
-                    and old.response == row.response
-                    and old.metadata == row.metadata
-                ):
-                    counts.unchanged += 1
-                    ids[index] = old.id
-                    continue
-                if old is None:
+                metadata = row.metadata
+                if old is not None:
+                    metadata = old.metadata if metadata is None else metadata
+                    if old.response == row.response and old.metadata == metadata:
+                        counts.unchanged += 1
+                        ids[index] = old.id
+                        continue
+                    counts.updated += 1
+                else:
                     counts.added += 1
                     to_embed.append((len(plans), len(entries)))
-                else:
-                    counts.updated += 1
                 entries.append(
                     NewEntry(
                         scope.namespace,
@@ -215,7 +214,7 @@ class EntryWriter:
                         row.query,
                         digest,
                         row.response,
-                        dict(row.metadata),
+                        dict(metadata or {}),
                     )
                 )
                 indexes.append(index)
@@ -232,12 +231,12 @@ class EntryWriter:
                 if not entries:
                     continue
                 written, missing = self.store.upsert_many(scope, entries, given, model)
-                if missing:  # deleted by another writer since we looked: embed and retry
-                    for i, vector in zip(
-                        missing, self._embed([entries[i].query for i in missing]), strict=True
-                    ):
-                        given[i] = vector
-                    written, _ = self.store.upsert_many(scope, entries, given, model)
+                if missing:  # deleted by another writer since we looked: embed, write those
+                    retry = [entries[i] for i in missing]
+                    vectors_now = self._embed([e.query for e in retry])
+                    again, _ = self.store.upsert_many(scope, retry, list(vectors_now), model)
+                    for i, entry_id in zip(missing, again, strict=True):
+                        written[i] = entry_id
                 for index, entry_id in zip(indexes, written, strict=True):
                     ids[index] = entry_id
         return ids, counts

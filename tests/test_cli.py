@@ -216,7 +216,10 @@ def test_progress_bar_shows_on_a_terminal(tmp_path: Path, monkeypatch: pytest.Mo
     db = tmp_path / "c.db"
     faq = write_jsonl(tmp_path / "faq.jsonl", FAQ)
     result = fake_cli().run("warm", db, faq)
-    assert "warming" in result.stderr
+    assert "warming" in result.stderr and "5/5" in result.stderr
+    assert "exporting" in fake_cli().run("export", db, "-o", tmp_path / "e.jsonl").stderr
+    assert "importing" in fake_cli().run("import", tmp_path / "i.db", tmp_path / "e.jsonl").stderr
+    assert "checking integrity" in fake_cli().run("doctor", db).stderr
     quiet = fake_cli().run("-q", "warm", db, faq)
     assert quiet.stderr == ""
 

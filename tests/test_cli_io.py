@@ -14,6 +14,10 @@ from clitools import FAQ, Cli, fake_cli, write_jsonl
 from fakes import FakeEmbedder
 
 from semcache_sqlite import SemanticCache
+from semcache_sqlite.db import Database
+from semcache_sqlite.store import Store
+from semcache_sqlite.validation import query_hash
+from semcache_sqlite.warmup import EntryWriter, WarmRow
 
 # -- warm ----------------------------------------------------------------------------------
 
@@ -47,6 +51,39 @@ def test_warm_replaces_changed_responses_instead_of_duplicating(tmp_path: Path) 
     entry = cli.json("show", db, 1)
     assert (entry["response"], entry["version"]) == ("New answer", 2)
     assert cli.json("stats", db)["entries"] == 5
+
+
+def test_warm_keeps_metadata_unless_the_row_gives_some(tmp_path: Path) -> None:
+    db, faq = tmp_path / "c.db", write_jsonl(tmp_path / "faq.jsonl", FAQ)
+    cli = fake_cli()
+    cli.run("warm", db, faq)
+    cli.run("update", db, 1, "--metadata", '{"reviewed": true}')
+    assert "5 unchanged" in cli.run("warm", db, faq).stdout
+    assert cli.json("show", db, 1)["metadata"] == {"reviewed": True}
+    tagged = [dict(FAQ[0], metadata={"source": "faq"})]
+    assert "1 updated" in cli.run("warm", db, write_jsonl(tmp_path / "t.jsonl", tagged)).stdout
+    assert cli.json("show", db, 1)["metadata"] == {"source": "faq"}
+
+
+def test_entry_deleted_by_another_writer_mid_batch_is_reinserted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "c.db"
+    fake_cli().run("warm", db, write_jsonl(tmp_path / "faq.jsonl", FAQ))
+    database = Database(db)
+    try:
+        writer = EntryWriter(database, FakeEmbedder())
+        stale = writer.admin.existing("default", "", "", [query_hash(FAQ[0]["query"])])
+        Store(database).delete(1)  # another process deletes it after we looked
+        monkeypatch.setattr(writer.admin, "existing", lambda *args: stale)
+        row = WarmRow(1, FAQ[0]["query"], "changed", "default", "", "")
+        ids, counts = writer.write_batch([row])
+    finally:
+        database.close()
+    assert counts.updated == 1 and ids[0] is not None and ids[0] != 1
+    entry = fake_cli().json("show", db, ids[0])
+    assert (entry["response"], entry["version"], entry["has_vector"]) == ("changed", 1, True)
+    assert fake_cli().json("doctor", db)["ok"]
 
 
 def test_warm_csv_with_and_without_header(tmp_path: Path) -> None:
