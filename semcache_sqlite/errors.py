@@ -7,7 +7,8 @@ Catch ``SemCacheError`` to catch them all. The tree::
     │   ├── InvalidQueryError                    empty, whitespace-only, too long, not encodable
     │   ├── InvalidVectorError                   NaN/inf, all-zero, wrong shape
     │   │   └── DimensionMismatchError           vector length != the file's dimension
-    │   └── InvalidThresholdError                threshold outside [0, 1]
+    │   ├── InvalidThresholdError                threshold outside [0, 1]
+    │   └── InvalidFileError                     malformed lines in an import/warm file
     ├── EntryNotFoundError (also KeyError)       no entry with that id
     ├── VersionConflictError                     conditional update lost a race
     ├── StorageError                             the SQLite file could not be used
@@ -52,6 +53,17 @@ class DimensionMismatchError(InvalidVectorError):
 
 class InvalidThresholdError(InvalidInputError):
     """A similarity threshold outside [0, 1] (or not a number)."""
+
+
+class InvalidFileError(InvalidInputError):
+    """An input file (``semcache import`` / ``warm``) has malformed lines; nothing was written.
+
+    ``problems`` lists ``(line number, message)`` pairs, first lines first.
+    """
+
+    def __init__(self, message: str, problems: list[tuple[int, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
 
 
 class EntryNotFoundError(SemCacheError, KeyError):

@@ -1,0 +1,409 @@
+"""Read and admin SQL for the ``semcache`` command: listing, bulk deletes, export
+iteration, imports, file facts and health checks.
+
+Like ``store.py`` this module is SQL only: it knows nothing about embedders,
+thresholds or output formats. ``Store`` keeps the cache's hot path (lookups,
+upserts, counters); ``Admin`` holds what operators need and the hot path does
+not. Every multi-row write keeps the invariant of ``store.py``: an entry row and
+its vector row are written and deleted in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .db import Database
+from .migrate import APPLICATION_ID, schema_version
+from .store import _ENTRY_COLUMNS, VECTOR_TABLE, EntryRow, Store
+from .validation import FloatVector
+
+SortOrder = Literal["newest", "oldest", "most-hit"]
+
+_ORDER_BY: dict[str, str] = {
+    "newest": "created_at DESC, id DESC",
+    "oldest": "created_at ASC, id ASC",
+    "most-hit": "hit_count DESC, last_hit_at DESC, id DESC",
+}
+
+#: Column of ``namespace_stats`` holding seconds of LLM time saved by hits, once a
+#: migration adds latency counters. Until then ``time_saved`` reports None ("n/a").
+TIME_SAVED_COLUMN = "saved_seconds"
+
+_CASEFOLD_SQL_FUNCTION = "semcache_casefold"
+
+
+def _casefold(value: Any) -> Any:
+    return value.casefold() if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries an admin operation touches; every field None = no condition."""
+
+    namespace: str | None = None
+    user_id: str | None = None
+    #: case-insensitive substring of the query or the response
+    match: str | None = None
+    #: unix seconds: only entries last written (``updated_at``) before this moment
+    updated_before: float | None = None
+    ids: tuple[int, ...] | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.namespace is not None:
+            clauses.append("namespace = ?")
+            params.append(self.namespace)
+        if self.user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(self.user_id)
+        if self.match:
+            clauses.append(
+                f"(instr({_CASEFOLD_SQL_FUNCTION}(query), ?) > 0 "
+                f"OR instr({_CASEFOLD_SQL_FUNCTION}(response), ?) > 0)"
+            )
+            needle = self.match.casefold()
+            params.extend([needle, needle])
+        if self.updated_before is not None:
+            clauses.append("updated_at < ?")
+            params.append(float(self.updated_before))
+        if self.ids is not None:
+            clauses.append(f"id IN ({','.join('?' * len(self.ids)) or 'NULL'})")
+            params.extend(int(i) for i in self.ids)
+        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What ``stats`` and ``doctor`` report about the file itself."""
+
+    schema_version: int
+    application_id: int
+    journal_mode: str
+    page_size: int
+    page_count: int
+    freelist_count: int
+    info: dict[str, str]
+    has_vector_table: bool
+    vector_table_dim: int | None
+
+    @property
+    def embedding_model(self) -> str | None:
+        return self.info.get("embedding_model")
+
+    @property
+    def embedding_dim(self) -> int | None:
+        dim = self.info.get("embedding_dim")
+        return None if dim is None else int(dim)
+
+    @property
+    def application_id_ok(self) -> bool:
+        return self.application_id in (0, APPLICATION_ID)
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One entry to write as it was exported (times are unix seconds)."""
+
+    namespace: str
+    user_id: str
+    context_key: str
+    query: str
+    query_hash: str
+    response: str
+    created_at: float
+    updated_at: float
+    version: int
+    hit_count: int
+    last_hit_at: float | None
+    metadata: dict[str, Any]
+    preferred_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ExistingEntry:
+    id: int
+    response: str
+    metadata: dict[str, Any]
+
+
+class Admin:
+    """Admin SQL over one cache file (see module docstring)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.store = Store(db)
+
+    # -- file facts --------------------------------------------------------------
+
+    def facts(self) -> FileFacts:
+        with self.db.reading() as conn:
+            pragma = {
+                name: conn.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("application_id", "journal_mode", "page_size", "page_count")
+            }
+            freelist = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            info = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM cache_info")}
+            row = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
+            ).fetchone()
+            dim_match = re.search(r"float\[(\d+)\]", str(row[0])) if row else None
+            return FileFacts(
+                schema_version=schema_version(conn),
+                application_id=int(pragma["application_id"]),
+                journal_mode=str(pragma["journal_mode"]).lower(),
+                page_size=int(pragma["page_size"]),
+                page_count=int(pragma["page_count"]),
+                freelist_count=freelist,
+                info=info,
+                has_vector_table=row is not None,
+                vector_table_dim=int(dim_match.group(1)) if dim_match else None,
+            )
+
+    def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
+        return self.store.namespace_counters()
+
+    def time_saved(self) -> dict[str, float] | None:
+        """Seconds of LLM time saved per namespace, or None if the file records no latencies."""
+        with self.db.reading() as conn:
+            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(namespace_stats)")}
+            if TIME_SAVED_COLUMN not in columns:
+                return None
+            rows = conn.execute(
+                f"SELECT namespace, coalesce({TIME_SAVED_COLUMN}, 0) FROM namespace_stats"
+            ).fetchall()
+        return {str(r[0]): float(r[1]) for r in rows}
+
+    # -- listing -----------------------------------------------------------------
+
+    @contextmanager
+    def _filtered(self, flt: EntryFilter) -> Iterator[tuple[Any, str, list[Any]]]:
+        with self.db.reading() as conn:
+            conn.create_function(_CASEFOLD_SQL_FUNCTION, 1, _casefold, deterministic=True)
+            where, params = flt.where()
+            yield conn, where, params
+
+    def list_entries(
+        self, flt: EntryFilter, sort: SortOrder = "newest", limit: int = 50, offset: int = 0
+    ) -> list[EntryRow]:
+        order = _ORDER_BY[sort]
+        with self._filtered(flt) as (conn, where, params):
+            rows = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                (*params, max(0, int(limit)), max(0, int(offset))),
+            ).fetchall()
+        return [EntryRow.from_row(r) for r in rows]
+
+    def count(self, flt: EntryFilter) -> int:
+        with self._filtered(flt) as (conn, where, params):
+            return int(conn.execute(f"SELECT count(*) FROM entries {where}", params).fetchone()[0])
+
+    def existing_ids(self, ids: Sequence[int]) -> set[int]:
+        return {row.id for row in self.list_entries(EntryFilter(ids=tuple(ids)), limit=len(ids))}
+
+    def iter_entries(self, flt: EntryFilter, batch: int = 500) -> Iterator[EntryRow]:
+        """Every matching entry by ascending id, read in pages (keyset, not OFFSET)."""
+        last = 0
+        while True:
+            with self._filtered(flt) as (conn, where, params):
+                joiner = "AND" if where else "WHERE"
+                rows = conn.execute(
+                    f"SELECT {_ENTRY_COLUMNS} FROM entries {where} {joiner} id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (*params, last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            yield from (EntryRow.from_row(r) for r in rows)
+            last = int(rows[-1][0])
+
+    def vectors(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The raw float32 vector blobs of these entries (missing ones are left out)."""
+        if not ids:
+            return {}
+        with self.db.reading() as conn:
+            if not _has_vector_table(conn):
+                return {}
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"SELECT rowid, embedding FROM {VECTOR_TABLE} WHERE rowid IN ({marks})",
+                [int(i) for i in ids],
+            ).fetchall()
+        return {int(r[0]): bytes(r[1]) for r in rows}
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: everything read inside sees one consistent state of the file."""
+        with self.db.reading() as conn:
+            conn.execute("BEGIN DEFERRED")
+            try:
+                yield
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    # -- deletes -----------------------------------------------------------------
+
+    def delete(self, flt: EntryFilter) -> int:
+        """Delete matching entries and their vectors in one transaction; return how many."""
+        with self.db.transaction() as conn:
+            conn.create_function(_CASEFOLD_SQL_FUNCTION, 1, _casefold, deterministic=True)
+            where, params = flt.where()
+            if _has_vector_table(conn):
+                conn.execute(
+                    f"DELETE FROM {VECTOR_TABLE} WHERE rowid IN (SELECT id FROM entries {where})",
+                    params,
+                )
+            return int(conn.execute(f"DELETE FROM entries {where}", params).rowcount)
+
+    # -- bulk writes -------------------------------------------------------------
+
+    def existing(
+        self, namespace: str, user_id: str, context_key: str, query_hashes: Sequence[str]
+    ) -> dict[str, ExistingEntry]:
+        """query_hash -> the entry stored under exactly this namespace, user and context
+        (the one ``Store.upsert_many`` would replace)."""
+        if not query_hashes:
+            return {}
+        marks = ",".join("?" * len(query_hashes))
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT query_hash, id, response, metadata FROM entries WHERE namespace = ? "
+                f"AND user_id = ? AND context_key = ? AND query_hash IN ({marks}) ORDER BY id",
+                (namespace, user_id, context_key, *query_hashes),
+            ).fetchall()
+        return {str(r[0]): ExistingEntry(int(r[1]), str(r[2]), json.loads(r[3])) for r in rows}
+
+    def import_rows(
+        self,
+        conn: Any,
+        rows: Sequence[ImportRow],
+        vectors: Sequence[FloatVector],
+        model_id: str,
+    ) -> tuple[int, int]:
+        """Write exported entries as they were (times, version, hit count, metadata) inside
+        the caller's open transaction ``conn``. An entry with the same namespace, user,
+        context and normalised query as a stored one replaces it; a new entry keeps its
+        exported id when that id is free. Returns (added, replaced)."""
+        added = replaced = 0
+        for row, vector in zip(rows, vectors, strict=True):
+            values = (
+                row.response,
+                row.created_at,
+                row.updated_at,
+                model_id,
+                int(vector.shape[0]),
+                row.version,
+                row.hit_count,
+                row.last_hit_at,
+                json.dumps(row.metadata),
+            )
+            found = conn.execute(
+                "SELECT id FROM entries WHERE namespace = ? AND user_id = ? AND context_key = ? "
+                "AND query_hash = ? ORDER BY id DESC LIMIT 1",
+                (row.namespace, row.user_id, row.context_key, row.query_hash),
+            ).fetchone()
+            if found is not None:
+                entry_id = int(found[0])
+                conn.execute(
+                    "UPDATE entries SET response = ?, created_at = ?, updated_at = ?, "
+                    "embedding_model = ?, embedding_dim = ?, version = ?, hit_count = ?, "
+                    "last_hit_at = ?, metadata = ? WHERE id = ?",
+                    (*values, entry_id),
+                )
+                conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
+                replaced += 1
+            else:
+                entry_id_param = row.preferred_id if self._id_free(conn, row.preferred_id) else None
+                cursor = conn.execute(
+                    "INSERT INTO entries (id, namespace, user_id, context_key, query, query_hash, "
+                    "response, created_at, updated_at, embedding_model, embedding_dim, version, "
+                    "hit_count, last_hit_at, metadata) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        entry_id_param,
+                        row.namespace,
+                        row.user_id,
+                        row.context_key,
+                        row.query,
+                        row.query_hash,
+                        *values,
+                    ),
+                )
+                entry_id = int(cursor.lastrowid)
+                added += 1
+            conn.execute(
+                f"INSERT INTO {VECTOR_TABLE} (rowid, embedding, namespace, user_id, context_key) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (entry_id, vector.tobytes(), row.namespace, row.user_id, row.context_key),
+            )
+        return added, replaced
+
+    @staticmethod
+    def _id_free(conn: Any, entry_id: int | None) -> bool:
+        if entry_id is None or entry_id < 1:
+            return False
+        taken = conn.execute("SELECT 1 FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        if taken is not None:
+            return False
+        return (
+            conn.execute(f"SELECT 1 FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,)).fetchone()
+            is None
+        )
+
+    # -- health ------------------------------------------------------------------
+
+    def integrity_problems(self, limit: int = 20) -> list[str]:
+        """``PRAGMA integrity_check`` messages (empty list: the file is sound)."""
+        with self.db.reading() as conn:
+            rows = conn.execute(f"PRAGMA integrity_check({int(limit)})").fetchall()
+        messages = [str(r[0]) for r in rows]
+        return [] if messages == ["ok"] else messages
+
+    def orphan_counts(self) -> tuple[int, int]:
+        return self.store.orphan_counts()
+
+    def vector_count(self) -> int:
+        with self.db.reading() as conn:
+            if not _has_vector_table(conn):
+                return 0
+            return int(conn.execute(f"SELECT count(*) FROM {VECTOR_TABLE}").fetchone()[0])
+
+    def model_mismatches(self, model_id: str, dim: int) -> int:
+        """Entries recorded with another embedding model or dimension than the file's."""
+        with self.db.reading() as conn:
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM entries WHERE embedding_model != ? OR embedding_dim != ?",
+                    (model_id, dim),
+                ).fetchone()[0]
+            )
+
+    # -- maintenance -------------------------------------------------------------
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the main file and truncate it: (busy, wal pages, checkpointed)."""
+        with self.db.reading() as conn:
+            busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(busy), int(log), int(done)
+
+    def vacuum(self) -> None:
+        """Rebuild the file without free pages (needs as much free disk as the file's size)."""
+        self.checkpoint()
+        with self.db.reading() as conn:
+            conn.execute("VACUUM")
+        self.checkpoint()  # in WAL mode VACUUM writes the new pages into the WAL first
+
+
+def _has_vector_table(conn: Any) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
+        ).fetchone()
+        is not None
+    )

@@ -1,0 +1,299 @@
+"""Maintenance commands: ``doctor``, ``migrate``, ``vacuum``, ``shell``.
+
+None of them loads the embedding model. Only ``migrate`` may create a file.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import click
+
+from .admin import Admin, EntryFilter
+from .cli_common import (
+    EXIT_BAD_FILE,
+    EXIT_ERROR,
+    EXIT_PROBLEMS,
+    CliError,
+    CliState,
+    closing,
+    embedder_options_for,
+    emit_json,
+    file_size,
+    format_size,
+    json_option,
+    open_existing,
+    open_or_create,
+    pass_state,
+    progress,
+)
+from .db import Database
+from .migrate import APPLICATION_ID, latest_version, schema_version
+
+Status = Literal["ok", "info", "warn", "problem"]
+
+#: A WAL bigger than this means checkpoints are not keeping up (a reader held open?).
+LARGE_WAL_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+
+
+def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
+    """Every doctor check, in report order. No check writes to the file."""
+    admin = Admin(database)
+    checks: list[Check] = []
+    add = checks.append
+    driver = database.driver_info()
+    add(Check("sqlite driver", "info", f"{driver.driver} (SQLite {driver.sqlite_version})"))
+    add(Check("sqlite-vec", "info", driver.sqlite_vec_version))
+    facts = admin.facts()
+    latest = latest_version()
+    if facts.schema_version < latest:
+        add(
+            Check(
+                "schema version",
+                "warn",
+                f"{facts.schema_version}, latest is {latest}: `semcache migrate` (or any write) "
+                "upgrades it",
+            )
+        )
+    else:
+        add(Check("schema version", "ok", f"{facts.schema_version} (latest)"))
+    if facts.application_id != APPLICATION_ID:
+        add(Check("application id", "warn", f"{facts.application_id:#x}, expected SEMC"))
+    with progress(state, "checking integrity", None):
+        problems = admin.integrity_problems()
+    if problems:
+        add(Check("integrity", "problem", "; ".join(problems[:5])))
+    else:
+        add(Check("integrity", "ok", "PRAGMA integrity_check: ok"))
+    entries = admin.count(EntryFilter())
+    model, dim = facts.embedding_model, facts.embedding_dim
+    if model is None:
+        status: Status = "problem" if entries else "ok"
+        add(Check("embedding model", status, f"none recorded ({entries} entries)"))
+    else:
+        add(
+            Check(
+                "embedding model",
+                "info",
+                f"{model} ({dim}-d); open with {embedder_options_for(model)}",
+            )
+        )
+        wrong = admin.model_mismatches(model, int(dim or 0))
+        if wrong:
+            add(
+                Check("entry models", "problem", f"{wrong} entries recorded with another model/dim")
+            )
+    if model is not None and not facts.has_vector_table:
+        add(Check("vector table", "problem", "entry_vectors is missing"))
+    elif facts.has_vector_table and facts.vector_table_dim != dim:
+        add(
+            Check(
+                "vector table",
+                "problem",
+                f"entry_vectors holds {facts.vector_table_dim}-d vectors, the file says {dim}",
+            )
+        )
+    no_vector, no_entry = admin.orphan_counts()
+    if no_vector or no_entry:
+        add(
+            Check(
+                "entries/vectors",
+                "problem",
+                f"{no_vector} entries without a vector, {no_entry} vectors without an entry",
+            )
+        )
+    else:
+        add(Check("entries/vectors", "ok", f"{entries} entries, each with its vector"))
+    wal = file_size(db + "-wal")
+    if facts.journal_mode != "wal":
+        add(Check("journal mode", "warn", f"{facts.journal_mode} (expected wal)"))
+    else:
+        add(Check("journal mode", "ok", "wal"))
+    wal_status: Status = "warn" if wal > LARGE_WAL_BYTES else "info"
+    hint = (
+        "; a long-lived reader may block checkpoints: `semcache vacuum`"
+        if wal_status == "warn"
+        else ""
+    )
+    add(Check("wal file", wal_status, f"{format_size(wal)}{hint}"))
+    free = facts.freelist_count * facts.page_size
+    share = facts.freelist_count / facts.page_count if facts.page_count else 0.0
+    add(
+        Check(
+            "free space",
+            "info",
+            f"{format_size(free)} in free pages ({share:.0%} of {format_size(file_size(db))})"
+            + ("; `semcache vacuum` reclaims it" if share > 0.25 and free > 1 << 20 else ""),
+        )
+    )
+    return checks
+
+
+@click.command(short_help="Check integrity, orphans, schema, WAL (exit 4 on problems).")
+@click.argument("db", metavar="DB")
+@json_option
+@pass_state
+def doctor(state: CliState, db: str, as_json: bool) -> None:
+    """Check a cache file: SQLite driver and sqlite-vec versions, schema version,
+    PRAGMA integrity_check, entries and vectors in step (no orphans either way),
+    embedding model, WAL state and free space.
+
+    Exits with 4 if a problem is found (5 if the file cannot be opened at all).
+
+    \b
+    Example:
+      semcache doctor cache.db
+      semcache doctor cache.db --json || alert "cache.db needs attention"
+    """
+    with closing(open_existing(db)) as database:
+        checks = run_checks(state, db, database)
+    failed = [c for c in checks if c.status == "problem"]
+    if as_json:
+        emit_json({"path": db, "ok": not failed, "checks": [asdict(c) for c in checks]})
+    else:
+        from rich.table import Table
+
+        from .cli_common import console
+
+        table = Table(show_header=False, box=None)
+        table.add_column("status")
+        table.add_column("check")
+        table.add_column("detail", overflow="fold")
+        marks = {"ok": "ok", "info": "  ", "warn": "WARN", "problem": "FAIL"}
+        for check in checks:
+            table.add_row(marks[check.status], check.name, check.detail)
+        out = console()
+        out.print(table)
+        out.print(f"{len(failed)} problem(s) found" if failed else "no problems found")
+    if failed:
+        raise click.exceptions.Exit(EXIT_PROBLEMS)
+
+
+@click.command(short_help="Apply pending schema migrations.")
+@click.argument("db", metavar="DB")
+@pass_state
+def migrate(state: CliState, db: str) -> None:
+    """Apply pending schema migrations (creates DB, empty, if it is missing).
+
+    Any write also upgrades a file; this does it explicitly, e.g. before
+    deploying a new version. A file newer than this version is refused (exit 5).
+
+    \b
+    Example:
+      semcache migrate cache.db
+    """
+    existed = Path(db).exists()
+    before = 0
+    if existed:
+        probe = Database(db)
+        try:
+            with probe.reading() as conn:
+                before = schema_version(conn)
+        finally:
+            probe.close()
+    with closing(open_or_create(db)) as database, database.reading() as conn:
+        after = schema_version(conn)
+    if not existed:
+        click.echo(f"{db}: created at schema version {after}")
+    elif after == before:
+        click.echo(f"{db}: already at schema version {after} (latest)")
+    else:
+        click.echo(f"{db}: migrated from schema version {before} to {after}")
+
+
+@click.command(short_help="Checkpoint the WAL and reclaim free space.")
+@click.argument("db", metavar="DB")
+@pass_state
+def vacuum(state: CliState, db: str) -> None:
+    """Reclaim unused space: checkpoint the WAL into the file, then VACUUM.
+
+    Needs about as much free disk as the file's size, and the write lock for
+    the duration.
+
+    \b
+    Example:
+      semcache vacuum cache.db
+    """
+    with closing(open_existing(db)) as database:
+        before = file_size(db) + file_size(db + "-wal")
+        with progress(state, "vacuuming", None):
+            Admin(database).vacuum()
+        after = file_size(db) + file_size(db + "-wal")
+    click.echo(
+        f"{db}: {format_size(before)} -> {format_size(after)} "
+        f"({format_size(max(0, before - after))} reclaimed)"
+    )
+
+
+def shell_command(db: str, sqlite3: str, sql: tuple[str, ...]) -> list[str]:
+    """The sqlite3 command line that opens DB with sqlite-vec loaded."""
+    import sqlite_vec
+
+    extension = str(sqlite_vec.loadable_path())
+    for suffix in (".so", ".dylib", ".dll"):  # the shell adds the platform's suffix itself
+        if extension.endswith(suffix):
+            extension = extension[: -len(suffix)]
+    load = f'.load "{extension}"' if " " in extension else f".load {extension}"
+    return [sqlite3, "-cmd", load, db, *sql]
+
+
+@click.command(short_help="Open the sqlite3 shell with sqlite-vec loaded.")
+@click.argument("db", metavar="DB")
+@click.argument("sql", metavar="[SQL]...", nargs=-1)
+@click.option(
+    "--print", "print_only", is_flag=True, help="Print the sqlite3 command, do not run it."
+)
+@click.option(
+    "--sqlite3",
+    "sqlite3_path",
+    default=None,
+    help="The sqlite3 shell to run (default: sqlite3 on PATH).",
+)
+@pass_state
+def shell(
+    state: CliState, db: str, sql: tuple[str, ...], print_only: bool, sqlite3_path: str | None
+) -> None:
+    """Open DB in the sqlite3 shell with sqlite-vec loaded, so the vector table
+    entry_vectors can be queried too. SQL arguments are run instead of an
+    interactive session. Without a sqlite3 shell, prints the command to run.
+
+    \b
+    Example:
+      semcache shell cache.db
+      semcache shell cache.db "select id, query, hit_count from entries limit 5"
+      semcache shell cache.db --print
+    """
+    if not Path(db).is_file():
+        raise CliError(f"{db}: no such cache file", EXIT_BAD_FILE)
+    found = shutil.which(sqlite3_path or "sqlite3")
+    command = shell_command(db, found or sqlite3_path or "sqlite3", sql)
+    if print_only:
+        click.echo(shlex.join(command))
+        return
+    if found is None:
+        click.echo(shlex.join(command))
+        raise CliError(
+            f"no sqlite3 shell found ({sqlite3_path or 'sqlite3 on PATH'}): install it (e.g. "
+            "apt install sqlite3, brew install sqlite) and run the command above",
+            EXIT_ERROR,
+        )
+    sys.stdout.flush()
+    code = subprocess.call(command)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+COMMANDS = [doctor, migrate, vacuum, shell]

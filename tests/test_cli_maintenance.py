@@ -1,0 +1,114 @@
+"""doctor, migrate, vacuum and shell through the CLI runner on real files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clitools import FAQ, fake_cli, write_jsonl
+
+from semcache_sqlite.db import Database
+from semcache_sqlite.migrate import latest_version
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "c.db"
+    fake_cli().run("warm", path, write_jsonl(tmp_path / "faq.jsonl", FAQ))
+    return path
+
+
+def _sql(db: Path, statement: str) -> None:
+    database = Database(db)
+    try:
+        with database.transaction() as conn:
+            conn.execute(statement)
+    finally:
+        database.close()
+
+
+def test_doctor_healthy_file(db: Path) -> None:
+    report = fake_cli().json("doctor", db)
+    assert report["ok"] is True
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["sqlite-vec"]["detail"].startswith("v0.1")
+    assert checks["integrity"]["status"] == "ok"
+    assert checks["entries/vectors"]["detail"] == "5 entries, each with its vector"
+    assert checks["journal mode"]["detail"] == "wal"
+    assert "fake-bow-64 (64-d)" in checks["embedding model"]["detail"]
+    assert checks["schema version"]["status"] == "ok"
+    text = fake_cli().run("doctor", db).stdout
+    assert "no problems found" in text and "sqlite driver" in text
+
+
+def test_doctor_finds_orphans_in_both_directions(db: Path) -> None:
+    _sql(db, "DELETE FROM entries WHERE id = 1")  # vector left without its entry
+    _sql(db, "DELETE FROM entry_vectors WHERE rowid = 2")  # entry left without its vector
+    result = fake_cli().run("doctor", db, expect=4)
+    assert "1 entries without a vector, 1 vectors without an entry" in result.stdout
+    assert "FAIL" in result.stdout and "1 problem(s) found" in result.stdout
+    assert fake_cli().json("doctor", db, expect=4)["ok"] is False
+
+
+def test_doctor_finds_entries_of_another_model(db: Path) -> None:
+    _sql(db, "UPDATE entries SET embedding_model = 'other' WHERE id = 3")
+    report = fake_cli().json("doctor", db, expect=4)
+    assert [c["detail"] for c in report["checks"] if c["status"] == "problem"] == [
+        "1 entries recorded with another model/dim"
+    ]
+
+
+def test_migrate_creates_reports_and_is_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    latest = latest_version()
+    assert fake_cli().run("migrate", db).stdout == f"{db}: created at schema version {latest}\n"
+    assert "already at schema version" in fake_cli().run("migrate", db).stdout
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    assert fake_cli().run("migrate", empty).stdout == (
+        f"{empty}: migrated from schema version 0 to {latest}\n"
+    )
+    assert fake_cli().json("stats", empty)["entries"] == 0
+
+
+def test_vacuum_reclaims_space_after_deletes(tmp_path: Path) -> None:
+    db = tmp_path / "big.db"
+    rows = [{"query": f"question {i} " * 20, "response": "x" * 2000} for i in range(300)]
+    fake_cli().run("-q", "warm", db, write_jsonl(tmp_path / "big.jsonl", rows))
+    fake_cli().run("rm", db, "--all", "--yes")
+    before = db.stat().st_size
+    result = fake_cli().run("vacuum", db)
+    assert db.stat().st_size < before / 2
+    assert "reclaimed" in result.stdout and "->" in result.stdout
+    assert fake_cli().json("doctor", db)["ok"]
+
+
+def test_shell_print_and_missing_shell(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite_vec
+
+    printed = fake_cli().run("shell", db, "--print").stdout.strip()
+    assert printed.endswith(f" {db}") and ".load" in printed
+    assert str(sqlite_vec.loadable_path()) in printed
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    result = fake_cli().run("shell", db, expect=1)
+    assert result.stdout.startswith("sqlite3 -cmd")
+    assert "no sqlite3 shell found" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="no sqlite3 shell installed")
+def test_shell_runs_sqlite3_with_sqlite_vec_loaded(db: Path) -> None:
+    sql = (
+        "select count(*) from entries; "
+        "select rowid, vec_length(embedding) from entry_vectors where rowid = 1;"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "semcache_sqlite", "shell", str(db), sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["5", "1|64"]
