@@ -486,7 +486,16 @@ class SemanticCache:
             checked = as_unit_matrix(matrix, self.embedder.dim, len(still_missing))
             for i, vector in zip(still_missing, checked, strict=True):
                 given[i] = vector
-            ids, _ = self._store.upsert_many(scope, entries, given, self.embedder.model_id)
+            # Only the rows that were not written: the others are committed already and
+            # must not be replaced (and version-bumped) a second time.
+            retried, _ = self._store.upsert_many(
+                scope,
+                [entries[i] for i in still_missing],
+                [given[i] for i in still_missing],
+                self.embedder.model_id,
+            )
+            for i, entry_id in zip(still_missing, retried, strict=True):
+                ids[i] = entry_id
         return [i for i in ids if i is not None]
 
     def update(
