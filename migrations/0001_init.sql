@@ -9,7 +9,7 @@ CREATE TABLE cache_info (
 );
 
 CREATE TABLE entries (
-    id              INTEGER PRIMARY KEY,
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids are never reused
     namespace       TEXT    NOT NULL,
     user_id         TEXT    NOT NULL DEFAULT '',  -- '' = shared by every user of the namespace
     context_key     TEXT    NOT NULL DEFAULT '',  -- hash of model / system prompt / params; '' = none

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from fakes import FakeEmbedder
 
@@ -362,3 +364,26 @@ def test_closed_cache_refuses_use(db_path: Path) -> None:
     cache.close()  # idempotent
     with pytest.raises(Exception, match="closed"):
         cache.lookup("anything")
+
+
+def test_store_many_survives_entry_deleted_while_embedding(db_path: Path) -> None:
+    class DeletingEmbedder(FakeEmbedder):
+        """Deletes entry ``victim`` the first time it embeds: a concurrent delete."""
+
+        victim: int | None = None
+
+        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            if self.victim is not None:
+                cache.delete(self.victim)
+                self.victim = None
+            return super().embed(texts)
+
+    embedder = DeletingEmbedder()
+    with SemanticCache(db_path, embedder=embedder) as cache:
+        kept = cache.store("already stored", None, "old")
+        embedder.victim = kept
+        ids = cache.store_many(["already stored", "brand new"], ["new", "fresh"])
+        assert len(ids) == 2 and kept not in ids  # re-inserted under a new id
+        assert [cache.get(i).response for i in ids] == ["new", "fresh"]
+        assert [cache.get(i).version for i in ids] == [1, 1]  # nothing written twice
+        assert cache._store.orphan_counts() == (0, 0)
