@@ -346,7 +346,12 @@ class _Accumulator:
             piece += refusal
         return piece
 
-    def completion(self) -> Completion:
+    def finished(self) -> Completion:
+        """The whole answer, once the stream has ended."""
+        if self.finish_reason is None:
+            # Every OpenAI-compatible server ends a stream with a finish_reason; a
+            # stream without one was cut (a close-delimited body cannot say so).
+            raise LLMError("the chat stream ended before the model finished (connection lost?)")
         refusal = "".join(self.refusal) or None
         text = "".join(self.parts) or refusal or ""
         return Completion(text, self.finish_reason, refusal, self.model)
@@ -370,7 +375,7 @@ class ChatStream:
                     yield piece
         except Exception as exc:
             raise self._error(exc) from exc
-        self.completion = self._acc.completion()
+        self.completion = self._acc.finished()
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -402,7 +407,7 @@ class AsyncChatStream:
                     yield piece
         except Exception as exc:
             raise self._error(exc) from exc
-        self.completion = self._acc.completion()
+        self.completion = self._acc.finished()
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self

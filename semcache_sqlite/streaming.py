@@ -435,6 +435,7 @@ class AsyncCachedStream(_StreamBase):
             raise await asyncio.to_thread(self._failed, exc) from exc
         except BaseException:  # cancelled mid-stream: behave as if closed early
             self._stopped_early_quietly()
+            await self._close_source()
             raise
         if raw is _END:
             raise StopAsyncIteration
