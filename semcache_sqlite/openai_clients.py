@@ -10,7 +10,7 @@
   multiply the attempts).
 - The async client is created lazily, once per event loop: an httpx async
   connection pool belongs to the loop that opened it, and a program may run
-  several loops one after the other (``asyncio.run`` twice, pytest).
+  several loops (one after the other with ``asyncio.run``, or one per thread).
 - Errors become this library's: a timeout becomes ``timeout_error``, anything
   else ``base_error``, with ``status_code`` set and the original chained.
 """
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import weakref
 from typing import Any, TypeVar
 
 from .errors import EmbedderError, LLMError
@@ -57,55 +59,61 @@ class OpenAIClients:
     ) -> None:
         self._api_key, self._base_url = _resolve(api_key, base_url)
         self.timeout = float(timeout)
+        self._lock = threading.Lock()  # lazy creation from several threads builds one client
         self._sync = None if client is None else without_retries(client)
         self._owns_sync = client is None
         self._given_async = None if async_client is None else without_retries(async_client)
-        self._async: Any = None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        # Weak keys: a loop that is closed and gone takes its client with it.
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def base_url(self) -> str | None:
         return self._base_url
 
     def sync(self) -> Any:
-        if self._sync is None:
-            import openai
+        with self._lock:
+            if self._sync is None:
+                import openai
 
-            self._sync = openai.OpenAI(
-                api_key=self._api_key,
-                base_url=self._base_url,
-                timeout=self.timeout,
-                max_retries=0,
-            )
-        return self._sync
+                self._sync = openai.OpenAI(
+                    api_key=self._api_key,
+                    base_url=self._base_url,
+                    timeout=self.timeout,
+                    max_retries=0,
+                )
+            return self._sync
 
     def for_running_loop(self) -> Any:
         if self._given_async is not None:
             return self._given_async
         loop = asyncio.get_running_loop()
-        if self._async is None or self._async_loop is not loop:
-            import openai
+        with self._lock:
+            client = self._async.get(loop)
+            if client is None:
+                import openai
 
-            # The previous loop's client is dropped, not closed: its pool cannot be
-            # closed from another loop, and its loop is usually gone already.
-            self._async = openai.AsyncOpenAI(
-                api_key=self._api_key,
-                base_url=self._base_url,
-                timeout=self.timeout,
-                max_retries=0,
-            )
-            self._async_loop = loop
-        return self._async
+                client = openai.AsyncOpenAI(
+                    api_key=self._api_key,
+                    base_url=self._base_url,
+                    timeout=self.timeout,
+                    max_retries=0,
+                )
+                self._async[loop] = client
+            return client
 
     def close(self) -> None:
         """Close the sync client we created (a client passed in is the caller's to close)."""
-        if self._owns_sync and self._sync is not None:
-            self._sync.close()
-            self._sync = None
+        with self._lock:
+            client, self._sync = (self._sync, None) if self._owns_sync else (None, self._sync)
+        if client is not None:
+            client.close()
 
     async def aclose(self) -> None:
-        """Close the async client of the running loop, and the sync one."""
-        client, self._async, self._async_loop = self._async, None, None
+        """Close the running loop's async client (if we created it), and the sync one."""
+        with self._lock:
+            client = self._async.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.close()
         self.close()

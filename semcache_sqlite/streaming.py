@@ -256,7 +256,11 @@ class CachedStream(_StreamBase):
             if not finished:
                 break
             if not flight.abandoned:
-                self._serve(conclude_follower(cache, req, flight))
+                try:
+                    self._serve(conclude_follower(cache, req, flight))
+                except BaseException:
+                    self._finished = True  # the leader's error is this stream's error
+                    raise
                 return
         try:
             self._lead()
@@ -366,7 +370,11 @@ class AsyncCachedStream(_StreamBase):
             if not finished:
                 break
             if not flight.abandoned:
-                self._serve(await asyncio.to_thread(conclude_follower, cache, req, flight))
+                try:
+                    self._serve(await asyncio.to_thread(conclude_follower, cache, req, flight))
+                except BaseException:
+                    self._finished = True  # the leader's error is this stream's error
+                    raise
                 return
         try:
             await self._lead()

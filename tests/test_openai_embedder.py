@@ -137,3 +137,26 @@ def test_aembed_uses_the_async_client(server: OpenAIServer) -> None:
     requests = server.state.requests
     assert [r.headers.get("x-stainless-async") for r in requests[:3]] == ["async:asyncio"] * 3
     embedder.close()
+
+
+def test_retry_deadline_stops_further_attempts(server: OpenAIServer) -> None:
+    policy = RetryPolicy(max_retries=5, initial_backoff=1.0, jitter=0.0, deadline=0.5)
+    embedder = make_embedder(server, retry=policy)
+    server.state.fail_next = [503]
+    started = time.monotonic()
+    with pytest.raises(EmbedderError, match="HTTP 503"):
+        embedder.embed(["no time to wait"])
+    assert time.monotonic() - started < 0.9  # the 1 s backoff would pass the deadline
+    assert server.state.count("/embeddings") == 1
+    embedder.close()
+
+
+def test_one_embedder_serves_several_event_loops(server: OpenAIServer) -> None:
+    embedder = make_embedder(server)
+
+    async def once() -> int:
+        return len(await embedder.aembed(["same text"]))
+
+    assert asyncio.run(once()) == 1
+    assert asyncio.run(once()) == 1  # a new loop gets its own async client
+    embedder.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -193,3 +194,28 @@ def test_stream_released_when_dropped(cache: SemanticCache) -> None:
     assert FLIGHTS.in_flight() == 1
     del stream  # garbage-collected without close(): waiters are released
     assert FLIGHTS.in_flight() == 0
+
+
+def test_stream_following_a_failed_leader_raises_and_stays_closed(tmp_path: Path) -> None:
+    cache_entered_llm, release = threading.Event(), threading.Event()
+
+    def failing(prompt: str) -> str:
+        cache_entered_llm.set()
+        release.wait(10)
+        raise RuntimeError("leader broke")
+
+    with (
+        SemanticCache(tmp_path / "f.db", embedder=FakeEmbedder(), llm=failing) as cache,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        leader = pool.submit(cache.get_or_compute, QUESTION)
+        assert cache_entered_llm.wait(10)
+        follower = cache.stream(QUESTION)
+        started = pool.submit(follower.__enter__)
+        assert FLIGHTS.wait_for_waiters(1, timeout=10)
+        release.set()
+        with pytest.raises(LLMError, match="leader broke"):
+            started.result(timeout=10)
+        with pytest.raises(LLMError):
+            leader.result(timeout=10)
+        assert list(follower) == []  # dead after its error, not a TypeError
