@@ -34,7 +34,7 @@ from .errors import (
     VersionConflictError,
 )
 from .fallback import FallbackPolicy
-from .llms import LLM, ChatStream, Completion, OpenAIChat
+from .llms import LLM, AsyncChatStream, ChatStream, Completion, OpenAIChat
 from .prompts import ChatMessage, Prompt, conversation_text
 from .retry import RetryPolicy
 from .streaming import AsyncCachedStream, CachedStream
@@ -43,6 +43,7 @@ from .timing import CacheResult, Timings
 __all__ = [
     "LLM",
     "AsyncCachedStream",
+    "AsyncChatStream",
     "CacheEntry",
     "CacheResult",
     "CacheTimeoutError",

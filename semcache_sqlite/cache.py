@@ -278,6 +278,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
     ) -> tuple[str, float] | None:
         """Seed API: ``(response, similarity)`` of the nearest entry at/above threshold, or None."""
         vector = as_unit_vector(query_embedding, self.embedder.dim)
+        # No query text here: a placeholder keeps the request (and its CacheResult) whole.
         req = prepare(
             self, "find_similar", "(embedding)", self.llm, namespace, user_id, context, threshold
         )

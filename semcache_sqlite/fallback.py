@@ -253,7 +253,6 @@ def conclude(
     llm_seconds: float | None = None,
     embed_failed: bool = False,
     coalesced: bool = False,
-    record: bool = True,
 ) -> CacheResult:
     """Build the request's CacheResult, count it in the file, log it, call the hook."""
     result = CacheResult(
@@ -273,21 +272,20 @@ def conclude(
         reason=reason,
         error=error,
     )
-    if record:
-        try:
-            cache._store.record_lookup(
-                req.scope.namespace,
-                entry_id if is_cached else None,
-                seconds=result.timings.total,
-                llm_seconds=llm_seconds,
-                embed_failed=embed_failed,
-                coalesced=coalesced,
-            )
-        except SemCacheError:
-            if error is None:
-                raise
-            # Already failing: the request's own error matters more than the counter.
-            logger.warning("could not count a failed request in the file", exc_info=True)
+    try:
+        cache._store.record_lookup(
+            req.scope.namespace,
+            entry_id if is_cached else None,
+            seconds=result.timings.total,
+            llm_seconds=llm_seconds,
+            embed_failed=embed_failed,
+            coalesced=coalesced,
+        )
+    except SemCacheError:
+        if error is None:
+            raise
+        # Already failing: the request's own error matters more than the counter.
+        logger.warning("could not count a failed request in the file", exc_info=True)
     report(result, cache.on_event)
     return result
 

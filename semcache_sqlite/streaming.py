@@ -70,7 +70,8 @@ def open_stream(llm: Any, prompt: Prompt) -> Any:
         raise InvalidInputError("this LLM is async: use astream()")
     if isinstance(source, (str, Completion)):
         return _Whole(source)
-    return source
+    # An iterator as is (it may carry ``completion`` and ``close``), an iterable made one.
+    return source if isinstance(source, Iterator) else iter(source)
 
 
 class _Whole:
@@ -113,7 +114,7 @@ async def open_astream(llm: Any, prompt: Prompt) -> Any:
     if isinstance(source, (str, Completion)):
         return _Whole(source)
     if hasattr(source, "__aiter__"):
-        return source
+        return source.__aiter__()
     return _ThreadedIterator(iter(source))
 
 
@@ -122,6 +123,11 @@ class _ThreadedIterator:
 
     def __init__(self, pieces: Iterator[Any]) -> None:
         self._pieces = pieces
+
+    @property
+    def completion(self) -> Any:
+        """How the wrapped stream ended, if it says (e.g. a ChatStream)."""
+        return getattr(self._pieces, "completion", None)
 
     def __aiter__(self) -> _ThreadedIterator:
         return self

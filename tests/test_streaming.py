@@ -219,3 +219,49 @@ def test_stream_following_a_failed_leader_raises_and_stays_closed(tmp_path: Path
         with pytest.raises(LLMError):
             leader.result(timeout=10)
         assert list(follower) == []  # dead after its error, not a TypeError
+
+
+def test_lists_and_async_iterables_from_plain_llms(tmp_path: Path) -> None:
+    class Pieces:
+        """An async iterable that is not itself an iterator."""
+
+        def __aiter__(self) -> AsyncIterator[str]:
+            async def pieces() -> AsyncIterator[str]:
+                yield "async "
+                yield "iterable"
+
+            return pieces()
+
+    with SemanticCache(tmp_path / "l.db", embedder=FakeEmbedder()) as cache:
+        assert list(cache.stream("a list of pieces", lambda p: ["a ", "list"])) == ["a ", "list"]
+
+        async def main() -> list[str]:
+            return [p async for p in cache.astream("an async iterable", lambda p: Pieces())]
+
+        assert asyncio.run(main()) == ["async ", "iterable"]
+        assert cache.get_or_compute("a list of pieces") == ("a list", True)
+        assert cache.get_or_compute("an async iterable") == ("async iterable", True)
+
+
+def test_sync_streaming_llm_from_async_code(
+    tmp_path: Path, server: OpenAIServer, chat: OpenAIChat
+) -> None:
+    class SyncOnly:
+        """Only a sync ``stream`` (no astream): read in worker threads."""
+
+        cache_context = chat.cache_context
+
+        def stream(self, prompt: str) -> object:
+            return chat.stream(prompt)
+
+    server.state.finish_reason = "length"  # truncated: must still be known, and not cached
+
+    async def main(cache: SemanticCache) -> str:
+        async with cache.astream(QUESTION, SyncOnly()) as stream:
+            text = "".join([p async for p in stream])
+        assert stream.result is not None and stream.result.reason == "truncated"
+        return text
+
+    with SemanticCache(tmp_path / "y.db", embedder=FakeEmbedder()) as cache:
+        assert asyncio.run(main(cache)) == ANSWER
+        assert cache.stats()["cached_entries"] == 0
