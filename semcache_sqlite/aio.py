@@ -48,7 +48,7 @@ from .fallback import (
 )
 from .llms import acomplete
 from .prompts import Prompt
-from .singleflight import FLIGHTS, Flight
+from .singleflight import FLIGHTS, Flight, leading
 from .timing import CacheResult, logger
 from .validation import FloatVector
 
@@ -122,7 +122,8 @@ async def alead_flight(
     cache: SemanticCache, req: Request, flight: Flight[CacheResult]
 ) -> CacheResult:
     try:
-        result = await alead(cache, req)
+        with leading(req.flight_key):
+            result = await alead(cache, req)
     except Exception as exc:
         FLIGHTS.fail(flight, exc)
         raise

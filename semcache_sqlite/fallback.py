@@ -42,7 +42,7 @@ from .errors import (
 )
 from .llms import Completion, complete
 from .prompts import Prompt, key_prompt
-from .singleflight import FLIGHTS, Flight
+from .singleflight import FLIGHTS, Flight, leading
 from .store import EntryRow, Scope
 from .timing import CacheResult, Outcome, Stopwatch, logger, report
 from .validation import FloatVector, as_unit_vector, check_query, query_hash, similarity_hits
@@ -473,7 +473,8 @@ def run_get_or_compute(cache: SemanticCache, req: Request) -> CacheResult:
 
 def lead_flight(cache: SemanticCache, req: Request, flight: Flight[CacheResult]) -> CacheResult:
     try:
-        result = lead(cache, req)
+        with leading(req.flight_key):
+            result = lead(cache, req)
     except Exception as exc:
         FLIGHTS.fail(flight, exc)
         raise

@@ -17,7 +17,9 @@ calling the LLM themselves (they also skip the embedding and the search).
   the leader is *cancelled* (task cancelled, stream closed early, KeyboardInterrupt)
   the flight is abandoned and the followers try again, one of them leading.
 - **Re-entrancy**: a leader that asks the same question again from inside its
-  own LLM call (same thread or task) is not made to wait for itself.
+  own LLM call is not made to wait for itself: not in the same thread or task,
+  and not from code it runs in a worker thread (``asyncio.to_thread`` copies
+  the context variable that marks what the current call chain is leading).
 - **Threads and tasks mix**: a sync follower waits on a ``threading.Event``, an
   async follower on a future resolved through its loop's ``call_soon_threadsafe``,
   so neither blocks an event loop nor needs a thread to wait.
@@ -31,15 +33,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from .timing import CacheResult
 
 T = TypeVar("T")
+
+
+#: Keys of the flights the current call chain leads (see "Re-entrancy" above).
+_LEADING: contextvars.ContextVar[frozenset[Hashable]] = contextvars.ContextVar(
+    "semcache_leading", default=frozenset()
+)
+
+
+@contextlib.contextmanager
+def leading(key: Hashable) -> Iterator[None]:
+    """Mark ``key`` as led by this call chain while the leader works."""
+    token = _LEADING.set(_LEADING.get() | {key})
+    try:
+        yield
+    finally:
+        _LEADING.reset(token)
 
 
 def current_owner() -> object:
@@ -131,7 +150,7 @@ class SingleFlight(Generic[T]):
                 flight = Flight(key, owner)
                 self._flights[key] = flight
                 return flight, True
-            if flight.owner == owner:
+            if flight.owner == owner or key in _LEADING.get():
                 return None, False
             return flight, False
 

@@ -8,7 +8,9 @@ waiting (``FLIGHTS.wait_for_waiters``), then released.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -240,3 +242,34 @@ def test_followers_may_call_the_llm_themselves(tmp_path: Path, policy: FallbackP
         # Across processes there is no lock either; the upsert keeps one entry.
         assert c.stats()["cached_entries"] == 1
         assert c.get(c.search("same question", k=1)[0].entry_id).version == 3
+
+
+def test_reentrant_call_from_a_worker_thread_of_an_async_leader(tmp_path: Path) -> None:
+    def inner(prompt: str) -> str:
+        return "inner answer"
+
+    async def main(cache: SemanticCache) -> tuple[str, bool]:
+        def sync_llm(prompt: str) -> str:
+            # Runs via asyncio.to_thread for the async leader: another thread, same chain.
+            return cache.get_or_compute(prompt, inner)[0] + " (via sync llm)"
+
+        return await cache.aget_or_compute("nested again", sync_llm)
+
+    with SemanticCache(tmp_path / "w.db", embedder=FakeEmbedder()) as cache:
+        assert asyncio.run(main(cache)) == ("inner answer (via sync llm)", False)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_starts_with_no_flights() -> None:
+    flight, leader = FLIGHTS.join(("fork-test",))
+    assert flight is not None and leader
+    try:
+        with warnings.catch_warnings():  # 3.12+ warns about fork() with threads alive
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: the parent's flight must not be visible here
+            os._exit(0 if FLIGHTS.in_flight() == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        FLIGHTS.abandon(flight)
