@@ -28,6 +28,7 @@ hook for such a rule.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
@@ -133,8 +134,6 @@ def complete(llm: Any, prompt: Prompt) -> Completion:
 
 async def acomplete(llm: Any, prompt: Prompt) -> Completion:
     """Ask an LLM from async code: ``acomplete``, an async callable, or a sync one in a thread."""
-    import asyncio
-
     method = getattr(llm, "acomplete", None)
     try:
         if callable(method):
