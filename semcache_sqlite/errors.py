@@ -21,8 +21,16 @@ Catch ``SemCacheError`` to catch them all. The tree::
     │   └── CacheTimeoutError                    lock not acquired within the busy timeout
     ├── EmbedderMismatchError                    file was built with another embedding model
     ├── EmbedderError                            embedding failed (model or remote service)
-    │   └── ModelIntegrityError                  model/tokenizer file failed its sha256 check
+    │   ├── ModelIntegrityError                  model/tokenizer file failed its sha256 check
+    │   ├── EmbedderTimeoutError (also TimeoutError)  no answer within the timeout/deadline
+    │   └── EmbedderResponseError                the service answered with unusable vectors
     └── LLMError                                 the LLM call failed or returned nothing usable
+        ├── LLMTimeoutError (also TimeoutError)  no answer within the timeout
+        └── LLMRefusalError                      refused / content-filtered with no text to return
+
+``EmbedderError`` and ``LLMError`` carry ``status_code``: the HTTP status of a
+remote service's last answer (None for local failures, timeouts and lost
+connections); the original exception is chained as ``__cause__``.
 
 Nothing is stored when an error is raised in the middle of a write: every
 write runs in one SQLite transaction that is rolled back on error.
@@ -116,10 +124,32 @@ class EmbedderMismatchError(SemCacheError):
 class EmbedderError(SemCacheError):
     """Computing embeddings failed (model load, runtime or remote service)."""
 
+    #: HTTP status of the remote service's last answer; None if there was none.
+    status_code: int | None = None
+
 
 class ModelIntegrityError(EmbedderError):
     """A model or tokenizer file does not have the expected sha256."""
 
 
+class EmbedderTimeoutError(EmbedderError, TimeoutError):
+    """The embedder did not answer within its timeout (or the cache's embed deadline)."""
+
+
+class EmbedderResponseError(EmbedderError):
+    """The embedding service answered, but with the wrong number, length or values of vectors."""
+
+
 class LLMError(SemCacheError):
     """The LLM call failed or returned no usable text; nothing was cached."""
+
+    #: HTTP status of the remote service's last answer; None if there was none.
+    status_code: int | None = None
+
+
+class LLMTimeoutError(LLMError, TimeoutError):
+    """The LLM did not answer within its timeout; nothing was cached."""
+
+
+class LLMRefusalError(LLMError):
+    """The LLM refused or was content-filtered and gave no text to return; nothing was cached."""

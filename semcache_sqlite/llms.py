@@ -1,19 +1,44 @@
 """The LLM the cache falls back to on a miss.
 
-Anything callable ``str -> str`` works as an LLM. An object may also expose
-``cache_context`` (a JSON-serialisable mapping: model, system prompt,
-generation parameters); the cache hashes it into the context key of every
-entry it reads and writes, so an answer produced under one model or system
-prompt is never served for another. ``OpenAIChat`` does this for you.
+Anything callable works as an LLM: ``f(prompt) -> str`` (``prompt`` is what the
+caller passed: a query string or a list of chat messages), or an ``async def``
+for the async API. It may return a :class:`Completion` instead of a str to say
+how the answer ended (a refusal or a truncated answer is returned to the caller
+but not cached). An object may also expose ``cache_context`` (a JSON-
+serialisable mapping: model, system prompt, generation parameters); the cache
+hashes it into the context key of every entry it reads and writes, so an answer
+produced under one model or system prompt is never served for another.
+``OpenAIChat`` does all of this for you, plus ``acomplete``, ``stream`` and
+``astream`` for the async and streaming APIs.
+
+What counts as "not cacheable" (decided here, documented in the README):
+
+- a **refusal**: the message's ``refusal`` field is set (OpenAI's structured
+  refusal); its text is returned to the caller, never stored;
+- a **content-filtered** answer (``finish_reason == "content_filter"``);
+- a **truncated** answer (``finish_reason == "length"``: it hit ``max_tokens``),
+  unless the cache's policy says ``cache_truncated=True``;
+- an empty or whitespace-only answer is an error (``LLMError``; a refusal or a
+  filter with no text at all raises ``LLMRefusalError``).
+
+We do not guess refusals from wording ("I'm sorry, I can't..."): phrase lists
+are language-specific and misfire; ``FallbackPolicy.should_cache`` is the
+hook for such a rule.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-from .errors import LLMError
+from .errors import InvalidInputError, LLMError, LLMRefusalError, LLMTimeoutError
+from .openai_clients import OpenAIClients, translate_error
+from .prompts import Prompt, as_messages
+from .retry import RetryPolicy, acall_with_retries, call_with_retries
 
 #: The seed tutorial's model and answer budget.
 DEFAULT_CHAT_MODEL = "gpt-4o"
@@ -28,6 +53,44 @@ class LLM(Protocol):
 
 
 LLMCallable = Callable[[str], str]
+#: Anything ``get_or_compute`` accepts as ``llm``: ``f(prompt) -> str | Completion``,
+#: an ``async def`` of the same shape (async API), or an object such as OpenAIChat.
+LLMFunction: TypeAlias = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """An LLM answer and how it ended."""
+
+    text: str
+    finish_reason: str | None = None  # "stop", "length", "content_filter", ...
+    refusal: str | None = None  # the model's refusal message, if it refused
+    model: str | None = None
+
+    def uncacheable_reason(self, *, cache_truncated: bool = False) -> str | None:
+        """Why this answer must not be cached ("refusal", "content_filter", "truncated")."""
+        if self.refusal:
+            return "refusal"
+        if self.finish_reason == "content_filter":
+            return "content_filter"
+        if self.finish_reason == "length" and not cache_truncated:
+            return "truncated"
+        return None
+
+
+def as_completion(answer: object) -> Completion:
+    """Check an LLM's return value: non-empty text, or a Completion with non-empty text."""
+    completion = answer if isinstance(answer, Completion) else None
+    if completion is None:
+        if not isinstance(answer, str):
+            raise LLMError(f"the LLM returned {type(answer).__name__}, not text; nothing cached")
+        completion = Completion(answer)
+    if not completion.text.strip():
+        reason = completion.uncacheable_reason()
+        if reason in ("refusal", "content_filter"):
+            raise LLMRefusalError(f"the LLM gave no answer ({reason}); nothing was cached")
+        raise LLMError(f"the LLM returned no text ({completion.text!r}), nothing was cached")
+    return completion
 
 
 def llm_cache_context(llm: object | None) -> Mapping[str, Any] | None:
@@ -40,12 +103,65 @@ def llm_cache_context(llm: object | None) -> Mapping[str, Any] | None:
     return context
 
 
+def _failed(exc: Exception) -> LLMError:
+    if isinstance(exc, LLMError):
+        return exc
+    error = LLMError(f"the LLM call failed, nothing was cached: {exc}")
+    error.status_code = getattr(exc, "status_code", None)
+    return error
+
+
+def is_async_callable(llm: object) -> bool:
+    call = getattr(llm, "__call__", None)  # noqa: B004 - instances with an async __call__
+    return inspect.iscoroutinefunction(llm) or inspect.iscoroutinefunction(call)
+
+
+def complete(llm: Any, prompt: Prompt) -> Completion:
+    """Ask a sync LLM; every failure becomes LLMError."""
+    method = getattr(llm, "complete", None)
+    if is_async_callable(llm) and not callable(method):
+        raise InvalidInputError("this LLM is async: use aget_or_compute()/astream()")
+    try:
+        answer = method(prompt) if callable(method) else llm(prompt)
+    except Exception as exc:
+        raise _failed(exc) from exc
+    if inspect.isawaitable(answer):
+        if inspect.iscoroutine(answer):
+            answer.close()  # never awaited: close it so Python does not warn
+        raise InvalidInputError("this LLM is async: use aget_or_compute()/astream()")
+    return as_completion(answer)
+
+
+async def acomplete(llm: Any, prompt: Prompt) -> Completion:
+    """Ask an LLM from async code: ``acomplete``, an async callable, or a sync one in a thread."""
+    method = getattr(llm, "acomplete", None)
+    try:
+        if callable(method):
+            answer = await method(prompt)
+        elif is_async_callable(llm):
+            answer = await llm(prompt)
+        else:
+            # A sync LLM would block the event loop: run it in a worker thread.
+            answer = await asyncio.to_thread(llm, prompt)
+            if inspect.isawaitable(answer):
+                answer = await answer
+    except Exception as exc:
+        raise _failed(exc) from exc
+    return as_completion(answer)
+
+
 class OpenAIChat:
-    """Chat completions from OpenAI or any OpenAI-compatible server.
+    """Chat completions from OpenAI or any OpenAI-compatible server (Ollama, vLLM, ...).
 
     ``api_key`` / ``base_url`` default to ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``
-    (and ``OPENAI_MODEL`` for the model). Model, system prompt, temperature,
-    max_tokens and ``extra`` parameters form ``cache_context``.
+    (and the model to ``OPENAI_MODEL``, else gpt-4o). Model, system prompt,
+    temperature, max_tokens and ``extra`` parameters (sent as extra JSON body
+    fields, e.g. ``{"top_p": 0.9, "seed": 1}``) form ``cache_context``, so
+    changing any of them never serves an answer made under the old ones.
+    ``timeout`` is per request; failed requests are retried per ``retry``
+    (default: ``max_retries`` retries with exponential backoff on 429/5xx,
+    timeouts and lost connections). ``client`` / ``async_client`` let you pass
+    configured ``openai.OpenAI`` / ``openai.AsyncOpenAI`` clients.
     """
 
     def __init__(
@@ -60,23 +176,23 @@ class OpenAIChat:
         base_url: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 2,
+        retry: RetryPolicy | None = None,
         client: Any = None,
+        async_client: Any = None,
     ) -> None:
         self.model = model or os.environ.get("OPENAI_MODEL") or DEFAULT_CHAT_MODEL
         self.system_prompt = system_prompt
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.extra = dict(extra or {})
-        if client is None:
-            import openai
-
-            client = openai.OpenAI(
-                api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
-                base_url=base_url,
-                timeout=timeout,
-                max_retries=max_retries,
-            )
-        self._client = client
+        self.retry = retry if retry is not None else RetryPolicy(max_retries=max_retries)
+        self._clients = OpenAIClients(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            client=client,
+            async_client=async_client,
+        )
 
     @property
     def cache_context(self) -> dict[str, Any]:
@@ -89,29 +205,216 @@ class OpenAIChat:
         }
 
     def __repr__(self) -> str:
-        return f"OpenAIChat(model={self.model!r})"
+        return f"OpenAIChat(model={self.model!r}, base_url={self._clients.base_url!r})"
 
-    def __call__(self, prompt: str) -> str:
-        import openai
+    # -- requests ----------------------------------------------------------------
 
-        messages: list[dict[str, str]] = []
-        if self.system_prompt:
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.append({"role": "user", "content": prompt})
-        params: dict[str, Any] = dict(self.extra)
+    def _request(self, prompt: Prompt, *, stream: bool) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": as_messages(prompt, self.system_prompt),
+        }
         if self.temperature is not None:
             params["temperature"] = self.temperature
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens
-        try:
-            completion = self._client.chat.completions.create(
-                model=self.model, messages=messages, **params
-            )
-        except openai.OpenAIError as exc:
-            raise LLMError(f"chat completion with {self.model!r} failed: {exc}") from exc
-        if not completion.choices:
+        if self.extra:
+            # As raw body fields: the client's create() rejects keyword arguments it
+            # does not know, and servers such as Ollama take options it has never heard of.
+            params["extra_body"] = dict(self.extra)
+        if stream:
+            params["stream"] = True
+        return params
+
+    def _error(self, exc: Exception) -> LLMError:
+        return translate_error(
+            exc,
+            f"chat completion with {self.model!r}",
+            LLMError,
+            LLMTimeoutError,
+            self._clients.timeout,
+        )
+
+    def _completion(self, response: Any) -> Completion:
+        if not getattr(response, "choices", None):
             raise LLMError(f"chat completion with {self.model!r} returned no choices")
-        content = completion.choices[0].message.content
-        if not content or not content.strip():
-            raise LLMError(f"chat completion with {self.model!r} returned an empty answer")
-        return str(content)
+        choice = response.choices[0]
+        message = choice.message
+        refusal = getattr(message, "refusal", None) or None
+        return Completion(
+            text=message.content or refusal or "",
+            finish_reason=choice.finish_reason,
+            refusal=refusal,
+            model=getattr(response, "model", None),
+        )
+
+    def complete(self, prompt: Prompt) -> Completion:
+        """One chat completion for ``prompt`` (a str or a list of messages)."""
+        client = self._clients.sync()
+        params = self._request(prompt, stream=False)
+        try:
+            response = call_with_retries(
+                lambda: client.chat.completions.create(**params),
+                self.retry,
+                what=f"chat completion with {self.model!r}",
+            )
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return self._completion(response)
+
+    async def acomplete(self, prompt: Prompt) -> Completion:
+        """Async twin of :meth:`complete`, with ``openai.AsyncOpenAI``."""
+        client = self._clients.for_running_loop()
+        params = self._request(prompt, stream=False)
+        try:
+            response = await acall_with_retries(
+                lambda: client.chat.completions.create(**params),
+                self.retry,
+                what=f"chat completion with {self.model!r}",
+            )
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return self._completion(response)
+
+    def __call__(self, prompt: Prompt) -> str:
+        """The answer's text (an empty answer raises LLMError)."""
+        return as_completion(self.complete(prompt)).text
+
+    def stream(self, prompt: Prompt) -> ChatStream:
+        """Stream the answer as text pieces; retries apply until the stream has opened."""
+        client = self._clients.sync()
+        params = self._request(prompt, stream=True)
+        try:
+            raw = call_with_retries(
+                lambda: client.chat.completions.create(**params),
+                self.retry,
+                what=f"chat stream with {self.model!r}",
+            )
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return ChatStream(raw, self._error)
+
+    async def astream(self, prompt: Prompt) -> AsyncChatStream:
+        """Async twin of :meth:`stream`."""
+        client = self._clients.for_running_loop()
+        params = self._request(prompt, stream=True)
+        try:
+            raw = await acall_with_retries(
+                lambda: client.chat.completions.create(**params),
+                self.retry,
+                what=f"chat stream with {self.model!r}",
+            )
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return AsyncChatStream(raw, self._error)
+
+    def close(self) -> None:
+        """Close the HTTP client this object created."""
+        self._clients.close()
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients this object created (call it from the loop that used it)."""
+        await self._clients.aclose()
+
+
+class _Accumulator:
+    """Collects a streamed answer's pieces and how it ended."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.refusal: list[str] = []
+        self.finish_reason: str | None = None
+        self.model: str | None = None
+
+    def feed(self, chunk: Any) -> str:
+        self.model = getattr(chunk, "model", None) or self.model
+        choices = getattr(chunk, "choices", None) or []
+        if not choices:
+            return ""
+        choice = choices[0]
+        if choice.finish_reason:
+            self.finish_reason = choice.finish_reason
+        delta = choice.delta
+        piece = ""
+        if delta is not None and delta.content:
+            piece = delta.content
+            self.parts.append(piece)
+        refusal = getattr(delta, "refusal", None) if delta is not None else None
+        if refusal:
+            self.refusal.append(refusal)
+            piece += refusal
+        return piece
+
+    def finished(self) -> Completion:
+        """The whole answer, once the stream has ended."""
+        if self.finish_reason is None:
+            # Every OpenAI-compatible server ends a stream with a finish_reason; a
+            # stream without one was cut (a close-delimited body cannot say so).
+            raise LLMError("the chat stream ended before the model finished (connection lost?)")
+        refusal = "".join(self.refusal) or None
+        text = "".join(self.parts) or refusal or ""
+        return Completion(text, self.finish_reason, refusal, self.model)
+
+
+class ChatStream:
+    """Text pieces of a streamed chat answer; ``completion`` is set once it ended normally."""
+
+    def __init__(self, raw: Any, error: Callable[[Exception], LLMError]) -> None:
+        self._raw = raw
+        self._error = error
+        self._acc = _Accumulator()
+        self._pieces = self._generate()
+        self.completion: Completion | None = None
+
+    def _generate(self) -> Generator[str, None, None]:
+        try:
+            for chunk in self._raw:
+                piece = self._acc.feed(chunk)
+                if piece:
+                    yield piece
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self.completion = self._acc.finished()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stop reading and release the connection."""
+        self._pieces.close()
+        self._raw.close()
+
+
+class AsyncChatStream:
+    """Async twin of :class:`ChatStream`."""
+
+    def __init__(self, raw: Any, error: Callable[[Exception], LLMError]) -> None:
+        self._raw = raw
+        self._error = error
+        self._acc = _Accumulator()
+        self._pieces = self._generate()
+        self.completion: Completion | None = None
+
+    async def _generate(self) -> AsyncGenerator[str, None]:
+        try:
+            async for chunk in self._raw:
+                piece = self._acc.feed(chunk)
+                if piece:
+                    yield piece
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self.completion = self._acc.finished()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._pieces.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop reading and release the connection."""
+        await self._pieces.aclose()
+        await self._raw.close()

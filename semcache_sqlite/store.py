@@ -9,7 +9,7 @@ Tables (see migrations/ for the plain ones):
   would lose matches). It is created by :meth:`Store.bind_embedder`, because its
   column type carries the dimension.
 - ``cache_info``: key/value facts about the file (embedding model and dimension).
-- ``namespace_stats``: persisted hit/miss counters.
+- ``namespace_stats``: persisted hit/miss counters and latency sums.
 
 Invariant: an entry row and its vector row are inserted, replaced and deleted
 in the same transaction. sqlite-vec has no INSERT OR REPLACE, so a vector
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 from .db import Database
@@ -88,6 +88,23 @@ class Scope:
 
     def visible_user_ids(self) -> tuple[str, ...]:
         return ("",) if not self.user_id else ("", self.user_id)
+
+
+@dataclass(frozen=True)
+class LatencySums:
+    """One namespace's persisted hit/miss counters and latency sums."""
+
+    hits: int = 0
+    misses: int = 0
+    hit_seconds: float = 0.0
+    miss_seconds: float = 0.0
+    llm_seconds: float = 0.0
+    llm_calls: int = 0
+    embed_failures: int = 0
+    coalesced: int = 0
+
+    def __add__(self, other: LatencySums) -> LatencySums:
+        return LatencySums(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 @dataclass(frozen=True)
@@ -297,15 +314,46 @@ class Store:
             )
             return int(conn.execute(f"DELETE FROM entries {where}", params).rowcount)
 
-    def record_lookup(self, namespace: str, entry_id: int | None) -> None:
-        """Count a lookup as hit (entry_id given) or miss, in the file."""
+    def record_lookup(
+        self,
+        namespace: str,
+        entry_id: int | None,
+        *,
+        seconds: float = 0.0,
+        llm_seconds: float | None = None,
+        embed_failed: bool = False,
+        coalesced: bool = False,
+    ) -> None:
+        """Count a lookup as hit (entry_id given) or miss, with its latency, in the file.
+
+        ``seconds`` is added to the hit or miss latency sum; ``llm_seconds``, when
+        given, to the LLM latency sum (and ``llm_calls`` + 1). One transaction.
+        """
         hit = entry_id is not None
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT INTO namespace_stats (namespace, hits, misses) VALUES (?, ?, ?) "
+                "INSERT INTO namespace_stats (namespace, hits, misses, hit_seconds, miss_seconds, "
+                "llm_seconds, llm_calls, embed_failures, coalesced) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(namespace) DO UPDATE SET hits = hits + excluded.hits, "
-                "misses = misses + excluded.misses",
-                (namespace, int(hit), int(not hit)),
+                "misses = misses + excluded.misses, "
+                "hit_seconds = hit_seconds + excluded.hit_seconds, "
+                "miss_seconds = miss_seconds + excluded.miss_seconds, "
+                "llm_seconds = llm_seconds + excluded.llm_seconds, "
+                "llm_calls = llm_calls + excluded.llm_calls, "
+                "embed_failures = embed_failures + excluded.embed_failures, "
+                "coalesced = coalesced + excluded.coalesced",
+                (
+                    namespace,
+                    int(hit),
+                    int(not hit),
+                    float(seconds) if hit else 0.0,
+                    0.0 if hit else float(seconds),
+                    float(llm_seconds or 0.0),
+                    int(llm_seconds is not None),
+                    int(embed_failed),
+                    int(coalesced),
+                ),
             )
             if hit:
                 conn.execute(
@@ -401,6 +449,27 @@ class Store:
                 "LEFT JOIN namespace_stats s ON s.namespace = n.namespace ORDER BY n.namespace"
             ).fetchall()
         return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+    def latency_counters(self) -> dict[str, LatencySums]:
+        """namespace -> the persisted latency sums (see migrations/0005_latency_stats.sql)."""
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT namespace, hits, misses, hit_seconds, miss_seconds, llm_seconds, "
+                "llm_calls, embed_failures, coalesced FROM namespace_stats"
+            ).fetchall()
+        return {
+            str(r[0]): LatencySums(
+                hits=int(r[1]),
+                misses=int(r[2]),
+                hit_seconds=float(r[3]),
+                miss_seconds=float(r[4]),
+                llm_seconds=float(r[5]),
+                llm_calls=int(r[6]),
+                embed_failures=int(r[7]),
+                coalesced=int(r[8]),
+            )
+            for r in rows
+        }
 
     def orphan_counts(self) -> tuple[int, int]:
         """(entries without a vector, vectors without an entry): both must be 0."""

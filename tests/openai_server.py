@@ -2,9 +2,22 @@
 
 ``/v1/embeddings`` returns bag-of-words vectors (tests/fakes.py), and
 ``/v1/chat/completions`` answers "answer to: <last user message>" (or what
-``answer`` returns). Every request is recorded. ``fail_next`` scripts error
-statuses (e.g. [500] then success) and ``delay`` makes it hang, so tests can
-drive the real ``openai`` client through retries and timeouts.
+``answer`` returns), as one JSON body or, with ``"stream": true``, as
+server-sent events, one word per chunk. Every request is recorded.
+
+Knobs on ``server.state`` for scripting failures:
+
+- ``fail_next`` (+ ``fail_path``): error statuses for the next requests (e.g.
+  [500] then success), optionally only for one endpoint;
+- ``delay`` (+ ``delay_path``): hang that long before answering, so a client
+  timeout fires; the wait ends early when the server shuts down, so tests
+  never wait for it;
+- ``gate``: chat requests wait until this event is set (concurrency tests hold
+  the leader's LLM call open with it, with no sleeps);
+- ``finish_reason``, ``refusal``: how the answer ends (refusal: content null);
+- ``wrong_dim``: embeddings of that length instead of the requested one;
+- ``stream_fail_after``: a stream stops after that many chunks, without its
+  final chunk (a connection lost mid-answer).
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from fakes import bag_of_words_vector
 class RecordedRequest:
     path: str
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
 
 
 @dataclass
@@ -33,13 +47,31 @@ class OpenAIServerState:
         default=lambda messages: f"answer to: {messages[-1]['content']}"
     )
     fail_next: list[int] = field(default_factory=list)
+    fail_path: str = ""  # only requests whose path ends with this consume fail_next
     delay: float = 0.0
+    delay_path: str = ""  # only requests whose path ends with this are delayed
+    gate: threading.Event | None = None
+    finish_reason: str = "stop"
+    refusal: str | None = None
+    wrong_dim: int | None = None
+    stream_fail_after: int | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+    released: threading.Event = field(default_factory=threading.Event)
 
     def count(self, path_suffix: str) -> int:
         with self.lock:
             return sum(1 for r in self.requests if r.path.endswith(path_suffix))
+
+    def wait_for_requests(self, path_suffix: str, count: int, timeout: float = 10.0) -> bool:
+        """Block until ``count`` requests to ``path_suffix`` have arrived."""
+        with self.arrived:
+            return self.arrived.wait_for(lambda: self.count(path_suffix) >= count, timeout)
+
+    def bodies(self, path_suffix: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r.body for r in self.requests if r.path.endswith(path_suffix)]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,22 +85,33 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length) or b"{}")
         with state.lock:
-            state.requests.append(RecordedRequest(self.path, body))
-            status = state.fail_next.pop(0) if state.fail_next else 200
-        if state.delay:
-            time.sleep(state.delay)  # simulates a hung upstream; the client's timeout must fire
+            state.requests.append(
+                RecordedRequest(self.path, body, {k.lower(): v for k, v in self.headers.items()})
+            )
+            scripted = state.fail_next and self.path.endswith(state.fail_path)
+            status = state.fail_next.pop(0) if scripted else 200
+        with state.arrived:
+            state.arrived.notify_all()
+        if state.delay and self.path.endswith(state.delay_path):
+            # A hung upstream: the client's timeout must fire. Shutdown ends the wait.
+            state.released.wait(state.delay)
         if status != 200:
             self._send(status, {"error": {"message": f"scripted {status}", "type": "server_error"}})
         elif self.path.endswith("/embeddings"):
             self._send(200, self._embeddings(body, state))
         elif self.path.endswith("/chat/completions"):
-            self._send(200, self._chat(body, state))
+            if state.gate is not None:
+                state.gate.wait(10.0)
+            if body.get("stream"):
+                self._stream(body, state)
+            else:
+                self._send(200, self._chat(body, state))
         else:
             self._send(404, {"error": {"message": "not found"}})
 
     def _embeddings(self, body: dict[str, Any], state: OpenAIServerState) -> dict[str, Any]:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        dim = int(body.get("dimensions") or state.embedding_dim)
+        dim = state.wrong_dim or int(body.get("dimensions") or state.embedding_dim)
         data = [
             {"object": "embedding", "index": i, "embedding": bag_of_words_vector(t, dim).tolist()}
             for i, t in enumerate(inputs)
@@ -81,7 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _chat(self, body: dict[str, Any], state: OpenAIServerState) -> dict[str, Any]:
-        content = state.answer(body["messages"])
+        content = None if state.refusal else state.answer(body["messages"])
         return {
             "id": "chatcmpl-test",
             "object": "chat.completion",
@@ -90,12 +133,40 @@ class _Handler(BaseHTTPRequestHandler):
             "choices": [
                 {
                     "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": state.finish_reason,
+                    "message": {"role": "assistant", "content": content, "refusal": state.refusal},
                 }
             ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
+
+    def _stream(self, body: dict[str, Any], state: OpenAIServerState) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+        text = state.refusal or state.answer(body["messages"])
+        words = text.split(" ")
+        pieces = [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
+        field_name = "refusal" if state.refusal else "content"
+        for number, piece in enumerate(pieces):
+            if state.stream_fail_after is not None and number >= state.stream_fail_after:
+                return  # connection dropped: no final chunk, no [DONE]
+            self._event(self._chunk(body, {field_name: piece}, None))
+        self._event(self._chunk(body, {}, state.finish_reason))
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def _chunk(self, body: dict[str, Any], delta: dict[str, Any], finish: str | None) -> Any:
+        return {
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    def _event(self, payload: dict[str, Any]) -> None:
+        self.wfile.write(b"data: " + json.dumps(payload).encode("utf-8") + b"\n\n")
+        self.wfile.flush()
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode("utf-8")
@@ -113,6 +184,10 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.state = state
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out or stopped reading closed its end: expected here.
+        pass
+
 
 class OpenAIServer:
     """Start with ``with OpenAIServer() as server:``; ``server.base_url`` ends in /v1."""
@@ -120,7 +195,10 @@ class OpenAIServer:
     def __init__(self, state: OpenAIServerState | None = None) -> None:
         self.state = state or OpenAIServerState()
         self._server = _Server(self.state)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for the serve loop's next poll.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -132,6 +210,9 @@ class OpenAIServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.state.released.set()  # end any scripted hang at once
+        if self.state.gate is not None:
+            self.state.gate.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()

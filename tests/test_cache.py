@@ -341,13 +341,18 @@ def test_stats_per_namespace_and_persisted(db_path: Path) -> None:
         assert (overall["hits"], overall["misses"], overall["total_requests"]) == (1, 2, 3)
         assert set(overall["namespaces"]) == {"n1", "n2"}
         assert overall["embedding_model"] == "fake-bow-64" and overall["embedding_dim"] == 64
-        assert cache.stats("never-used") == {
-            "cached_entries": 0,
-            "hits": 0,
-            "misses": 0,
-            "total_requests": 0,
-            "hit_rate": 0.0,
-        }
+        never_used = cache.stats("never-used")
+        assert (
+            never_used.items()
+            >= {
+                "cached_entries": 0,
+                "hits": 0,
+                "misses": 0,
+                "total_requests": 0,
+                "hit_rate": 0.0,
+            }.items()
+        )
+        assert not any(never_used.values())  # latency figures are 0 too
 
 
 def test_search_returns_neighbours_without_counting(cache: SemanticCache) -> None:

@@ -1,0 +1,358 @@
+"""The async API: the cache's I/O methods as coroutines that never block the event loop.
+
+How each kind of work runs:
+
+- **LLM calls** use the LLM's ``acomplete`` (``OpenAIChat``: ``openai.AsyncOpenAI``),
+  or await it if it is an ``async def``; a plain sync callable runs in a worker
+  thread (``asyncio.to_thread``).
+- **Embeddings** use the embedder's ``aembed`` when it has one (``OpenAIEmbedder``),
+  else run ``embed`` in a worker thread (the local ONNX model is CPU work, and
+  releases the GIL while it runs).
+- **SQLite** work runs in worker threads: sqlite3 has no async interface, and
+  each worker thread gets its own connection (db.py), so this is safe.
+
+``aget_or_compute``/``aget_or_compute_result``/``alookup`` follow the same steps,
+failure policy and single-flight as their sync twins (fallback.py), so threads
+and tasks of one process coalesce with each other. The other methods
+(``astore``, ``astore_many``, ``afind_similar``, ``asearch``, ``aget``,
+``aupdate``, ``adelete``, ``aclear``, ``astats``) run their sync twin in a
+worker thread, embedding included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .errors import EmbedderError, EmbedderTimeoutError, InvalidQueryError
+from .fallback import (
+    Found,
+    Request,
+    _as_cache,
+    checked_vector,
+    conclude,
+    conclude_answer,
+    conclude_error,
+    conclude_follower,
+    conclude_hit,
+    conclude_miss_without_llm,
+    embed_failed,
+    embedder_failure,
+    judge,
+    lookup_result,
+    prepare,
+    store_answer,
+)
+from .llms import acomplete
+from .prompts import Prompt
+from .singleflight import FLIGHTS, Flight, leading
+from .timing import CacheResult, logger
+from .validation import FloatVector
+
+if TYPE_CHECKING:
+    from .cache import CacheEntry, Context, LookupResult, SemanticCache
+
+
+async def aembed_query(cache: SemanticCache, query: str) -> FloatVector:
+    """Embed one query without blocking the loop, within the policy's deadline."""
+    aembed = getattr(cache.embedder, "aembed", None)
+    timeout = cache.policy.embed_timeout
+    try:
+        if callable(aembed):
+            pending = aembed([query])
+        else:
+            pending = asyncio.to_thread(cache.embedder.embed, [query])
+        try:
+            matrix = await asyncio.wait_for(pending, timeout)
+        except asyncio.TimeoutError as exc:
+            if isinstance(exc, EmbedderError):  # the embedder's own timeout, already typed
+                raise
+            raise EmbedderTimeoutError(
+                f"the embedder did not answer within the {timeout:g} s deadline"
+            ) from exc
+        return checked_vector(cache, matrix)
+    except InvalidQueryError:
+        raise
+    except Exception as exc:
+        error = embedder_failure(exc)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+async def afind(cache: SemanticCache, req: Request, *, fail_open: bool) -> Found:
+    """Async twin of fallback.find."""
+    with req.watch.phase("search"):
+        row = await asyncio.to_thread(cache._store.find_exact, req.scope, req.query_hash)
+    if row is not None:
+        return Found(lookup_result(row, 1.0, True), None, 1.0)
+    try:
+        with req.watch.phase("embed"):
+            vector = await aembed_query(cache, req.query)
+    except EmbedderError as exc:
+        return await asyncio.to_thread(embed_failed, cache, req, exc, fail_open=fail_open)
+    with req.watch.phase("search"):
+        neighbours = await asyncio.to_thread(cache._store.nearest, req.scope, vector, 1)
+    return judge(neighbours, vector, req.threshold)
+
+
+async def arun_get_or_compute(cache: SemanticCache, req: Request) -> CacheResult:
+    """Async twin of fallback.run_get_or_compute (shares its flights)."""
+    if not cache.policy.single_flight:
+        return await alead(cache, req)
+    while True:
+        flight, leader = FLIGHTS.join(req.flight_key)
+        if flight is None:
+            return await alead(cache, req)
+        if leader:
+            return await alead_flight(cache, req, flight)
+        with req.watch.phase("wait"):
+            finished = await FLIGHTS.await_as_follower(flight, cache.policy.coalesce_timeout)
+        if not finished:
+            logger.info("gave up waiting for an identical in-flight request; calling the LLM")
+            return await alead(cache, req)
+        if not flight.abandoned:
+            return await asyncio.to_thread(conclude_follower, cache, req, flight)
+
+
+async def alead_flight(
+    cache: SemanticCache, req: Request, flight: Flight[CacheResult]
+) -> CacheResult:
+    try:
+        with leading(req.flight_key):
+            result = await alead(cache, req)
+    except Exception as exc:
+        FLIGHTS.fail(flight, exc)
+        raise
+    except BaseException:  # cancelled: let a follower take over
+        FLIGHTS.abandon(flight)
+        raise
+    FLIGHTS.finish(flight, result)
+    return result
+
+
+async def alead(cache: SemanticCache, req: Request) -> CacheResult:
+    found = await afind(cache, req, fail_open=cache.policy.fail_open)
+    if found.hit is not None:
+        return await asyncio.to_thread(conclude_hit, cache, req, found)
+    if req.llm is None:
+        return await asyncio.to_thread(conclude_miss_without_llm, cache, req, found)
+    try:
+        with req.watch.phase("llm"):
+            completion = await acomplete(req.llm, req.prompt)
+    except Exception as exc:
+        await asyncio.to_thread(conclude_error, cache, req, found, exc)
+        raise
+    return await asyncio.to_thread(
+        conclude_answer,
+        cache,
+        req,
+        found,
+        completion,
+        lambda: store_answer(cache, req, found, completion.text),
+    )
+
+
+async def arun_lookup(cache: SemanticCache, req: Request) -> LookupResult | None:
+    found = await afind(cache, req, fail_open=False)
+    if found.hit is None:
+        await asyncio.to_thread(
+            conclude,
+            cache,
+            req,
+            "miss",
+            response=None,
+            is_cached=False,
+            similarity=found.similarity,
+        )
+        return None
+    result = await asyncio.to_thread(conclude_hit, cache, req, found)
+    return dataclasses.replace(found.hit, timings=result.timings)
+
+
+class AsyncCacheMixin:
+    """The async methods of SemanticCache (see module docstring)."""
+
+    async def aget_or_compute(
+        self,
+        query: Prompt,
+        llm: Any = None,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        threshold: float | None = None,
+    ) -> tuple[str, bool]:
+        """Async ``get_or_compute``: ``(response, is_cached)``."""
+        result = await self.aget_or_compute_result(
+            query, llm, namespace=namespace, user_id=user_id, context=context, threshold=threshold
+        )
+        assert result.response is not None
+        return result.response, result.is_cached
+
+    async def aget_or_compute_result(
+        self,
+        query: Prompt,
+        llm: Any = None,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        threshold: float | None = None,
+    ) -> CacheResult:
+        """Async ``get_or_compute_result``: the CacheResult with outcome and timings."""
+        cache = _as_cache(self)
+        model = llm if llm is not None else cache.llm
+        req = prepare(cache, "get_or_compute", query, model, namespace, user_id, context, threshold)
+        return await arun_get_or_compute(cache, req)
+
+    async def alookup(
+        self,
+        query: str,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        threshold: float | None = None,
+    ) -> LookupResult | None:
+        """Async ``lookup``."""
+        cache = _as_cache(self)
+        req = prepare(cache, "lookup", query, cache.llm, namespace, user_id, context, threshold)
+        return await arun_lookup(cache, req)
+
+    async def afind_similar(
+        self,
+        query_embedding: Any,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        threshold: float | None = None,
+    ) -> tuple[str, float] | None:
+        """Async ``find_similar`` (in a worker thread)."""
+        cache = _as_cache(self)
+        return await asyncio.to_thread(
+            cache.find_similar,
+            query_embedding,
+            namespace=namespace,
+            user_id=user_id,
+            context=context,
+            threshold=threshold,
+        )
+
+    async def asearch(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+    ) -> list[LookupResult]:
+        """Async ``search`` (in a worker thread)."""
+        cache = _as_cache(self)
+        return await asyncio.to_thread(
+            cache.search, query, k, namespace=namespace, user_id=user_id, context=context
+        )
+
+    async def astore(
+        self,
+        query: str,
+        embedding: Any = None,
+        response: str | None = None,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Async ``store`` (in a worker thread); returns the entry id."""
+        cache = _as_cache(self)
+        return await asyncio.to_thread(
+            cache.store,
+            query,
+            embedding,
+            response,
+            namespace=namespace,
+            user_id=user_id,
+            context=context,
+            metadata=metadata,
+        )
+
+    async def astore_many(
+        self,
+        queries: Sequence[str],
+        responses: Sequence[str],
+        *,
+        embeddings: Any = None,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        metadata: Mapping[str, Any] | None = None,
+        batch_size: int = 256,
+    ) -> list[int]:
+        """Async ``store_many`` (in a worker thread); returns the entry ids."""
+        cache = _as_cache(self)
+        return await asyncio.to_thread(
+            cache.store_many,
+            queries,
+            responses,
+            embeddings=embeddings,
+            namespace=namespace,
+            user_id=user_id,
+            context=context,
+            metadata=metadata,
+            batch_size=batch_size,
+        )
+
+    async def aget(self, entry_id: int) -> CacheEntry:
+        """Async ``get``."""
+        return await asyncio.to_thread(_as_cache(self).get, entry_id)
+
+    async def aupdate(
+        self,
+        entry_id: int,
+        *,
+        response: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+    ) -> CacheEntry:
+        """Async ``update``."""
+        cache = _as_cache(self)
+        return await asyncio.to_thread(
+            cache.update,
+            entry_id,
+            response=response,
+            metadata=metadata,
+            expected_version=expected_version,
+        )
+
+    async def adelete(self, entry_id: int) -> bool:
+        """Async ``delete``."""
+        return await asyncio.to_thread(_as_cache(self).delete, entry_id)
+
+    async def aclear(self, namespace: str | None = None, *, user_id: str | None = None) -> int:
+        """Async ``clear``."""
+        return await asyncio.to_thread(_as_cache(self).clear, namespace, user_id=user_id)
+
+    async def astats(self, namespace: str | None = None) -> dict[str, Any]:
+        """Async ``stats``."""
+        return await asyncio.to_thread(_as_cache(self).stats, namespace)
+
+    async def aclose(self) -> None:
+        """Close the file's connections (``close`` is quick; this is for ``async with``)."""
+        _as_cache(self).close()
+
+    async def __aenter__(self) -> SemanticCache:
+        return _as_cache(self)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,536 @@
+"""The LLM fallback: lookup, then on a miss call the LLM and store, under a policy.
+
+``get_or_compute`` / ``get_or_compute_result`` (sync) run here; ``aio.py`` and
+``streaming.py`` run the same steps with awaits or chunk by chunk, sharing the
+helpers below (request preparation, judging neighbours, deciding whether an
+answer may be stored, recording and reporting).
+
+The failure policy (:class:`FallbackPolicy`, also in the README):
+
+- **Embedder fails or misses its deadline**: by default *fail-open*: the LLM is
+  called and its answer returned, nothing is stored (there is no vector to store
+  it under), and ``embed_failures`` is counted in ``stats()``. With
+  ``fail_open=False`` (strict) the ``EmbedderError`` / ``EmbedderTimeoutError``
+  is raised. ``lookup()``, ``search()`` and the writes are always strict: they
+  have no LLM to fall back on.
+- **LLM fails** (raises, times out, answers with no text): ``LLMError`` (or a
+  subclass) is raised and nothing is stored.
+- **LLM answers but the answer is not cacheable** (a refusal, a content-filtered
+  or truncated answer, or ``should_cache`` says no): the answer is returned with
+  ``is_cached=False`` and not stored (outcome ``uncached``, with the reason).
+- **Concurrent identical misses** coalesce (single-flight, see singleflight.py)
+  unless ``single_flight=False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from .errors import (
+    EmbedderError,
+    EmbedderResponseError,
+    EmbedderTimeoutError,
+    InvalidInputError,
+    InvalidQueryError,
+    LLMError,
+    SemCacheError,
+)
+from .llms import Completion, complete
+from .prompts import Prompt, key_prompt
+from .singleflight import FLIGHTS, Flight, leading
+from .store import EntryRow, Scope
+from .timing import CacheResult, Outcome, Stopwatch, logger, report
+from .validation import FloatVector, as_unit_vector, check_query, query_hash, similarity_hits
+
+if TYPE_CHECKING:
+    from .cache import Context, LookupResult, SemanticCache
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    """How the LLM fallback behaves when parts fail (see module docstring)."""
+
+    #: Embedder failure or deadline: True = call the LLM, answer, do not store; False = raise.
+    fail_open: bool = True
+    #: Seconds the embedding step of a lookup may take (None: the embedder's own timeouts).
+    embed_timeout: float | None = None
+    #: Coalesce concurrent identical requests of this process into one LLM call.
+    single_flight: bool = True
+    #: Seconds a follower waits for the in-flight request before calling the LLM itself.
+    coalesce_timeout: float | None = None
+    #: Store answers cut short by max_tokens (finish_reason "length").
+    cache_truncated: bool = False
+    #: Extra veto on storing an answer, e.g. a refusal-phrase check: text -> store it?
+    should_cache: Callable[[str], bool] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("embed_timeout", "coalesce_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InvalidInputError(f"{name} must be a positive number of seconds or None")
+
+    @classmethod
+    def strict(cls, **changes: Any) -> FallbackPolicy:
+        """The policy that raises on embedder failures instead of failing open."""
+        return cls(fail_open=False, **changes)
+
+
+# -- one request -------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    """A validated request: what to embed, its scope, its single-flight key, its clock."""
+
+    operation: str
+    prompt: Prompt
+    query: str
+    query_hash: str
+    scope: Scope
+    threshold: float
+    llm: Any
+    watch: Stopwatch
+    flight_key: Hashable
+
+
+@dataclass
+class Found:
+    """What the lookup phase found."""
+
+    hit: LookupResult | None
+    vector: FloatVector | None  # None: exact hit, or the embedder failed
+    similarity: float | None  # of the nearest entry in scope
+    embed_error: EmbedderError | None = None
+
+
+def prepare(
+    cache: SemanticCache,
+    operation: str,
+    prompt: Prompt,
+    llm: Any,
+    namespace: str | None,
+    user_id: str | None,
+    context: Context,
+    threshold: float | None,
+) -> Request:
+    """Validate everything before any I/O, and derive the scope and flight key."""
+    watch = Stopwatch()
+    keyed = key_prompt(prompt)
+    query = check_query(keyed.text, max_chars=cache.max_query_chars)
+    scoped_context = context
+    if keyed.instructions:
+        # A conversation's system/developer messages scope it exactly (prompts.py).
+        base = context if context is not None else cache.context
+        scoped_context = {"context": base, "instructions": [list(i) for i in keyed.instructions]}
+    scope = cache._scope(namespace, user_id, scoped_context, llm)
+    limit = cache._resolve_threshold(threshold)
+    digest = query_hash(query)
+    key = (
+        os.path.realpath(cache.path),
+        scope.namespace,
+        scope.user_id,
+        scope.context_key,
+        digest,
+        limit,
+    )
+    return Request(operation, prompt, query, digest, scope, limit, llm, watch, key)
+
+
+def lookup_result(row: EntryRow, similarity: float, exact: bool) -> LookupResult:
+    from .cache import CacheEntry, LookupResult  # cache.py imports this module
+
+    return LookupResult(CacheEntry.from_row(row), similarity, exact=exact)
+
+
+def judge(
+    neighbours: Sequence[tuple[EntryRow, float]], vector: FloatVector, threshold: float
+) -> Found:
+    """Hit iff the nearest entry's similarity reaches the threshold."""
+    if not neighbours:
+        return Found(None, vector, None)
+    row, distance = neighbours[0]
+    similarity = min(1.0, 1.0 - distance)
+    hit = lookup_result(row, similarity, False) if similarity_hits(similarity, threshold) else None
+    return Found(hit, vector, similarity)
+
+
+def checked_vector(cache: SemanticCache, matrix: Any) -> FloatVector:
+    """The one vector an embedder returned for one query, validated."""
+    try:
+        if len(matrix) != 1:
+            raise EmbedderResponseError(f"the embedder returned {len(matrix)} vectors for 1 text")
+        return as_unit_vector(matrix[0], cache.embedder.dim)
+    except InvalidInputError as exc:  # NaN, zero or wrong-length vector: the embedder's fault
+        raise EmbedderResponseError(f"the embedder returned an unusable vector: {exc}") from exc
+
+
+def embedder_failure(exc: Exception) -> EmbedderError:
+    """Any failure of a (possibly third-party) embedder as an EmbedderError."""
+    if isinstance(exc, EmbedderError):
+        return exc
+    return EmbedderError(f"the embedder failed: {exc}")
+
+
+def embed_query(cache: SemanticCache, query: str) -> FloatVector:
+    timeout = cache.policy.embed_timeout
+    try:
+        if timeout is None:
+            matrix = cache.embedder.embed([query])
+        else:
+            matrix = call_with_deadline(lambda: cache.embedder.embed([query]), timeout)
+        return checked_vector(cache, matrix)
+    except InvalidQueryError:
+        raise
+    except Exception as exc:
+        error = embedder_failure(exc)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def call_with_deadline(call: Callable[[], T], timeout: float) -> T:
+    """Run ``call`` in a daemon thread and wait at most ``timeout`` seconds for it.
+
+    A thread cannot be killed: on timeout the call keeps running in the
+    background and its result is dropped. A daemon thread, so a hung embedder
+    never keeps the process from exiting.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the waiting thread, not lost
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="semcache-embed", daemon=True).start()
+    if not done.wait(timeout):
+        raise EmbedderTimeoutError(f"the embedder did not answer within the {timeout:g} s deadline")
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
+
+
+def uncacheable_reason(cache: SemanticCache, found: Found, completion: Completion) -> str | None:
+    """Why an LLM answer must not be stored, or None to store it."""
+    policy = cache.policy
+    reason = completion.uncacheable_reason(cache_truncated=policy.cache_truncated)
+    if (
+        reason is None
+        and policy.should_cache is not None
+        and not policy.should_cache(completion.text)
+    ):
+        reason = "should_cache"
+    if reason is None and found.vector is None:
+        reason = "embedder_failed"
+    return reason
+
+
+def conclude(
+    cache: SemanticCache,
+    req: Request,
+    outcome: Outcome,
+    *,
+    response: str | None,
+    is_cached: bool,
+    similarity: float | None = None,
+    entry_id: int | None = None,
+    exact: bool = False,
+    stored: bool = False,
+    reason: str | None = None,
+    error: BaseException | None = None,
+    llm_seconds: float | None = None,
+    embed_failed: bool = False,
+    coalesced: bool = False,
+) -> CacheResult:
+    """Build the request's CacheResult, count it in the file, log it, call the hook."""
+    result = CacheResult(
+        operation=req.operation,
+        outcome=outcome,
+        response=response,
+        is_cached=is_cached,
+        similarity=similarity,
+        entry_id=entry_id,
+        exact=exact,
+        stored=stored,
+        namespace=req.scope.namespace,
+        user_id=req.scope.user_id,
+        context_key=req.scope.context_key,
+        timings=req.watch.timings(),
+        query=req.query,
+        reason=reason,
+        error=error,
+    )
+    try:
+        cache._store.record_lookup(
+            req.scope.namespace,
+            entry_id if is_cached else None,
+            seconds=result.timings.total,
+            llm_seconds=llm_seconds,
+            embed_failed=embed_failed,
+            coalesced=coalesced,
+        )
+    except SemCacheError:
+        if error is None:
+            raise
+        # Already failing: the request's own error matters more than the counter.
+        logger.warning("could not count a failed request in the file", exc_info=True)
+    report(result, cache.on_event)
+    return result
+
+
+def conclude_hit(cache: SemanticCache, req: Request, found: Found) -> CacheResult:
+    assert found.hit is not None
+    return conclude(
+        cache,
+        req,
+        "hit",
+        response=found.hit.response,
+        is_cached=True,
+        similarity=found.hit.similarity,
+        entry_id=found.hit.entry_id,
+        exact=found.hit.exact,
+    )
+
+
+def conclude_miss_without_llm(cache: SemanticCache, req: Request, found: Found) -> CacheResult:
+    error = LLMError("cache miss and no LLM configured: pass llm= to SemanticCache or call")
+    conclude_error(cache, req, found, error)
+    raise error
+
+
+def conclude_error(
+    cache: SemanticCache, req: Request, found: Found | None, error: BaseException
+) -> CacheResult:
+    return conclude(
+        cache,
+        req,
+        "error",
+        response=None,
+        is_cached=False,
+        similarity=None if found is None else found.similarity,
+        reason=str(error),
+        error=error,
+        embed_failed=found is not None and found.embed_error is not None,
+    )
+
+
+def conclude_answer(
+    cache: SemanticCache,
+    req: Request,
+    found: Found,
+    completion: Completion,
+    store: Callable[[], int],
+) -> CacheResult:
+    """The LLM answered: store it if cacheable (``store`` writes it), count, report."""
+    reason = uncacheable_reason(cache, found, completion)
+    entry_id = None
+    if reason is None:
+        with req.watch.phase("store"):
+            entry_id = store()
+    else:
+        logger.info("answer not cached (%s) namespace=%s", reason, req.scope.namespace)
+    return conclude(
+        cache,
+        req,
+        "miss" if entry_id is not None else "uncached",
+        response=completion.text,
+        is_cached=False,
+        similarity=found.similarity,
+        entry_id=entry_id,
+        stored=entry_id is not None,
+        reason=reason,
+        llm_seconds=req.watch.seconds("llm"),
+        embed_failed=found.embed_error is not None,
+    )
+
+
+def conclude_follower(
+    cache: SemanticCache, req: Request, flight: Flight[CacheResult]
+) -> CacheResult:
+    """A follower's result: the leader's answer, counted as this request's own."""
+    if flight.error is not None:
+        conclude(
+            cache,
+            req,
+            "error",
+            response=None,
+            is_cached=False,
+            reason=str(flight.error),
+            error=flight.error,
+            coalesced=True,
+        )
+        raise flight.error
+    leader = flight.result
+    assert leader is not None
+    in_cache = leader.entry_id is not None and leader.outcome in ("hit", "miss", "coalesced")
+    return conclude(
+        cache,
+        req,
+        "coalesced",
+        response=leader.response,
+        is_cached=in_cache,
+        similarity=leader.similarity,
+        entry_id=leader.entry_id if in_cache else None,
+        exact=leader.exact,
+        reason=leader.reason,
+        coalesced=True,
+    )
+
+
+def store_answer(cache: SemanticCache, req: Request, found: Found, text: str) -> int:
+    assert found.vector is not None
+    return cache._store_in_scope(req.scope, [req.query], [text], [found.vector], None)[0]
+
+
+# -- the sync steps ------------------------------------------------------------------
+
+
+def find(cache: SemanticCache, req: Request, *, fail_open: bool) -> Found:
+    """Exact path, else embed + KNN. An embedder failure fails open or is raised."""
+    with req.watch.phase("search"):
+        row = cache._store.find_exact(req.scope, req.query_hash)
+    if row is not None:
+        return Found(lookup_result(row, 1.0, True), None, 1.0)
+    try:
+        with req.watch.phase("embed"):
+            vector = embed_query(cache, req.query)
+    except EmbedderError as exc:
+        return embed_failed(cache, req, exc, fail_open=fail_open)
+    with req.watch.phase("search"):
+        neighbours = cache._store.nearest(req.scope, vector, k=1)
+    return judge(neighbours, vector, req.threshold)
+
+
+def embed_failed(
+    cache: SemanticCache, req: Request, exc: EmbedderError, *, fail_open: bool
+) -> Found:
+    found = Found(None, None, None, exc)
+    if not fail_open:
+        conclude_error(cache, req, found, exc)
+        raise exc
+    logger.warning(
+        "embedder failed, answering without the cache (fail-open): %s namespace=%s",
+        exc,
+        req.scope.namespace,
+    )
+    return found
+
+
+def run_lookup(cache: SemanticCache, req: Request) -> LookupResult | None:
+    """``lookup()``: find, count, report; the LookupResult carries the timings."""
+    found = find(cache, req, fail_open=False)
+    if found.hit is None:
+        conclude(cache, req, "miss", response=None, is_cached=False, similarity=found.similarity)
+        return None
+    result = conclude_hit(cache, req, found)
+    return dataclasses.replace(found.hit, timings=result.timings)
+
+
+def run_find_similar(
+    cache: SemanticCache, req: Request, vector: FloatVector
+) -> tuple[str, float] | None:
+    with req.watch.phase("search"):
+        neighbours = cache._store.nearest(req.scope, vector, k=1)
+    found = judge(neighbours, vector, req.threshold)
+    if found.hit is None:
+        conclude(cache, req, "miss", response=None, is_cached=False, similarity=found.similarity)
+        return None
+    conclude_hit(cache, req, found)
+    return found.hit.response, found.hit.similarity
+
+
+def run_get_or_compute(cache: SemanticCache, req: Request) -> CacheResult:
+    """Single-flight around :func:`lead` (see singleflight.py)."""
+    if not cache.policy.single_flight:
+        return lead(cache, req)
+    while True:
+        flight, leader = FLIGHTS.join(req.flight_key)
+        if flight is None:  # our own flight, re-entered from inside the LLM call
+            return lead(cache, req)
+        if leader:
+            return lead_flight(cache, req, flight)
+        with req.watch.phase("wait"):
+            finished = FLIGHTS.wait_as_follower(flight, cache.policy.coalesce_timeout)
+        if not finished:
+            logger.info("gave up waiting for an identical in-flight request; calling the LLM")
+            return lead(cache, req)
+        if not flight.abandoned:
+            return conclude_follower(cache, req, flight)
+        # The leader was cancelled: try again (one of the followers will lead).
+
+
+def lead_flight(cache: SemanticCache, req: Request, flight: Flight[CacheResult]) -> CacheResult:
+    try:
+        with leading(req.flight_key):
+            result = lead(cache, req)
+    except Exception as exc:
+        FLIGHTS.fail(flight, exc)
+        raise
+    except BaseException:
+        FLIGHTS.abandon(flight)
+        raise
+    FLIGHTS.finish(flight, result)
+    return result
+
+
+def lead(cache: SemanticCache, req: Request) -> CacheResult:
+    """Lookup; on a miss call the LLM and store its answer if it may be cached."""
+    found = find(cache, req, fail_open=cache.policy.fail_open)
+    if found.hit is not None:
+        return conclude_hit(cache, req, found)
+    if req.llm is None:
+        return conclude_miss_without_llm(cache, req, found)
+    try:
+        with req.watch.phase("llm"):
+            completion = complete(req.llm, req.prompt)
+    except Exception as exc:
+        conclude_error(cache, req, found, exc)
+        raise
+    return conclude_answer(
+        cache, req, found, completion, lambda: store_answer(cache, req, found, completion.text)
+    )
+
+
+# -- the mixin SemanticCache inherits -------------------------------------------------
+
+
+class FallbackMixin:
+    """``get_or_compute_result``: ``get_or_compute`` with the full CacheResult."""
+
+    def get_or_compute_result(
+        self,
+        query: Prompt,
+        llm: Any = None,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+        threshold: float | None = None,
+    ) -> CacheResult:
+        """Like ``get_or_compute``, returning the CacheResult (outcome, similarity, timings).
+
+        ``query`` may be a string or a list of chat messages (see prompts.py for
+        how a conversation is keyed). Raises LLMError (nothing stored) if the LLM
+        fails, and EmbedderError only under a strict policy.
+        """
+        cache = _as_cache(self)
+        model = llm if llm is not None else cache.llm
+        req = prepare(cache, "get_or_compute", query, model, namespace, user_id, context, threshold)
+        return run_get_or_compute(cache, req)
+
+
+def _as_cache(mixin: object) -> SemanticCache:
+    # The mixins are only ever used as bases of SemanticCache.
+    return cast("SemanticCache", mixin)

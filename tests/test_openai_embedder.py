@@ -1,0 +1,162 @@
+"""OpenAIEmbedder hardening: batching limits, retries, timeouts, checked answers, async."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openai_server import OpenAIServer
+from providers import NO_RETRY, make_embedder
+
+from semcache_sqlite import (
+    EmbedderError,
+    EmbedderMismatchError,
+    EmbedderResponseError,
+    EmbedderTimeoutError,
+    RetryPolicy,
+    SemanticCache,
+)
+from semcache_sqlite.embedders import approx_tokens, plan_batches
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAIServer]:
+    with OpenAIServer() as running:
+        yield running
+
+
+def test_batches_respect_count_and_token_budget() -> None:
+    texts = ["a" * 30] * 5  # 10 tokens each by the bytes/3 estimate
+    assert approx_tokens("a" * 30) == 10 and approx_tokens("é") == 1
+    assert [len(b) for b in plan_batches(texts, max_inputs=2, max_tokens=1000)] == [2, 2, 1]
+    assert [len(b) for b in plan_batches(texts, max_inputs=100, max_tokens=25)] == [2, 2, 1]
+    huge = ["x" * 300, "y", "z"]  # one text over the budget travels alone
+    assert plan_batches(huge, max_inputs=100, max_tokens=50) == [["x" * 300], ["y", "z"]]
+    assert plan_batches([], 10, 10) == []
+
+
+def test_openai_defaults_are_the_providers_limits(server: OpenAIServer) -> None:
+    embedder = make_embedder(server)
+    assert [len(b) for b in embedder.batches(["t"] * 5000)] == [2048, 2048, 904]
+    big = ["w" * 3_000] * 400  # 1000 tokens each: 300 fit in a 300k-token request
+    assert [len(b) for b in embedder.batches(big)] == [300, 100]
+
+
+def test_token_budget_splits_real_requests(server: OpenAIServer) -> None:
+    embedder = make_embedder(server, max_batch_tokens=40)
+    texts = [f"sentence number {i} with some words" for i in range(6)]  # ~12 tokens each
+    vectors = embedder.embed(texts)
+    assert vectors.shape == (6, 64)
+    sizes = [len(body["input"]) for body in server.state.bodies("/embeddings")]
+    assert sizes == [3, 3] and sum(sizes) == 6
+    embedder.close()
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_retried_on_429_and_5xx(server: OpenAIServer, status: int) -> None:
+    embedder = make_embedder(server)
+    server.state.fail_next = [status]
+    assert embedder.embed(["retry this"]).shape == (1, 64)
+    assert server.state.count("/embeddings") == 2
+    embedder.close()
+
+
+def test_retry_gives_up_with_typed_error(server: OpenAIServer) -> None:
+    embedder = make_embedder(server, retry=RetryPolicy(max_retries=1, initial_backoff=0.001))
+    server.state.fail_next = [500, 500]
+    with pytest.raises(EmbedderError, match="HTTP 500") as caught:
+        embedder.embed(["always failing"])
+    assert caught.value.status_code == 500
+    assert server.state.count("/embeddings") == 2
+    server.state.fail_next = [404]
+    with pytest.raises(EmbedderError, match="HTTP 404") as not_found:
+        embedder.embed(["no such model"])
+    assert not_found.value.status_code == 404
+    assert server.state.count("/embeddings") == 3  # 4xx other than 408/409/429: no retry
+    embedder.close()
+
+
+def test_retry_after_header_is_honoured_within_limits() -> None:
+    policy = RetryPolicy(initial_backoff=1.0, max_backoff=1.0, jitter=0.0, max_retry_after=5.0)
+    assert policy.backoff(0, retry_after=0.01) == 0.01
+    assert policy.backoff(0, retry_after=None) == 1.0
+    assert policy.backoff(3) == 1.0  # capped
+    assert policy.backoff(0, retry_after=10.0) == 1.0  # beyond max_retry_after: ours
+
+
+def test_hang_hits_the_timeout(server: OpenAIServer) -> None:
+    server.state.delay = 30.0
+    embedder = make_embedder(
+        server, timeout=0.25, retry=RetryPolicy(max_retries=1, initial_backoff=0.01)
+    )
+    started = time.monotonic()
+    with pytest.raises(EmbedderTimeoutError, match=r"0\.25 s timeout"):
+        embedder.embed(["hello"])
+    assert time.monotonic() - started < 5.0
+    assert server.state.count("/embeddings") == 2  # a timeout is retried once, then raised
+    embedder.close()
+
+
+def test_returned_vector_length_is_checked(server: OpenAIServer) -> None:
+    server.state.wrong_dim = 32
+    embedder = make_embedder(server, retry=NO_RETRY)
+    with pytest.raises(EmbedderResponseError, match="32-d vectors, this embedder is declared 64-d"):
+        embedder.embed(["hello"])
+    embedder.close()
+
+
+def test_dimension_is_checked_against_the_file(tmp_path: Path, server: OpenAIServer) -> None:
+    path = tmp_path / "dims.db"
+    first = make_embedder(server, dimensions=64)
+    with SemanticCache(path, embedder=first) as cache:
+        cache.store("hello world", None, "hi")
+    other = make_embedder(server, dimensions=32)
+    with pytest.raises(EmbedderMismatchError, match="re-embed"):
+        SemanticCache(path, embedder=other)
+    first.close()
+    other.close()
+
+
+def test_aembed_uses_the_async_client(server: OpenAIServer) -> None:
+    embedder = make_embedder(server, batch_size=2)
+
+    async def main() -> np.ndarray:
+        try:
+            server.state.fail_next = [503]
+            return await embedder.aembed(["one", "two", "three"])
+        finally:
+            await embedder.aclose()
+
+    vectors = asyncio.run(main())
+    assert vectors.shape == (3, 64)
+    assert np.allclose(vectors, embedder.embed(["one", "two", "three"]), atol=1e-6)
+    requests = server.state.requests
+    assert [r.headers.get("x-stainless-async") for r in requests[:3]] == ["async:asyncio"] * 3
+    embedder.close()
+
+
+def test_retry_deadline_stops_further_attempts(server: OpenAIServer) -> None:
+    policy = RetryPolicy(max_retries=5, initial_backoff=1.0, jitter=0.0, deadline=0.5)
+    embedder = make_embedder(server, retry=policy)
+    server.state.fail_next = [503]
+    started = time.monotonic()
+    with pytest.raises(EmbedderError, match="HTTP 503"):
+        embedder.embed(["no time to wait"])
+    assert time.monotonic() - started < 0.9  # the 1 s backoff would pass the deadline
+    assert server.state.count("/embeddings") == 1
+    embedder.close()
+
+
+def test_one_embedder_serves_several_event_loops(server: OpenAIServer) -> None:
+    embedder = make_embedder(server)
+
+    async def once() -> int:
+        return len(await embedder.aembed(["same text"]))
+
+    assert asyncio.run(once()) == 1
+    assert asyncio.run(once()) == 1  # a new loop gets its own async client
+    embedder.close()
