@@ -37,7 +37,7 @@ from .db import DEFAULT_BUSY_TIMEOUT, Database
 from .embedders import Embedder, LocalEmbedder
 from .errors import InvalidInputError, LLMError
 from .llms import llm_cache_context
-from .migrate import migrate
+from .migrate import check_current, migrate
 from .store import EntryRow, NewEntry, Scope, Store
 from .validation import (
     DEFAULT_MAX_QUERY_CHARS,
@@ -148,6 +148,11 @@ class SemanticCache:
     the embedder's default); ``embedder`` (default: the offline LocalEmbedder);
     ``llm`` for ``get_or_compute`` (any ``str -> str`` callable); defaults for
     ``namespace``, ``user_id`` and ``context`` used when a call gives none.
+
+    ``read_only=True`` opens an existing file without writing to it (read-only
+    media or directory, a shipped pre-warmed file): lookups work but are not
+    counted, ``get_or_compute`` returns the LLM's answer on a miss without
+    storing it, and store/update/delete/clear raise ReadOnlyError.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class SemanticCache:
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
         self.embedder: Embedder = embedder if embedder is not None else LocalEmbedder()
         self._threshold = None if threshold is None else check_threshold(threshold)
@@ -171,11 +177,15 @@ class SemanticCache:
         self.user_id = check_scope_name(user_id, "user_id", allow_empty=True)
         self.context = context
         self.max_query_chars = max_query_chars
-        self._db = Database(path, busy_timeout=busy_timeout)
+        self._db = Database(path, busy_timeout=busy_timeout, read_only=read_only)
         try:
-            migrate(self._db)
             self._store = Store(self._db, clock=clock)
-            self._store.bind_embedder(self.embedder.model_id, self.embedder.dim)
+            if read_only:
+                check_current(self._db)
+                self._store.check_embedder(self.embedder.model_id, self.embedder.dim)
+            else:
+                migrate(self._db)
+                self._store.bind_embedder(self.embedder.model_id, self.embedder.dim)
         except BaseException:
             self._db.close()
             raise
@@ -185,6 +195,10 @@ class SemanticCache:
     @property
     def path(self) -> str:
         return self._db.path
+
+    @property
+    def read_only(self) -> bool:
+        return self._db.read_only
 
     @property
     def threshold(self) -> float:
@@ -353,6 +367,8 @@ class SemanticCache:
             raise LLMError(f"the LLM call failed, nothing was cached: {exc}") from exc
         if not isinstance(answer, str) or not answer.strip():
             raise LLMError(f"the LLM returned no text ({answer!r}), nothing was cached")
+        if self.read_only:
+            return answer, False  # nothing can be stored; the answer is still the caller's
         scope = self._scope(namespace, user_id, context, model)
         self._store_in_scope(scope, [query], [answer], None if vector is None else [vector], None)
         return answer, False
@@ -472,7 +488,17 @@ class SemanticCache:
             checked = as_unit_matrix(matrix, self.embedder.dim, len(still_missing))
             for i, vector in zip(still_missing, checked, strict=True):
                 given[i] = vector
-            ids, _ = self._store.upsert_many(scope, entries, given, self.embedder.model_id)
+            # Retry only those: each now has a vector, so it is inserted even if deleted
+            # again meanwhile. (Retrying the whole batch, as before, could come back short
+            # when a concurrent clear() hit another entry: found by benchmarks/stress.py.)
+            retried, _ = self._store.upsert_many(
+                scope,
+                [entries[i] for i in still_missing],
+                [given[i] for i in still_missing],
+                self.embedder.model_id,
+            )
+            for i, entry_id in zip(still_missing, retried, strict=True):
+                ids[i] = entry_id
         return [i for i in ids if i is not None]
 
     def update(

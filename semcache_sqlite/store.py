@@ -19,14 +19,24 @@ in the same transaction. sqlite-vec has no INSERT OR REPLACE, so a vector
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .db import Database
-from .errors import EmbedderMismatchError, EntryNotFoundError, VersionConflictError
+from .errors import (
+    CacheTimeoutError,
+    EmbedderMismatchError,
+    EntryNotFoundError,
+    ReadOnlyError,
+    StorageFullError,
+    VersionConflictError,
+)
 from .validation import FloatVector
+
+logger = logging.getLogger("semcache_sqlite")
 
 VECTOR_TABLE = "entry_vectors"
 
@@ -120,6 +130,12 @@ class Store:
         The first embedder to write a file owns it; any other is refused with the
         way out named, because vectors of different models are not comparable.
         """
+        info = self.info()  # a read first: reopening a bound file never waits for the writer
+        if info.get("embedding_model") is not None:
+            self._check_same_embedder(
+                info["embedding_model"], info.get("embedding_dim"), model_id, dim
+            )
+            return
         with self.db.transaction() as conn:
             info = dict(conn.execute("SELECT key, value FROM cache_info").fetchall())
             stored_model, stored_dim = info.get("embedding_model"), info.get("embedding_dim")
@@ -135,13 +151,25 @@ class Store:
                     "namespace text, user_id text, context_key text)"
                 )
                 return
-            if stored_model != model_id or int(stored_dim or 0) != dim:
-                raise EmbedderMismatchError(
-                    f"{self.db.path} was created with embedding model {stored_model!r} "
-                    f"({stored_dim}-d), but this cache was given {model_id!r} ({dim}-d). "
-                    "Open it with the same embedder, or re-embed the entries into a new file "
-                    "(export the entries and store them again under the new model)."
-                )
+            self._check_same_embedder(stored_model, stored_dim, model_id, dim)
+
+    def check_embedder(self, model_id: str, dim: int) -> None:
+        """bind_embedder() for a read-only file: check only (a file never written matches)."""
+        info = self.info()
+        stored_model, stored_dim = info.get("embedding_model"), info.get("embedding_dim")
+        if stored_model is not None:
+            self._check_same_embedder(stored_model, stored_dim, model_id, dim)
+
+    def _check_same_embedder(
+        self, stored_model: str, stored_dim: str | None, model_id: str, dim: int
+    ) -> None:
+        if stored_model != model_id or int(stored_dim or 0) != dim:
+            raise EmbedderMismatchError(
+                f"{self.db.path} was created with embedding model {stored_model!r} "
+                f"({stored_dim}-d), but this cache was given {model_id!r} ({dim}-d). "
+                "Open it with the same embedder, or re-embed the entries into a new file "
+                "(export the entries and store them again under the new model)."
+            )
 
     # -- writes ------------------------------------------------------------------
 
@@ -202,10 +230,16 @@ class Store:
     def _insert_row(
         self, conn: Any, entry: NewEntry, vector: FloatVector, model_id: str, now: float
     ) -> int:
+        # Entry ids are never reused. SQLite gives a new row max(id) + 1, so after the
+        # newest entry is deleted its id would come back, and a caller still holding it
+        # would update or delete someone else's entry (seen in benchmarks/stress.py).
+        # The last id handed out is kept in cache_info, in this same transaction.
         cursor = conn.execute(
-            "INSERT INTO entries (namespace, user_id, context_key, query, query_hash, "
+            "INSERT INTO entries (id, namespace, user_id, context_key, query, query_hash, "
             "response, created_at, updated_at, embedding_model, embedding_dim, metadata) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (1 + max(coalesce((SELECT max(id) FROM entries), 0), coalesce((SELECT "
+            "CAST(value AS INTEGER) FROM cache_info WHERE key = 'last_entry_id'), 0)), "
+            "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 entry.namespace,
                 entry.user_id,
@@ -221,6 +255,11 @@ class Store:
             ),
         )
         entry_id = int(cursor.lastrowid)
+        conn.execute(
+            "INSERT INTO cache_info (key, value) VALUES ('last_entry_id', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(entry_id),),
+        )
         self._insert_vector(conn, entry_id, entry, vector)
         return entry_id
 
@@ -298,20 +337,34 @@ class Store:
             return int(conn.execute(f"DELETE FROM entries {where}", params).rowcount)
 
     def record_lookup(self, namespace: str, entry_id: int | None) -> None:
-        """Count a lookup as hit (entry_id given) or miss, in the file."""
+        """Count a lookup as hit (entry_id given) or miss, in the file.
+
+        Best effort: the lookup's answer is already known, so when the counters cannot
+        be written (the write lock stayed taken for the whole busy timeout, the disk is
+        full, the file became read-only) the lookup still returns it; the count is
+        dropped with a warning in the log.
+        """
+        if self.db.read_only:
+            return  # a read-only file keeps the counters it has
         hit = entry_id is not None
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO namespace_stats (namespace, hits, misses) VALUES (?, ?, ?) "
-                "ON CONFLICT(namespace) DO UPDATE SET hits = hits + excluded.hits, "
-                "misses = misses + excluded.misses",
-                (namespace, int(hit), int(not hit)),
-            )
-            if hit:
+        try:
+            with self.db.transaction() as conn:
                 conn.execute(
-                    "UPDATE entries SET hit_count = hit_count + 1, last_hit_at = ? WHERE id = ?",
-                    (self._clock(), entry_id),
+                    "INSERT INTO namespace_stats (namespace, hits, misses) VALUES (?, ?, ?) "
+                    "ON CONFLICT(namespace) DO UPDATE SET hits = hits + excluded.hits, "
+                    "misses = misses + excluded.misses",
+                    (namespace, int(hit), int(not hit)),
                 )
+                if hit:
+                    conn.execute(
+                        "UPDATE entries SET hit_count = hit_count + 1, last_hit_at = ? "
+                        "WHERE id = ?",
+                        (self._clock(), entry_id),
+                    )
+        except (CacheTimeoutError, StorageFullError, ReadOnlyError) as exc:
+            logger.warning(
+                "%s not counted in namespace %r: %s", "hit" if hit else "miss", namespace, exc
+            )
 
     # -- reads -------------------------------------------------------------------
 
@@ -372,6 +425,11 @@ class Store:
             ).fetchall()
             results = []
             for rowid, distance in neighbours:
+                if distance is None or distance != distance:
+                    # A NaN vector ranks first with a NULL distance (DESIGN.md section 5);
+                    # validation keeps them out, so this is a damaged file: skip it.
+                    logger.warning("entry %s has an unusable vector (corrupt file?)", rowid)
+                    continue
                 row = conn.execute(
                     f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (rowid,)
                 ).fetchone()
