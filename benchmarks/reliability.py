@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from semcache_sqlite import SemCacheError
 from semcache_sqlite.db import Database
 from semcache_sqlite.store import Store
 
@@ -86,7 +87,11 @@ class FileCheck:
 
 
 def check_file(path: str | Path) -> FileCheck:
-    """Open ``path`` without migrating or binding an embedder and check it thoroughly."""
+    """Open ``path`` without migrating or binding an embedder and check it thoroughly.
+
+    A file that cannot even be read comes back with the error as its integrity verdict.
+    """
+    wal = Path(f"{path}-wal")
     db = Database(path)
     try:
         with db.reading() as conn:
@@ -106,9 +111,10 @@ def check_file(path: str | Path) -> FileCheck:
                     ).fetchone()[0]
                 )
         no_vector, no_entry = Store(db).orphan_counts() if has_entries else (0, 0)
+    except SemCacheError as exc:
+        return FileCheck(f"unreadable: {exc}", 0, 0, 0, 0, -1, 0)
     finally:
         db.close()
-    wal = Path(f"{path}-wal")
     return FileCheck(
         integrity=integrity,
         entries_without_vector=no_vector,

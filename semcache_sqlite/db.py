@@ -104,6 +104,8 @@ def translate_error(exc: BaseException, path: str) -> StorageError:
         )
     if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
         return NotACacheFileError(f"{path}: not a usable SQLite file ({message})")
+    if "could not decode" in lowered:  # text that is not UTF-8: only a damaged page does that
+        return NotACacheFileError(f"{path}: the file is damaged ({message[:200]})")
     if "full" in lowered:
         return StorageFullError(f"{path}: disk full, the write was rolled back ({message})")
     if "could not insert a new vector chunk" in lowered:
@@ -116,6 +118,8 @@ def translate_error(exc: BaseException, path: str) -> StorageError:
             "the disk (or max_page_count) is probably full"
         )
     if "unable to open" in lowered:
+        if Path(path).is_dir():
+            return StorageError(f"{path} is a directory, not a cache file")
         problem = writability_problem(path)
         if problem is not None:
             return ReadOnlyError(f"{path}: {problem} ({message}){_READ_ONLY_HINT}")

@@ -30,6 +30,7 @@ from .errors import (
     CacheTimeoutError,
     EmbedderMismatchError,
     EntryNotFoundError,
+    NotACacheFileError,
     ReadOnlyError,
     StorageFullError,
     VersionConflictError,
@@ -84,8 +85,16 @@ class EntryRow:
             version=int(row[10]),
             hit_count=int(row[11]),
             last_hit_at=None if row[12] is None else float(row[12]),
-            metadata=json.loads(row[13]),
+            metadata=_metadata(row[0], row[13]),
         )
+
+
+def _metadata(entry_id: Any, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:  # the CHECK (json_valid) in the schema: only damage gets here
+        raise NotACacheFileError(f"entry {entry_id} has damaged metadata: {exc}") from exc
+    return value if isinstance(value, dict) else {"value": value}
 
 
 @dataclass(frozen=True)
