@@ -31,9 +31,11 @@ Exit status 0 when all of that holds. ``run()`` is what tests call with small nu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
+import queue
 import random
 import sys
 import tempfile
@@ -331,6 +333,7 @@ class StressReport:
     counters_in_file: int
     file: FileCheck
     problems: list[str]
+    wal_peak_bytes: int = 0  # largest -wal file seen during the run (sampled twice a second)
 
     @property
     def ok(self) -> bool:
@@ -349,7 +352,8 @@ class StressReport:
             f"{self.counters_in_file:,}",
             f"  file: {self.file.entries:,} entries, integrity {self.file.integrity}, "
             f"orphans ({self.file.entries_without_vector}, {self.file.vectors_without_entry}), "
-            f"duplicates {self.file.duplicate_scopes}, wal {self.file.wal_bytes:,} bytes",
+            f"duplicates {self.file.duplicate_scopes}, wal at the end {self.file.wal_bytes:,} "
+            f"bytes, largest seen {self.wal_peak_bytes:,}",
             "  verdict: " + ("OK" if self.ok else "FAILED: " + "; ".join(self.problems)),
         ]
         lines += [f"  error: {s}" for s in self.error_samples[:10]]
@@ -383,21 +387,30 @@ def run(
     for process in workers:
         process.start()
     records: list[ThreadRecord] = []
-    missing = []
-    for _ in workers:
+    # generous: startup, the run, and the final busy timeout of each thread
+    give_up = started + seconds + 4 * busy_timeout + 120
+    wal, wal_peak = Path(f"{path}-wal"), 0
+    reported = 0
+    while reported < processes and time.monotonic() < give_up:
         try:
-            # generous: startup, the run, and the final busy timeout of each thread
-            _index, got = results.get(timeout=seconds + 4 * busy_timeout + 120)
+            _index, got = results.get(timeout=0.5)
             records.extend(got)
-        except Exception:  # queue.Empty: a worker died without reporting
-            missing.append("a worker process did not report")
+            reported += 1
+        except queue.Empty:  # meanwhile, watch the WAL: checkpoints must keep it bounded
+            with contextlib.suppress(OSError):
+                wal_peak = max(wal_peak, wal.stat().st_size)
+    missing = (
+        [f"{processes - reported} worker processes did not report"] if reported < processes else []
+    )
     for process in workers:
         process.join(timeout=30)
         if process.is_alive():
             process.kill()
             process.join()
     elapsed = time.monotonic() - started
-    return _verify(path, threads, processes, seconds, elapsed, records, missing)
+    report = _verify(path, threads, processes, seconds, elapsed, records, missing)
+    report.wal_peak_bytes = wal_peak
+    return report
 
 
 def _verify(
