@@ -28,6 +28,7 @@ there (so the main file holds every committed transaction), the file is opened
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
 import time
@@ -51,6 +52,16 @@ from .errors import (
 )
 
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for the lock before CacheTimeoutError
+
+#: A -wal file larger than this after a commit is checkpointed and truncated by the
+#: committing connection. SQLite's automatic checkpoints never wait for readers, so
+#: under a steady mix of readers and writers they never catch up and the WAL grew
+#: without bound (237 MB in 30 s of benchmarks/stress.py on a 10 MB file).
+WAL_LIMIT_BYTES = 32 * 1024 * 1024
+#: Longest a committing connection waits for readers and writers to let it checkpoint.
+WAL_CHECKPOINT_WAIT = 1.0
+
+logger = logging.getLogger("semcache_sqlite")
 
 # Connections inherited over fork(): kept referenced forever so the garbage
 # collector never closes them in the child (see module docstring).
@@ -206,6 +217,7 @@ class Database:
         self.busy_timeout = float(busy_timeout)
         self.driver = select_driver(driver)
         self.read_only = bool(read_only)
+        self.wal_limit_bytes = WAL_LIMIT_BYTES
         self._local = threading.local()
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -387,6 +399,27 @@ class Database:
             except self.driver.Error as exc:
                 self._rollback(conn)
                 raise translate_error(exc, self.path) from exc
+            self._bound_wal(conn)
+
+    def _bound_wal(self, conn: Any) -> None:
+        """Checkpoint and truncate an oversized WAL (see WAL_LIMIT_BYTES); never fails
+        the write that was just committed, and waits at most WAL_CHECKPOINT_WAIT."""
+        try:
+            if os.stat(f"{self.path}-wal").st_size <= self.wal_limit_bytes:
+                return
+        except OSError:
+            return
+        wait = int(min(self.busy_timeout, WAL_CHECKPOINT_WAIT) * 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {wait}")
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:
+                logger.info("WAL checkpoint deferred: readers or writers still busy")
+        except self.driver.Error as exc:
+            logger.warning("WAL checkpoint failed (the write was committed): %s", exc)
+        finally:
+            with suppress(self.driver.Error):
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def _rollback(self, conn: Any) -> None:
         try:

@@ -30,6 +30,7 @@ from semcache_sqlite.db import Database, select_driver
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import stress
+from reliability import check_file
 
 SHORT = 0.3  # seconds: the busy timeout of the caches that are meant to give up
 
@@ -298,3 +299,29 @@ def test_stress_verifier_catches_lost_and_resurrected_writes(tmp_path: Path) -> 
     report = stress._verify(str(path), 1, 1, 0.0, 0.0, [record], [])
     assert (report.lost_writes, report.resurrected) == (1, 1)
     assert not report.ok and "lost writes" in report.summary()
+
+
+def test_an_oversized_wal_is_checkpointed_after_a_commit(
+    cache: SemanticCache, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's automatic checkpoints never wait for readers: under steady load the WAL
+    grew without bound (237 MB in 30 s of stress.py). Past wal_limit_bytes the committing
+    connection checkpoints and truncates it, waiting for readers only briefly."""
+    monkeypatch.setattr("semcache_sqlite.db.WAL_CHECKPOINT_WAIT", 0.1)
+    cache._db.wal_limit_bytes = 1
+    wal = Path(f"{db_path}-wal")
+    cache.store("first entry", None, "1")
+    assert wal.stat().st_size == 0  # checkpointed and truncated
+    reader = select_driver().connect(str(db_path), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM entries").fetchone()[0] == 1
+        entry_id = cache.store("second entry", None, "2")  # cannot truncate: not an error
+        assert cache.get(entry_id).response == "2"
+        assert wal.stat().st_size > 0
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    cache.store("third entry", None, "3")
+    assert wal.stat().st_size == 0
+    assert check_file(db_path).ok
