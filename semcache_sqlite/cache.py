@@ -40,16 +40,17 @@ from typing import Any
 from .aio import AsyncCacheMixin
 from .db import DEFAULT_BUSY_TIMEOUT, Database
 from .embedders import Embedder, LocalEmbedder
-from .errors import InvalidInputError
+from .errors import EmbedderResponseError, InvalidInputError
 from .fallback import FallbackMixin, FallbackPolicy, prepare, run_find_similar, run_lookup
 from .llms import LLMFunction, llm_cache_context
-from .migrate import migrate
+from .migrate import check_current, migrate
 from .prompts import Prompt
 from .store import EntryRow, LatencySums, NewEntry, Scope, Store
 from .streaming import StreamingMixin
 from .timing import CacheResult, Timings, latency_figures
 from .validation import (
     DEFAULT_MAX_QUERY_CHARS,
+    FloatMatrix,
     FloatVector,
     as_unit_matrix,
     as_unit_vector,
@@ -161,6 +162,11 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
     to do when the embedder or the LLM fails (default: fail open, see
     ``FallbackPolicy``); ``on_event``, called with a ``CacheResult`` after
     every lookup (outcome, similarity, timings).
+
+    ``read_only=True`` opens an existing file without writing to it (read-only
+    media or directory, a shipped pre-warmed file): lookups work but are not
+    counted, ``get_or_compute`` returns the LLM's answer on a miss without
+    storing it, and store/update/delete/clear raise ReadOnlyError.
     """
 
     def __init__(
@@ -178,6 +184,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         clock: Callable[[], float] = time.time,
         policy: FallbackPolicy | None = None,
         on_event: Callable[[CacheResult], Any] | None = None,
+        read_only: bool = False,
     ) -> None:
         self.embedder: Embedder = embedder if embedder is not None else LocalEmbedder()
         self.policy = policy if policy is not None else FallbackPolicy()
@@ -188,11 +195,15 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         self.user_id = check_scope_name(user_id, "user_id", allow_empty=True)
         self.context = context
         self.max_query_chars = max_query_chars
-        self._db = Database(path, busy_timeout=busy_timeout)
+        self._db = Database(path, busy_timeout=busy_timeout, read_only=read_only)
         try:
-            migrate(self._db)
             self._store = Store(self._db, clock=clock)
-            self._store.bind_embedder(self.embedder.model_id, self.embedder.dim)
+            if read_only:
+                check_current(self._db)
+                self._store.check_embedder(self.embedder.model_id, self.embedder.dim)
+            else:
+                migrate(self._db)
+                self._store.bind_embedder(self.embedder.model_id, self.embedder.dim)
         except BaseException:
             self._db.close()
             raise
@@ -202,6 +213,10 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
     @property
     def path(self) -> str:
         return self._db.path
+
+    @property
+    def read_only(self) -> bool:
+        return self._db.read_only
 
     @property
     def threshold(self) -> float:
@@ -445,14 +460,12 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
             if given[i] is None and self._store.find_exact_owned(scope, e.query_hash) is None
         ]
         if missing:
-            matrix = self.embedder.embed([entries[i].query for i in missing])
-            checked = as_unit_matrix(matrix, self.embedder.dim, len(missing))
+            checked = self._embed_rows([entries[i].query for i in missing])
             for i, vector in zip(missing, checked, strict=True):
                 given[i] = vector
         ids, still_missing = self._store.upsert_many(scope, entries, given, self.embedder.model_id)
         if still_missing:  # deleted by someone else between our check and our write
-            matrix = self.embedder.embed([entries[i].query for i in still_missing])
-            checked = as_unit_matrix(matrix, self.embedder.dim, len(still_missing))
+            checked = self._embed_rows([entries[i].query for i in still_missing])
             for i, vector in zip(still_missing, checked, strict=True):
                 given[i] = vector
             # Only the rows that were not written: the others are committed already and
@@ -466,6 +479,14 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
             for i, entry_id in zip(still_missing, retried, strict=True):
                 ids[i] = entry_id
         return [i for i in ids if i is not None]
+
+    def _embed_rows(self, texts: list[str]) -> FloatMatrix:
+        """Embed texts for storing; an unusable vector is the embedder's fault, typed so."""
+        matrix = self.embedder.embed(texts)
+        try:
+            return as_unit_matrix(matrix, self.embedder.dim, len(texts))
+        except InvalidInputError as exc:
+            raise EmbedderResponseError(f"the embedder returned an unusable vector: {exc}") from exc
 
     def update(
         self,

@@ -14,14 +14,25 @@ writer, ``synchronous=NORMAL`` (durable across application crashes; a power
 loss may drop the last transactions but never corrupts), and a busy timeout.
 After ``fork()`` a child never touches its parent's connections: they are set
 aside unclosed (closing them in the child could release locks the parent
-still relies on) and fresh ones are opened.
+still relies on) and fresh ones are opened. A thread's connection is closed
+when the thread ends, so apps that start a thread per request do not leak
+file descriptors.
+
+``read_only=True`` opens the file with SQLite's ``mode=ro`` and never sets up
+WAL or writes anything; a write raises ReadOnlyError. When the directory cannot
+hold the ``-shm`` file SQLite needs for a WAL-mode file, and no ``-wal`` file is
+there (so the main file holds every committed transaction), the file is opened
+``immutable=1`` instead: SQLite then assumes nobody changes it while it is open.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -41,6 +52,16 @@ from .errors import (
 )
 
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for the lock before CacheTimeoutError
+
+#: A -wal file larger than this after a commit is checkpointed and truncated by the
+#: committing connection. SQLite's automatic checkpoints never wait for readers, so
+#: under a steady mix of readers and writers they never catch up and the WAL grew
+#: without bound (237 MB in 30 s of benchmarks/stress.py on a 10 MB file).
+WAL_LIMIT_BYTES = 32 * 1024 * 1024
+#: Longest a committing connection waits for readers and writers to let it checkpoint.
+WAL_CHECKPOINT_WAIT = 1.0
+
+logger = logging.getLogger("semcache_sqlite")
 
 # Connections inherited over fork(): kept referenced forever so the garbage
 # collector never closes them in the child (see module docstring).
@@ -94,11 +115,86 @@ def translate_error(exc: BaseException, path: str) -> StorageError:
         )
     if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
         return NotACacheFileError(f"{path}: not a usable SQLite file ({message})")
+    if "could not decode" in lowered:  # text that is not UTF-8: only a damaged page does that
+        return NotACacheFileError(f"{path}: the file is damaged ({message[:200]})")
     if "full" in lowered:
         return StorageFullError(f"{path}: disk full, the write was rolled back ({message})")
+    if "could not insert a new vector chunk" in lowered:
+        # sqlite-vec reports a failed chunk allocation (chunk_size x dim x 4 bytes, written
+        # up front) as a plain SQLITE_ERROR and drops SQLITE_FULL; the only realistic cause
+        # once the entry row of the same transaction was written is a full disk or a
+        # max_page_count cap (see tests/test_reliability_input.py).
+        return StorageFullError(
+            f"{path}: no room for a new block of vectors, the write was rolled back ({message}); "
+            "the disk (or max_page_count) is probably full"
+        )
     if "unable to open" in lowered:
+        if Path(path).is_dir():
+            return StorageError(f"{path} is a directory, not a cache file")
+        problem = writability_problem(path)
+        if problem is not None:
+            return ReadOnlyError(f"{path}: {problem} ({message}){_READ_ONLY_HINT}")
         return StorageError(f"{path}: cannot open the file ({message}); does the directory exist?")
     return StorageError(f"{path}: {message}")
+
+
+_READ_ONLY_HINT = "; to look entries up without writing, open it with read_only=True"
+
+
+def writability_problem(path: str) -> str | None:
+    """Why SQLite could not write ``path`` in WAL mode here, or None if it should be able to.
+
+    Uses ``os.access``, which reports a read-only mount (EROFS) even to root, and
+    file permissions to other users. A WAL-mode file needs its directory writable
+    unless its ``-wal`` and ``-shm`` files already exist and are writable.
+    """
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    file = Path(path)
+    if file.is_dir() or not file.parent.is_dir():
+        return None  # not a read-only problem; SQLite's own error says it
+    if file.exists() and not os.access(file, os.W_OK):
+        return "the file is read-only"
+    sidecars = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    if all(p.exists() and os.access(p, os.W_OK) for p in sidecars):
+        return None
+    if not os.access(file.parent, os.W_OK):
+        return (
+            "its directory is read-only, and SQLite's WAL mode must create the -wal and -shm "
+            "files beside the file"
+        )
+    return None
+
+
+class _ThreadConnection:
+    """One thread's connection and its transaction depth.
+
+    It lives in the Database's ``threading.local``, so when the thread ends this
+    object is dropped and ``__del__`` closes the connection: without that, every
+    finished thread left two open file descriptors behind (found by
+    tests/test_reliability_concurrency.py). The Database keeps only weak
+    references to these, for ``close()`` and ``fork()``.
+    """
+
+    __slots__ = ("__weakref__", "conn", "depth", "pid")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn: Any = conn
+        self.depth = 0
+        self.pid = os.getpid()
+
+    def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        if os.getpid() != self.pid:
+            _ABANDONED_AFTER_FORK.append(conn)  # inherited over fork: never close it here
+            return
+        with suppress(Exception):
+            conn.close()
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class Database:
@@ -115,39 +211,111 @@ class Database:
         *,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         driver: str | None = None,
+        read_only: bool = False,
     ) -> None:
         self.path = str(Path(path))
         self.busy_timeout = float(busy_timeout)
         self.driver = select_driver(driver)
+        self.read_only = bool(read_only)
+        self.wal_limit_bytes = WAL_LIMIT_BYTES
         self._local = threading.local()
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._all: list[Any] = []  # every connection this process opened, for close()
+        # every live thread connection this process opened, for close() and fork()
+        self._all: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._closed = False
 
     # -- connections -------------------------------------------------------------
 
-    def _open(self) -> Any:
+    def _connect(self, target: str, uri: bool) -> Any:
         try:
-            conn = self.driver.connect(
-                self.path,
+            return self.driver.connect(
+                target,
                 timeout=self.busy_timeout,
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=False,  # guarded by thread-local use; close() runs elsewhere
+                uri=uri,
             )
         except self.driver.Error as exc:
             raise translate_error(exc, self.path) from exc
+
+    def _open(self) -> Any:
+        if self.read_only:
+            return self._open_read_only()
+        problem = writability_problem(self.path)
+        if problem is not None:  # say so up front, not at the first write
+            raise ReadOnlyError(f"{self.path}: cannot write here: {problem}{_READ_ONLY_HINT}")
+        conn = self._connect(self.path, uri=False)
         try:
-            conn.enable_load_extension(True)
-            sqlite_vec.load(conn)
-            conn.enable_load_extension(False)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                # e.g. a read-only file that is not yet in WAL mode: reads still work.
-                pass
+            self._setup(conn)
+            self._set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
+        except self.driver.Error as exc:
+            conn.close()
+            raise translate_error(exc, self.path) from exc
+        return conn
+
+    def _set_wal(self, conn: Any) -> None:
+        """``PRAGMA journal_mode = WAL``, retried until the busy timeout.
+
+        Switching a rollback-journal file to WAL needs an exclusive lock. While another
+        connection holds a RESERVED lock, SQLite returns SQLITE_BUSY at once without
+        calling the busy handler (waiting could deadlock), so we retry here instead of
+        failing immediately (tests/test_reliability_concurrency.py). A file already in
+        WAL mode never gets here twice.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                return
+            except self.driver.OperationalError as exc:
+                lowered = str(exc).lower()
+                busy = "locked" in lowered or "busy" in lowered
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))  # back off
+            delay = min(delay * 2, 0.05)
+
+    def _setup(self, conn: Any) -> None:
+        conn.enable_load_extension(True)
+        sqlite_vec.load(conn)
+        conn.enable_load_extension(False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+
+    def _open_read_only(self) -> Any:
+        """``mode=ro`` (no WAL setup, no writes); ``immutable=1`` where -shm cannot exist."""
+        file = Path(self.path)
+        if not file.is_file():
+            raise StorageError(f"{self.path}: no such cache file to open read-only")
+        base = file.resolve().as_uri()
+        conn = self._connect(f"{base}?mode=ro", uri=True)
+        try:
+            self._setup(conn)
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens -shm if WAL
+            return conn
+        except self.driver.Error as exc:
+            conn.close()
+            if "unable to open" not in str(exc).lower():
+                raise translate_error(exc, self.path) from exc
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise ReadOnlyError(
+                    f"{self.path}: cannot be read here: SQLite must create a -shm file beside "
+                    "this WAL-mode file but the directory is read-only, and the -wal file beside "
+                    "it may hold transactions not yet merged into the file. Open it once where "
+                    "it is writable (or copy it together with its -wal file) to merge them."
+                ) from exc
+        # A WAL-mode file in a directory where SQLite cannot create -shm: with no -wal
+        # beside it, the main file is complete and can be read as immutable.
+        conn = self._connect(f"{base}?immutable=1", uri=True)
+        try:
+            self._setup(conn)
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except self.driver.Error as exc:
             conn.close()
             raise translate_error(exc, self.path) from exc
@@ -155,39 +323,39 @@ class Database:
 
     def connection(self) -> Any:
         """This thread's connection, opened on first use (and again after fork)."""
+        return self._state().conn
+
+    def _state(self) -> _ThreadConnection:
         if self._closed:
             raise StorageError(f"{self.path}: the cache was closed")
         if os.getpid() != self._pid:
             self._after_fork()
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._open()
-            self._local.conn = conn
-            self._local.depth = 0
+        state: _ThreadConnection | None = getattr(self._local, "state", None)
+        if state is None or state.conn is None:
+            state = _ThreadConnection(self._open())
+            self._local.state = state
             with self._lock:
-                self._all.append(conn)
-        return conn
+                self._all.add(state)
+        return state
 
     def _after_fork(self) -> None:
         with self._lock:
             if os.getpid() == self._pid:
                 return
-            _ABANDONED_AFTER_FORK.extend(self._all)
-            self._all = []
+            for state in list(self._all):
+                state.release()  # pid differs: kept referenced, never closed
+            self._all = weakref.WeakSet()
             self._local = threading.local()
             self._pid = os.getpid()
 
     def close(self) -> None:
         """Close every connection this process opened. Idempotent."""
         with self._lock:
-            conns, self._all = self._all, []
+            states = list(self._all)
+            self._all = weakref.WeakSet()
             self._closed = True
-        if os.getpid() != self._pid:
-            _ABANDONED_AFTER_FORK.extend(conns)
-            return
-        for conn in conns:
-            with suppress(self.driver.Error):
-                conn.close()
+        for state in states:
+            state.release()  # after fork (pid differs) this keeps the inherited ones unclosed
         self._local = threading.local()
 
     # -- statements --------------------------------------------------------------
@@ -204,30 +372,54 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         """A write transaction (BEGIN IMMEDIATE ... COMMIT), re-entrant per thread."""
-        conn = self.connection()
-        depth = self._local.depth
+        if self.read_only:
+            raise ReadOnlyError(f"{self.path}: opened with read_only=True, writes are refused")
+        state = self._state()
+        conn = state.conn
+        depth = state.depth
         if depth == 0:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except self.driver.Error as exc:
                 raise translate_error(exc, self.path) from exc
-        self._local.depth = depth + 1
+        state.depth = depth + 1
         try:
             yield conn
         except BaseException as exc:
-            self._local.depth = depth
+            state.depth = depth
             if depth == 0:
                 self._rollback(conn)
             if isinstance(exc, self.driver.Error):
                 raise translate_error(exc, self.path) from exc
             raise
-        self._local.depth = depth
+        state.depth = depth
         if depth == 0:
             try:
                 conn.execute("COMMIT")
             except self.driver.Error as exc:
                 self._rollback(conn)
                 raise translate_error(exc, self.path) from exc
+            self._bound_wal(conn)
+
+    def _bound_wal(self, conn: Any) -> None:
+        """Checkpoint and truncate an oversized WAL (see WAL_LIMIT_BYTES); never fails
+        the write that was just committed, and waits at most WAL_CHECKPOINT_WAIT."""
+        try:
+            if os.stat(f"{self.path}-wal").st_size <= self.wal_limit_bytes:
+                return
+        except OSError:
+            return
+        wait = int(min(self.busy_timeout, WAL_CHECKPOINT_WAIT) * 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {wait}")
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:
+                logger.info("WAL checkpoint deferred: readers or writers still busy")
+        except self.driver.Error as exc:
+            logger.warning("WAL checkpoint failed (the write was committed): %s", exc)
+        finally:
+            with suppress(self.driver.Error):
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def _rollback(self, conn: Any) -> None:
         try:

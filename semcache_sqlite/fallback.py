@@ -234,6 +234,8 @@ def uncacheable_reason(cache: SemanticCache, found: Found, completion: Completio
         reason = "should_cache"
     if reason is None and found.vector is None:
         reason = "embedder_failed"
+    if reason is None and cache.read_only:
+        reason = "read_only"  # the caller still gets the answer; the file is not written
     return reason
 
 

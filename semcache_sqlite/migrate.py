@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .db import Database, split_sql_script
-from .errors import MigrationError, NotACacheFileError, SchemaTooNewError
+from .errors import MigrationError, NotACacheFileError, ReadOnlyError, SchemaTooNewError
 
 #: ``PRAGMA application_id`` of every semcache-sqlite file ("SEMC" in ASCII).
 APPLICATION_ID = 0x53454D43
@@ -118,6 +118,21 @@ def migrate(db: Database, target: int | None = None) -> int:
         _apply(db, migration)
     with db.reading() as conn:
         return schema_version(conn)
+
+
+def check_current(db: Database) -> int:
+    """For a file opened read-only: refuse it unless its schema is exactly this code's."""
+    with db.reading() as conn:
+        check_file_identity(conn, db.path)
+        version = check_not_newer(conn, db.path)
+    latest = latest_version()
+    if version < latest:
+        what = "is not a semcache-sqlite cache yet" if version == 0 else f"is at schema {version}"
+        raise ReadOnlyError(
+            f"{db.path} {what} and this version needs schema {latest}; a read-only file "
+            "cannot be upgraded. Open it once without read_only=True where it is writable."
+        )
+    return version
 
 
 def _apply(db: Database, migration: Migration) -> None:

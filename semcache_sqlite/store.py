@@ -19,14 +19,25 @@ in the same transaction. sqlite-vec has no INSERT OR REPLACE, so a vector
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass
 from typing import Any
 
 from .db import Database
-from .errors import EmbedderMismatchError, EntryNotFoundError, VersionConflictError
+from .errors import (
+    CacheTimeoutError,
+    EmbedderMismatchError,
+    EntryNotFoundError,
+    NotACacheFileError,
+    ReadOnlyError,
+    StorageFullError,
+    VersionConflictError,
+)
 from .validation import FloatVector
+
+logger = logging.getLogger("semcache_sqlite")
 
 VECTOR_TABLE = "entry_vectors"
 
@@ -74,8 +85,16 @@ class EntryRow:
             version=int(row[10]),
             hit_count=int(row[11]),
             last_hit_at=None if row[12] is None else float(row[12]),
-            metadata=json.loads(row[13]),
+            metadata=_metadata(row[0], row[13]),
         )
+
+
+def _metadata(entry_id: Any, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:  # the CHECK (json_valid) in the schema: only damage gets here
+        raise NotACacheFileError(f"entry {entry_id} has damaged metadata: {exc}") from exc
+    return value if isinstance(value, dict) else {"value": value}
 
 
 @dataclass(frozen=True)
@@ -137,6 +156,12 @@ class Store:
         The first embedder to write a file owns it; any other is refused with the
         way out named, because vectors of different models are not comparable.
         """
+        info = self.info()  # a read first: reopening a bound file never waits for the writer
+        if info.get("embedding_model") is not None:
+            self._check_same_embedder(
+                info["embedding_model"], info.get("embedding_dim"), model_id, dim
+            )
+            return
         with self.db.transaction() as conn:
             info = dict(conn.execute("SELECT key, value FROM cache_info").fetchall())
             stored_model, stored_dim = info.get("embedding_model"), info.get("embedding_dim")
@@ -152,13 +177,25 @@ class Store:
                     "namespace text, user_id text, context_key text)"
                 )
                 return
-            if stored_model != model_id or int(stored_dim or 0) != dim:
-                raise EmbedderMismatchError(
-                    f"{self.db.path} was created with embedding model {stored_model!r} "
-                    f"({stored_dim}-d), but this cache was given {model_id!r} ({dim}-d). "
-                    "Open it with the same embedder, or re-embed the entries into a new file "
-                    "(export the entries and store them again under the new model)."
-                )
+            self._check_same_embedder(stored_model, stored_dim, model_id, dim)
+
+    def check_embedder(self, model_id: str, dim: int) -> None:
+        """bind_embedder() for a read-only file: check only (a file never written matches)."""
+        info = self.info()
+        stored_model, stored_dim = info.get("embedding_model"), info.get("embedding_dim")
+        if stored_model is not None:
+            self._check_same_embedder(stored_model, stored_dim, model_id, dim)
+
+    def _check_same_embedder(
+        self, stored_model: str, stored_dim: str | None, model_id: str, dim: int
+    ) -> None:
+        if stored_model != model_id or int(stored_dim or 0) != dim:
+            raise EmbedderMismatchError(
+                f"{self.db.path} was created with embedding model {stored_model!r} "
+                f"({stored_dim}-d), but this cache was given {model_id!r} ({dim}-d). "
+                "Open it with the same embedder, or re-embed the entries into a new file "
+                "(export the entries and store them again under the new model)."
+            )
 
     # -- writes ------------------------------------------------------------------
 
@@ -219,6 +256,8 @@ class Store:
     def _insert_row(
         self, conn: Any, entry: NewEntry, vector: FloatVector, model_id: str, now: float
     ) -> int:
+        # Entry ids are never reused (AUTOINCREMENT in migrations/0001_init.sql), so an
+        # id a caller still holds can never name someone else's entry after a delete.
         cursor = conn.execute(
             "INSERT INTO entries (namespace, user_id, context_key, query, query_hash, "
             "response, created_at, updated_at, embedding_model, embedding_dim, metadata) "
@@ -328,38 +367,51 @@ class Store:
 
         ``seconds`` is added to the hit or miss latency sum; ``llm_seconds``, when
         given, to the LLM latency sum (and ``llm_calls`` + 1). One transaction.
+
+        Best effort: the lookup's answer is already known, so when the counters cannot
+        be written (the write lock stayed taken for the whole busy timeout, the disk is
+        full, the file became read-only) the lookup still returns it; the count is
+        dropped with a warning in the log.
         """
+        if self.db.read_only:
+            return  # a read-only file keeps the counters it has
         hit = entry_id is not None
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO namespace_stats (namespace, hits, misses, hit_seconds, miss_seconds, "
-                "llm_seconds, llm_calls, embed_failures, coalesced) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(namespace) DO UPDATE SET hits = hits + excluded.hits, "
-                "misses = misses + excluded.misses, "
-                "hit_seconds = hit_seconds + excluded.hit_seconds, "
-                "miss_seconds = miss_seconds + excluded.miss_seconds, "
-                "llm_seconds = llm_seconds + excluded.llm_seconds, "
-                "llm_calls = llm_calls + excluded.llm_calls, "
-                "embed_failures = embed_failures + excluded.embed_failures, "
-                "coalesced = coalesced + excluded.coalesced",
-                (
-                    namespace,
-                    int(hit),
-                    int(not hit),
-                    float(seconds) if hit else 0.0,
-                    0.0 if hit else float(seconds),
-                    float(llm_seconds or 0.0),
-                    int(llm_seconds is not None),
-                    int(embed_failed),
-                    int(coalesced),
-                ),
-            )
-            if hit:
+        try:
+            with self.db.transaction() as conn:
                 conn.execute(
-                    "UPDATE entries SET hit_count = hit_count + 1, last_hit_at = ? WHERE id = ?",
-                    (self._clock(), entry_id),
+                    "INSERT INTO namespace_stats (namespace, hits, misses, hit_seconds, "
+                    "miss_seconds, llm_seconds, llm_calls, embed_failures, coalesced) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(namespace) DO UPDATE SET hits = hits + excluded.hits, "
+                    "misses = misses + excluded.misses, "
+                    "hit_seconds = hit_seconds + excluded.hit_seconds, "
+                    "miss_seconds = miss_seconds + excluded.miss_seconds, "
+                    "llm_seconds = llm_seconds + excluded.llm_seconds, "
+                    "llm_calls = llm_calls + excluded.llm_calls, "
+                    "embed_failures = embed_failures + excluded.embed_failures, "
+                    "coalesced = coalesced + excluded.coalesced",
+                    (
+                        namespace,
+                        int(hit),
+                        int(not hit),
+                        float(seconds) if hit else 0.0,
+                        0.0 if hit else float(seconds),
+                        float(llm_seconds or 0.0),
+                        int(llm_seconds is not None),
+                        int(embed_failed),
+                        int(coalesced),
+                    ),
                 )
+                if hit:
+                    conn.execute(
+                        "UPDATE entries SET hit_count = hit_count + 1, last_hit_at = ? "
+                        "WHERE id = ?",
+                        (self._clock(), entry_id),
+                    )
+        except (CacheTimeoutError, StorageFullError, ReadOnlyError) as exc:
+            logger.warning(
+                "%s not counted in namespace %r: %s", "hit" if hit else "miss", namespace, exc
+            )
 
     # -- reads -------------------------------------------------------------------
 
@@ -420,6 +472,11 @@ class Store:
             ).fetchall()
             results = []
             for rowid, distance in neighbours:
+                if distance is None or distance != distance:
+                    # A NaN vector ranks first with a NULL distance (DESIGN.md section 5);
+                    # validation keeps them out, so this is a damaged file: skip it.
+                    logger.warning("entry %s has an unusable vector (corrupt file?)", rowid)
+                    continue
                 row = conn.execute(
                     f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (rowid,)
                 ).fetchone()

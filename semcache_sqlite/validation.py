@@ -77,6 +77,10 @@ def check_scope_name(value: Any, what: str, *, allow_empty: bool) -> str:
         raise InvalidInputError(f"{what} must not be empty")
     if len(value) > 1024:
         raise InvalidInputError(f"{what} is {len(value)} characters; at most 1024")
+    if "\x00" in value:
+        # sqlite-vec compares TEXT metadata only up to the first NUL, so "a\0b" and "a\0c"
+        # would share vectors in the KNN filter: a leak across tenants. Refuse them.
+        raise InvalidInputError(f"{what} must not contain NUL characters")
     check_text(value, what)
     return value
 
@@ -116,10 +120,13 @@ def as_unit_vector(vector: Any, dim: int) -> FloatVector:
         )
     if not np.all(np.isfinite(array)):
         raise InvalidVectorError("embedding contains NaN or infinite values")
-    norm = float(np.linalg.norm(array))
-    if norm == 0.0 or not math.isfinite(norm):
+    # Scale by the largest component first: the norm of huge (1e200) or tiny (1e-320)
+    # but valid vectors would overflow to inf or underflow to 0.
+    scale = float(np.max(np.abs(array)))
+    if scale == 0.0:
         raise InvalidVectorError("embedding is all zeros (cosine similarity is undefined)")
-    return np.ascontiguousarray(array / norm, dtype=np.float32)
+    array = array / scale
+    return np.ascontiguousarray(array / np.linalg.norm(array), dtype=np.float32)
 
 
 def as_unit_matrix(vectors: Any, dim: int, expected_rows: int) -> FloatMatrix:
