@@ -30,17 +30,23 @@ from .errors import (
     VersionConflictError,
 )
 from .llms import LLM, OpenAIChat
+from .quality import GuardConfig, GuardWeights, Signals
+from .quality_store import Calibration, FeedbackRow
 
 __all__ = [
     "LLM",
     "CacheEntry",
     "CacheTimeoutError",
+    "Calibration",
     "DimensionMismatchError",
     "DriverUnavailableError",
     "Embedder",
     "EmbedderError",
     "EmbedderMismatchError",
     "EntryNotFoundError",
+    "FeedbackRow",
+    "GuardConfig",
+    "GuardWeights",
     "InvalidInputError",
     "InvalidQueryError",
     "InvalidThresholdError",
@@ -57,6 +63,7 @@ __all__ = [
     "SchemaTooNewError",
     "SemCacheError",
     "SemanticCache",
+    "Signals",
     "StorageError",
     "StorageFullError",
     "VersionConflictError",
