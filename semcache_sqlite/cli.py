@@ -65,6 +65,9 @@ def demo(
         raise click.ClickException(str(exc)) from exc
 
 
+from . import cli_quality  # noqa: E402, F401  (registers `evaluate` and `calibrate`)
+
+
 def main() -> None:
     cli(prog_name="semcache")
 
