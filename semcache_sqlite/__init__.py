@@ -37,6 +37,8 @@ from .errors import (
 from .fallback import FallbackPolicy
 from .llms import LLM, AsyncChatStream, ChatStream, Completion, OpenAIChat
 from .prompts import ChatMessage, Prompt, conversation_text
+from .quality import GuardConfig, GuardWeights, Signals
+from .quality_store import Calibration, FeedbackRow
 from .retry import RetryPolicy
 from .streaming import AsyncCachedStream, CachedStream
 from .timing import CacheResult, Timings
@@ -49,6 +51,7 @@ __all__ = [
     "CacheResult",
     "CacheTimeoutError",
     "CachedStream",
+    "Calibration",
     "ChatMessage",
     "ChatStream",
     "Completion",
@@ -61,6 +64,9 @@ __all__ = [
     "EmbedderTimeoutError",
     "EntryNotFoundError",
     "FallbackPolicy",
+    "FeedbackRow",
+    "GuardConfig",
+    "GuardWeights",
     "InvalidFileError",
     "InvalidInputError",
     "InvalidQueryError",
@@ -82,6 +88,7 @@ __all__ = [
     "SchemaTooNewError",
     "SemCacheError",
     "SemanticCache",
+    "Signals",
     "StorageError",
     "StorageFullError",
     "Timings",

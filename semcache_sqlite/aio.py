@@ -41,8 +41,6 @@ from .fallback import (
     conclude_miss_without_llm,
     embed_failed,
     embedder_failure,
-    judge,
-    lookup_result,
     prepare,
     store_answer,
 )
@@ -88,15 +86,17 @@ async def afind(cache: SemanticCache, req: Request, *, fail_open: bool) -> Found
     with req.watch.phase("search"):
         row = await asyncio.to_thread(cache._store.find_exact, req.scope, req.query_hash)
     if row is not None:
-        return Found(lookup_result(row, 1.0, True), None, 1.0)
+        return Found(cache._exact_result(row, req.query), None, 1.0)
     try:
         with req.watch.phase("embed"):
             vector = await aembed_query(cache, req.query)
     except EmbedderError as exc:
         return await asyncio.to_thread(embed_failed, cache, req, exc, fail_open=fail_open)
     with req.watch.phase("search"):
-        neighbours = await asyncio.to_thread(cache._store.nearest, req.scope, vector, 1)
-    return judge(neighbours, vector, req.threshold)
+        hit, similarity = await asyncio.to_thread(
+            cache._judge, req.scope, vector, req.threshold, req.query
+        )
+    return Found(hit, vector, similarity)
 
 
 async def arun_get_or_compute(cache: SemanticCache, req: Request) -> CacheResult:

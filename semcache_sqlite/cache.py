@@ -9,8 +9,9 @@ Decisions a user can rely on (also in the README):
 - **Context key.** A hash of the LLM's ``cache_context`` (model, system prompt,
   parameters) plus the ``context=`` you pass (per call, else the cache's).
   Entries made under another context are invisible.
-- **Threshold.** Cosine similarity in [0, 1]; hit iff similarity >= threshold
-  (with a 1e-6 float32 tolerance). Per call > cache > the embedder's default.
+- **Threshold.** Hit iff score >= threshold (1e-6 float32 tolerance); score is the
+  cosine similarity minus the guards' penalties (quality.py). Per call > stored
+  calibration (namespace, then file-wide) > constructor > the embedder's default.
 - **Exact-match path.** A query whose normalised text (NFKC, case-folded,
   whitespace collapsed) equals a stored one in scope is answered without running
   the embedder, with similarity 1.0 and ``exact=True``.
@@ -32,7 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
@@ -45,6 +46,24 @@ from .fallback import FallbackMixin, FallbackPolicy, prepare, run_find_similar, 
 from .llms import LLMFunction, llm_cache_context
 from .migrate import check_current, migrate
 from .prompts import Prompt
+from .quality import (
+    GuardConfig,
+    GuardsArgument,
+    Signals,
+    Verifier,
+    check_band,
+    match_signals,
+    parse_guards,
+    verify_hit,
+)
+from .quality_store import (
+    FILE_WIDE,
+    Calibration,
+    FeedbackLog,
+    FeedbackRow,
+    QualityStore,
+    resolve_rule,
+)
 from .store import EntryRow, LatencySums, NewEntry, Scope, Store
 from .streaming import StreamingMixin
 from .timing import CacheResult, Timings, latency_figures
@@ -59,6 +78,7 @@ from .validation import (
     check_text,
     check_threshold,
     query_hash,
+    similarity_hits,
 )
 
 logger = logging.getLogger("semcache_sqlite")
@@ -119,6 +139,9 @@ class LookupResult:
     entry: CacheEntry
     similarity: float
     exact: bool  # True: served by the exact-match path, embedder not run
+    score: float | None = None  # what met the threshold: similarity minus guard penalties
+    signals: Signals | None = None  # what the guards saw (None on the exact path)
+    asked: str | None = None  # the query asked (None for find_similar)
     timings: Timings = field(default_factory=Timings, compare=False)
 
     @property
@@ -167,6 +190,10 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
     media or directory, a shipped pre-warmed file): lookups work but are not
     counted, ``get_or_compute`` returns the LLM's answer on a miss without
     storing it, and store/update/delete/clear raise ReadOnlyError.
+    ``guards``: a ``GuardConfig``, guard names, or False for plain cosine (default:
+    all on; see quality.py). ``verify(query, cached_query, cached_response)`` is
+    asked about semantic hits whose score is in ``verify_band = (low, high)`` (all
+    when no band); False turns the hit into a miss.
     """
 
     def __init__(
@@ -185,11 +212,17 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         policy: FallbackPolicy | None = None,
         on_event: Callable[[CacheResult], Any] | None = None,
         read_only: bool = False,
+        guards: GuardsArgument = None,
+        verify: Verifier | None = None,
+        verify_band: tuple[float, float] | None = None,
     ) -> None:
         self.embedder: Embedder = embedder if embedder is not None else LocalEmbedder()
         self.policy = policy if policy is not None else FallbackPolicy()
         self.on_event = on_event
         self._threshold = None if threshold is None else check_threshold(threshold)
+        self.guards = parse_guards(guards)
+        self.verify = verify
+        self.verify_band = check_band(verify_band)
         self.llm = llm
         self.namespace = check_scope_name(namespace, "namespace", allow_empty=False)
         self.user_id = check_scope_name(user_id, "user_id", allow_empty=True)
@@ -204,6 +237,8 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
             else:
                 migrate(self._db)
                 self._store.bind_embedder(self.embedder.model_id, self.embedder.dim)
+            self._quality = QualityStore(self._db, clock=clock)
+            self._feedback = FeedbackLog(self._quality)
         except BaseException:
             self._db.close()
             raise
@@ -220,17 +255,23 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
 
     @property
     def threshold(self) -> float:
-        """The cache-wide threshold (the embedder's default unless one was given)."""
-        if self._threshold is not None:
-            return self._threshold
-        return check_threshold(self.embedder.default_threshold)
+        """The threshold of the cache's namespace; setting it sets the constructor-level
+        value, below a calibration stored in the file."""
+        return self.threshold_for()
 
     @threshold.setter
     def threshold(self, value: float) -> None:
         self._threshold = check_threshold(value)
 
-    def _resolve_threshold(self, threshold: float | None) -> float:
-        return self.threshold if threshold is None else check_threshold(threshold)
+    def threshold_for(self, namespace: str | None = None) -> float:
+        """Stored calibration of the namespace > file-wide calibration > constructor >
+        the embedder's default."""
+        return self._rule(self.namespace if namespace is None else namespace, None)[0]
+
+    def _rule(self, namespace: str, threshold: float | None) -> tuple[float, GuardConfig]:
+        """The threshold and guards (with weights) a lookup in ``namespace`` uses."""
+        stored = self._quality.calibration_for(namespace)
+        return resolve_rule(stored, threshold, self._threshold, self.guards, self.embedder)
 
     def context_key(self, context: Context = None, llm: object | None = None) -> str:
         """The hash that scopes entries to an LLM configuration and caller context."""
@@ -281,6 +322,49 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         """The cached answer for ``query`` in scope, or None on a miss."""
         req = prepare(self, "lookup", query, self.llm, namespace, user_id, context, threshold)
         return run_lookup(self, req)
+
+    # -- the lookup decision (hit quality): k nearest, guards, verification ----------
+
+    def _judge(
+        self, scope: Scope, vector: FloatVector, threshold: float | None, query: str | None
+    ) -> tuple[LookupResult | None, float | None]:
+        """Decide hit or miss for an embedded query: (the hit or None, nearest similarity).
+
+        The k nearest entries in scope feed the guards (quality.py); a hit needs
+        score >= threshold and, inside ``verify_band``, the verifier's yes.
+        """
+        limit, guards = self._rule(scope.namespace, threshold)
+        neighbours = self._store.nearest(scope, vector, k=guards.neighbours)
+        if not neighbours:
+            return None, None
+        found = [(row.query, row.response, min(1.0, 1.0 - d)) for row, d in neighbours]
+        signals = match_signals(query, found[0], found[1:], lexical=guards.lexical)
+        score = guards.score(signals)
+        row = neighbours[0][0]
+        hit = similarity_hits(score, limit) and verify_hit(
+            self.verify, self.verify_band, score, query, row.query, row.response
+        )
+        logger.debug(
+            "nearest entry=%s similarity=%.4f score=%.4f threshold=%.4f hit=%s",
+            row.id,
+            signals.similarity,
+            score,
+            limit,
+            hit,
+        )
+        if not hit:
+            return None, signals.similarity
+        result = LookupResult(
+            CacheEntry.from_row(row), signals.similarity, False, score, signals, query
+        )
+        self._feedback.remember(result)
+        return result, signals.similarity
+
+    def _exact_result(self, row: EntryRow, query: str) -> LookupResult:
+        """The exact-match path's hit: similarity 1.0, no guards."""
+        result = LookupResult(CacheEntry.from_row(row), 1.0, True, 1.0, None, query)
+        self._feedback.remember(result)
+        return result
 
     def find_similar(
         self,
@@ -528,6 +612,40 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         if user_id is not None:
             check_scope_name(user_id, "user_id", allow_empty=True)
         return self._store.delete_where(namespace=namespace, user_id=user_id)
+
+    # -- hit quality: feedback and stored calibrations -----------------------------
+
+    def feedback(
+        self, result: LookupResult | int, correct: bool, *, query: str | None = None
+    ) -> int:
+        """Record whether a served hit was right (persisted); returns the row id. For an
+        entry id, the last lookup this object served from it supplies the query asked,
+        similarity and signals; else only the entry (and ``query``) is recorded."""
+
+        def entry(entry_id: int) -> tuple[str, str, str]:
+            found = self.get(entry_id)
+            return found.namespace, found.user_id, found.query
+
+        return self._feedback.record(result, correct, query, entry)
+
+    def feedback_rows(self, namespace: str | None = None) -> list[FeedbackRow]:
+        """The recorded feedback (of one namespace), oldest first."""
+        return self._quality.feedback_rows(namespace)
+
+    def calibration(self, namespace: str | None = None) -> Calibration | None:
+        """The calibration stored for ``namespace`` (None: the file-wide one)."""
+        return self._quality.calibration(FILE_WIDE if namespace is None else namespace)
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Store a threshold (and guard weights) for a namespace or, with '', the file."""
+        check_threshold(calibration.threshold)
+        if calibration.namespace:
+            check_scope_name(calibration.namespace, "namespace", allow_empty=False)
+        self._quality.save_calibration(replace(calibration, embedding_model=self.embedder.model_id))
+
+    def clear_calibration(self, namespace: str | None = None) -> bool:
+        """Forget the stored calibration of ``namespace`` (None: the file-wide one)."""
+        return self._quality.delete_calibration(FILE_WIDE if namespace is None else namespace)
 
     # -- statistics --------------------------------------------------------------
 

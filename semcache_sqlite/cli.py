@@ -174,6 +174,9 @@ def demo(
         raise click.ClickException(str(exc)) from exc
 
 
+from . import cli_quality  # noqa: E402, F401  (registers `evaluate` and `calibrate`)
+
+
 def main() -> None:
     # click itself exits quietly on a broken pipe (`semcache export db | head`).
     cli(prog_name="semcache")

@@ -309,7 +309,7 @@ threshold_option = click.option(
     type=float,
     default=None,
     help="Cosine similarity in [0, 1] at or above which a lookup hits "
-    "(default: the embedder's, 0.93 for the local model).",
+    "(default: the file's stored calibration, else the embedder's default).",
 )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -45,7 +45,7 @@ from .prompts import Prompt, key_prompt
 from .singleflight import FLIGHTS, Flight, leading
 from .store import EntryRow, Scope
 from .timing import CacheResult, Outcome, Stopwatch, logger, report
-from .validation import FloatVector, as_unit_vector, check_query, query_hash, similarity_hits
+from .validation import FloatVector, as_unit_vector, check_query, query_hash
 
 if TYPE_CHECKING:
     from .cache import Context, LookupResult, SemanticCache
@@ -130,7 +130,7 @@ def prepare(
         base = context if context is not None else cache.context
         scoped_context = {"context": base, "instructions": [list(i) for i in keyed.instructions]}
     scope = cache._scope(namespace, user_id, scoped_context, llm)
-    limit = cache._resolve_threshold(threshold)
+    limit = cache._rule(scope.namespace, threshold)[0]  # stored calibrations included
     digest = query_hash(query)
     key = (
         os.path.realpath(cache.path),
@@ -147,18 +147,6 @@ def lookup_result(row: EntryRow, similarity: float, exact: bool) -> LookupResult
     from .cache import CacheEntry, LookupResult  # cache.py imports this module
 
     return LookupResult(CacheEntry.from_row(row), similarity, exact=exact)
-
-
-def judge(
-    neighbours: Sequence[tuple[EntryRow, float]], vector: FloatVector, threshold: float
-) -> Found:
-    """Hit iff the nearest entry's similarity reaches the threshold."""
-    if not neighbours:
-        return Found(None, vector, None)
-    row, distance = neighbours[0]
-    similarity = min(1.0, 1.0 - distance)
-    hit = lookup_result(row, similarity, False) if similarity_hits(similarity, threshold) else None
-    return Found(hit, vector, similarity)
 
 
 def checked_vector(cache: SemanticCache, matrix: Any) -> FloatVector:
@@ -404,15 +392,15 @@ def find(cache: SemanticCache, req: Request, *, fail_open: bool) -> Found:
     with req.watch.phase("search"):
         row = cache._store.find_exact(req.scope, req.query_hash)
     if row is not None:
-        return Found(lookup_result(row, 1.0, True), None, 1.0)
+        return Found(cache._exact_result(row, req.query), None, 1.0)
     try:
         with req.watch.phase("embed"):
             vector = embed_query(cache, req.query)
     except EmbedderError as exc:
         return embed_failed(cache, req, exc, fail_open=fail_open)
     with req.watch.phase("search"):
-        neighbours = cache._store.nearest(req.scope, vector, k=1)
-    return judge(neighbours, vector, req.threshold)
+        hit, similarity = cache._judge(req.scope, vector, req.threshold, req.query)
+    return Found(hit, vector, similarity)
 
 
 def embed_failed(
@@ -444,8 +432,8 @@ def run_find_similar(
     cache: SemanticCache, req: Request, vector: FloatVector
 ) -> tuple[str, float] | None:
     with req.watch.phase("search"):
-        neighbours = cache._store.nearest(req.scope, vector, k=1)
-    found = judge(neighbours, vector, req.threshold)
+        hit, similarity = cache._judge(req.scope, vector, req.threshold, None)
+    found = Found(hit, vector, similarity)
     if found.hit is None:
         conclude(cache, req, "miss", response=None, is_cached=False, similarity=found.similarity)
         return None
