@@ -10,10 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/fakes.py, tests/openai_server.py
 
-from fakes import FakeEmbedder  # noqa: E402
-from openai_server import OpenAIServer  # noqa: E402
+from fakes import FakeEmbedder
+from openai_server import OpenAIServer
 
-from semcache_sqlite import LocalEmbedder, SemanticCache  # noqa: E402
+from semcache_sqlite import LocalEmbedder, SemanticCache
 
 
 @pytest.fixture

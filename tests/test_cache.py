@@ -21,7 +21,9 @@ from semcache_sqlite import (
 )
 
 
-def test_seed_api_store_find_similar_get_or_compute(cache: SemanticCache, fake_embedder: FakeEmbedder) -> None:
+def test_seed_api_store_find_similar_get_or_compute(
+    cache: SemanticCache, fake_embedder: FakeEmbedder
+) -> None:
     embedding = fake_embedder.vector("how do i reset my password")
     cache.store("how do i reset my password", embedding, "Settings > Reset")
     found = cache.find_similar(embedding)
@@ -39,9 +41,13 @@ def test_seed_api_store_find_similar_get_or_compute(cache: SemanticCache, fake_e
 
     assert cache.get_or_compute("how do i reset my password", llm) == ("Settings > Reset", True)
     assert cache.get_or_compute("what is the weather today", llm) == (
-        "fresh answer for what is the weather today", False)
+        "fresh answer for what is the weather today",
+        False,
+    )
     assert cache.get_or_compute("what is the weather today", llm) == (
-        "fresh answer for what is the weather today", True)
+        "fresh answer for what is the weather today",
+        True,
+    )
     assert calls == ["what is the weather today"]
     stats = cache.stats()
     assert {"cached_entries", "hits", "misses", "total_requests", "hit_rate"} <= set(stats)
@@ -94,7 +100,9 @@ def test_user_entry_preferred_over_shared_on_exact_repeat(cache: SemanticCache) 
     assert shared is not None and shared.response == "shared plan answer"
 
 
-def test_knn_filter_runs_inside_scan_not_after_top_k(cache: SemanticCache, fake_embedder: FakeEmbedder) -> None:
+def test_knn_filter_runs_inside_scan_not_after_top_k(
+    cache: SemanticCache, fake_embedder: FakeEmbedder
+) -> None:
     # 50 near-identical entries in another namespace would fill any post-filtered top-k.
     for i in range(50):
         cache.store(f"reset password now {i}", None, "noise", namespace="other")
@@ -136,7 +144,9 @@ def test_llm_configuration_is_part_of_scope(db_path: Path) -> None:
         assert first.calls == 1 and other_model.calls == 1 and other_prompt.calls == 1
 
 
-def test_exact_match_path_does_not_run_embedder(cache: SemanticCache, fake_embedder: FakeEmbedder) -> None:
+def test_exact_match_path_does_not_run_embedder(
+    cache: SemanticCache, fake_embedder: FakeEmbedder
+) -> None:
     cache.store("How do I reset my password?", None, "Settings > Reset")
     calls = fake_embedder.calls
     result = cache.lookup("  how do I   RESET my password?  ")
@@ -156,11 +166,15 @@ def test_threshold_edges(db_path: Path, fake_embedder: FakeEmbedder) -> None:
         # threshold 1: only an identical vector hits
         assert cache.lookup("alpha beta gamma", threshold=1.0) is None
         assert cache.find_similar(fake_embedder.vector("alpha beta"), threshold=1.0) is not None
-        assert cache.find_similar(fake_embedder.vector("alpha beta") * 3.0, threshold=1.0) is not None
+        assert (
+            cache.find_similar(fake_embedder.vector("alpha beta") * 3.0, threshold=1.0) is not None
+        )
 
 
 @pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan"), float("inf"), "0.5", None, True])
-def test_invalid_thresholds_rejected(db_path: Path, fake_embedder: FakeEmbedder, bad: object) -> None:
+def test_invalid_thresholds_rejected(
+    db_path: Path, fake_embedder: FakeEmbedder, bad: object
+) -> None:
     if bad is not None:
         with pytest.raises(InvalidThresholdError):
             SemanticCache(db_path, embedder=fake_embedder, threshold=bad)  # type: ignore[arg-type]
@@ -189,7 +203,9 @@ def test_default_threshold_comes_from_embedder(db_path: Path) -> None:
         ("not a vector", InvalidVectorError),
     ],
 )
-def test_bad_vectors_rejected_and_nothing_written(cache: SemanticCache, vector: object, error: type[Exception]) -> None:
+def test_bad_vectors_rejected_and_nothing_written(
+    cache: SemanticCache, vector: object, error: type[Exception]
+) -> None:
     with pytest.raises(error):
         cache.store("some query", vector, "resp")
     with pytest.raises(error):
@@ -239,7 +255,9 @@ def test_store_same_query_again_replaces(cache: SemanticCache) -> None:
     assert cache.store("what time is it", None, "alice", user_id="alice") != first
 
 
-def test_store_many_one_embed_call_per_batch(cache: SemanticCache, fake_embedder: FakeEmbedder) -> None:
+def test_store_many_one_embed_call_per_batch(
+    cache: SemanticCache, fake_embedder: FakeEmbedder
+) -> None:
     queries = [f"question number {i} about topic {i * 7}" for i in range(10)]
     calls = fake_embedder.calls
     ids = cache.store_many(queries, [f"a{i}" for i in range(10)], batch_size=4)
@@ -251,7 +269,9 @@ def test_store_many_one_embed_call_per_batch(cache: SemanticCache, fake_embedder
     assert cache.get(ids[3]).response == "b3"
 
 
-def test_store_many_with_embeddings_and_validation(cache: SemanticCache, fake_embedder: FakeEmbedder) -> None:
+def test_store_many_with_embeddings_and_validation(
+    cache: SemanticCache, fake_embedder: FakeEmbedder
+) -> None:
     vectors = np.stack([fake_embedder.vector("one two"), fake_embedder.vector("three four")])
     calls = fake_embedder.calls
     ids = cache.store_many(["one two", "three four"], ["12", "34"], embeddings=vectors)
@@ -316,7 +336,12 @@ def test_stats_per_namespace_and_persisted(db_path: Path) -> None:
         assert set(overall["namespaces"]) == {"n1", "n2"}
         assert overall["embedding_model"] == "fake-bow-64" and overall["embedding_dim"] == 64
         assert cache.stats("never-used") == {
-            "cached_entries": 0, "hits": 0, "misses": 0, "total_requests": 0, "hit_rate": 0.0}
+            "cached_entries": 0,
+            "hits": 0,
+            "misses": 0,
+            "total_requests": 0,
+            "hit_rate": 0.0,
+        }
 
 
 def test_search_returns_neighbours_without_counting(cache: SemanticCache) -> None:

@@ -18,7 +18,10 @@ def _demo(db: Path, env_extra: dict[str, str]) -> str:
     env.update(env_extra)
     done = subprocess.run(
         [sys.executable, "-m", "semcache_sqlite", "demo", "--db", str(db)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -47,7 +50,8 @@ def test_demo_with_llm_stores_misses_and_second_run_is_all_hits(tmp_path: Path) 
         assert chat_calls == 2  # France question + router question; the paraphrase hits
         second = _demo(db, env)
         assert server.state.count("/chat/completions") == chat_calls
-    assert [line.split()[0] for line in second.splitlines() if line.startswith(("HIT", "MISS"))] == [
-        "HIT"] * len(DEMO_QUERIES)
+    assert [
+        line.split()[0] for line in second.splitlines() if line.startswith(("HIT", "MISS"))
+    ] == ["HIT"] * len(DEMO_QUERIES)
     with SemanticCache(db) as cache:
         assert cache.stats()["cached_entries"] == 12

@@ -43,7 +43,9 @@ def test_local_embedder_rejects_bad_text(local_embedder: LocalEmbedder) -> None:
     assert local_embedder.embed([]).shape == (0, 384)
 
 
-def test_paraphrase_hits_and_lookalike_misses_with_real_model(tmp_path: Path, local_embedder: LocalEmbedder) -> None:
+def test_paraphrase_hits_and_lookalike_misses_with_real_model(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
     with SemanticCache(tmp_path / "real.db", embedder=local_embedder) as cache:
         cache.store_many(
             ["How do I reset my password?", "What are the pricing plans?", "Can I export my data?"],
@@ -82,8 +84,12 @@ def test_missing_model_file_is_a_typed_error(tmp_path: Path) -> None:
 
 def test_openai_embedder_batches_against_real_server(openai_server: OpenAIServer) -> None:
     embedder = OpenAIEmbedder(
-        "text-embedding-3-small", dimensions=64, base_url=openai_server.base_url,
-        api_key="test", batch_size=10, max_retries=0,
+        "text-embedding-3-small",
+        dimensions=64,
+        base_url=openai_server.base_url,
+        api_key="test",
+        batch_size=10,
+        max_retries=0,
     )
     texts = [f"text number {i}" for i in range(25)]
     vectors = embedder.embed(texts)

@@ -17,7 +17,11 @@ def test_all_is_sorted_and_importable() -> None:
 def test_every_error_is_a_semcache_error_and_exported() -> None:
     for name in dir(errors):
         obj = getattr(errors, name)
-        if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == errors.__name__:
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, Exception)
+            and obj.__module__ == errors.__name__
+        ):
             assert issubclass(obj, errors.SemCacheError)
             assert name in semcache_sqlite.__all__, name
 

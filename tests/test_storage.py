@@ -41,14 +41,21 @@ def test_migration_from_empty_file(db_path: Path) -> None:
     try:
         assert migrate(db) == latest_version() >= 1
         with db.reading() as conn:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            applied = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            applied = conn.execute(
+                "SELECT version FROM schema_migrations ORDER BY version"
+            ).fetchall()
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert {"entries", "cache_info", "namespace_stats", "schema_migrations"} <= tables
         assert [r[0] for r in applied] == list(range(1, latest_version() + 1))
         assert migrate(db) == latest_version()  # applying again changes nothing
         with db.reading() as conn:
-            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == latest_version()
+            assert (
+                conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+                == latest_version()
+            )
     finally:
         db.close()
     assert _pragma(db_path, "application_id") == APPLICATION_ID
@@ -56,7 +63,11 @@ def test_migration_from_empty_file(db_path: Path) -> None:
 
 def test_failed_migration_rolls_back(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = migrate_module.available_migrations()
-    broken = Migration(len(real) + 1, "broken", "CREATE TABLE half_done (x INTEGER);\nSELECT * FROM no_such_table;\n")
+    broken = Migration(
+        len(real) + 1,
+        "broken",
+        "CREATE TABLE half_done (x INTEGER);\nSELECT * FROM no_such_table;\n",
+    )
     monkeypatch.setattr(migrate_module, "available_migrations", lambda: [*real, broken])
     db = Database(db_path)
     try:
@@ -64,7 +75,10 @@ def test_failed_migration_rolls_back(db_path: Path, monkeypatch: pytest.MonkeyPa
             migrate(db)
         with db.reading() as conn:
             assert int(conn.execute("PRAGMA user_version").fetchone()[0]) == len(real)
-            assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchone() is None
+            assert (
+                conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchone()
+                is None
+            )
     finally:
         db.close()
 
@@ -111,7 +125,9 @@ def test_other_embedder_refused_with_way_out(db_path: Path) -> None:
 def _run_child(code: str, db_path: Path) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), *sys.path])}
     script = textwrap.dedent(code).replace("DB_PATH", repr(str(db_path)))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -195,9 +211,20 @@ def test_stock_sqlite3_shell_reads_entries_without_extension(cache: SemanticCach
         pytest.skip("the sqlite3 shell is not installed (.ci/run installs it)")
     cache.store("shell visible query", None, "shell visible answer", user_id="u1")
     done = subprocess.run(
-        [shell, str(cache.path), "select query, response, timestamp, user_id, embedding_dim from entries"],
-        capture_output=True, text=True, check=True,
+        [
+            shell,
+            str(cache.path),
+            "select query, response, timestamp, user_id, embedding_dim from entries",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     query, response, timestamp, user_id, dim = done.stdout.strip().split("|")
-    assert (query, response, user_id, dim) == ("shell visible query", "shell visible answer", "u1", "64")
+    assert (query, response, user_id, dim) == (
+        "shell visible query",
+        "shell visible answer",
+        "u1",
+        "64",
+    )
     assert timestamp.endswith("Z") and timestamp[:2] == "20"
