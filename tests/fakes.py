@@ -23,7 +23,8 @@ def bag_of_words_vector(text: str, dim: int) -> npt.NDArray[np.float32]:
     for word in _WORD.findall(text.lower()) or [text]:
         digest = hashlib.sha256(word.encode("utf-8", "surrogatepass")).digest()
         vector[int.from_bytes(digest[:4], "little") % dim] += 1.0
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
+    unit: npt.NDArray[np.float32] = (vector / np.linalg.norm(vector)).astype(np.float32)
+    return unit
 
 
 class FakeEmbedder:

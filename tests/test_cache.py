@@ -237,8 +237,12 @@ def test_failed_llm_caches_nothing(cache: SemanticCache) -> None:
     with pytest.raises(LLMError, match="upstream 500"):
         cache.get_or_compute("a brand new question", broken)
     for empty in ("", "   "):
+
+        def says_nothing(prompt: str, text: str = empty) -> str:
+            return text
+
         with pytest.raises(LLMError):
-            cache.get_or_compute("a brand new question", lambda p, e=empty: e)
+            cache.get_or_compute("a brand new question", says_nothing)
     assert cache.stats()["cached_entries"] == 0
     with pytest.raises(LLMError, match="no LLM configured"):
         cache.get_or_compute("a brand new question")

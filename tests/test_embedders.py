@@ -39,7 +39,7 @@ def test_local_embedder_rejects_bad_text(local_embedder: LocalEmbedder) -> None:
     with pytest.raises(InvalidQueryError):
         local_embedder.embed(["fine", "  "])
     with pytest.raises(InvalidInputError):
-        local_embedder.embed("a bare string is not a batch")  # type: ignore[arg-type]
+        local_embedder.embed("a bare string is not a batch")
     assert local_embedder.embed([]).shape == (0, 384)
 
 
