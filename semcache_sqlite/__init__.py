@@ -29,7 +29,9 @@ from .errors import (
     StorageFullError,
     VersionConflictError,
 )
+from .lifecycle import NamespacePolicy
 from .llms import LLM, OpenAIChat
+from .store_reembed import ReembedState
 
 __all__ = [
     "LLM",
@@ -50,10 +52,12 @@ __all__ = [
     "LookupResult",
     "MigrationError",
     "ModelIntegrityError",
+    "NamespacePolicy",
     "NotACacheFileError",
     "OpenAIChat",
     "OpenAIEmbedder",
     "ReadOnlyError",
+    "ReembedState",
     "SchemaTooNewError",
     "SemCacheError",
     "SemanticCache",

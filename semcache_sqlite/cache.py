@@ -15,7 +15,10 @@ Decisions a user can rely on (also in the README):
   whitespace collapsed) equals a stored one in scope is answered without running
   the embedder, with similarity 1.0 and ``exact=True``.
 - **Storing the same query again** in the same namespace, user and context
-  replaces the stored response (version + 1) instead of adding a duplicate.
+  replaces the stored response (version + 1) by default; ``on_duplicate``
+  chooses "keep" or "keep_both" instead (see lifecycle.py).
+- **Lifecycle** (TTL, limits, eviction, invalidation, re-embedding, vacuum): rules
+  in lifecycle.py, methods in cache_lifecycle.py (mixed in).
 - **Counters.** Every lookup (``lookup``, ``find_similar``, ``get_or_compute``)
   counts one hit or miss in the file, per namespace.
 """
@@ -30,12 +33,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from types import TracebackType
 from typing import Any
 
+from .cache_lifecycle import LifecycleMixin
 from .db import DEFAULT_BUSY_TIMEOUT, Database
 from .embedders import Embedder, LocalEmbedder
 from .errors import InvalidInputError, LLMError
+from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, check_ttl
 from .llms import llm_cache_context
 from .migrate import migrate
 from .store import EntryRow, NewEntry, Scope, Store
@@ -82,6 +88,7 @@ class CacheEntry:
     hit_count: int
     last_hit_at: datetime | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None  # None: never expires
 
     @classmethod
     def from_row(cls, row: EntryRow) -> CacheEntry:
@@ -100,6 +107,7 @@ class CacheEntry:
             hit_count=row.hit_count,
             last_hit_at=_utc(row.last_hit_at),
             metadata=row.metadata,
+            expires_at=_utc(row.expires_at),
         )
 
 
@@ -137,7 +145,7 @@ class LookupResult:
         return self.entry.user_id
 
 
-class SemanticCache:
+class SemanticCache(LifecycleMixin):
     """A semantic cache in one SQLite file.
 
     >>> with SemanticCache("cache.db") as cache:          # doctest: +SKIP
@@ -148,6 +156,10 @@ class SemanticCache:
     the embedder's default); ``embedder`` (default: the offline LocalEmbedder);
     ``llm`` for ``get_or_compute`` (any ``str -> str`` callable); defaults for
     ``namespace``, ``user_id`` and ``context`` used when a call gives none.
+    Lifecycle defaults (see lifecycle.py): ``ttl`` seconds (None: never expire),
+    ``sliding_ttl``, ``max_entries`` (whole file), ``namespace_max_entries``,
+    ``max_bytes``, ``eviction`` ("lru", "lfu", "fifo"), ``on_duplicate``
+    ("replace", "keep", "keep_both"); ``configure_namespace`` overrides them.
     """
 
     def __init__(
@@ -163,7 +175,17 @@ class SemanticCache:
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
         clock: Callable[[], float] = time.time,
+        ttl: float | None = None,
+        sliding_ttl: bool = False,
+        max_entries: int | None = None,
+        namespace_max_entries: int | None = None,
+        max_bytes: int | None = None,
+        eviction: Eviction = "lru",
+        on_duplicate: OnDuplicate = "replace",
     ) -> None:
+        lifecycle = LifecycleConfig(
+            ttl, sliding_ttl, max_entries, namespace_max_entries, max_bytes, eviction, on_duplicate
+        )
         self.embedder: Embedder = embedder if embedder is not None else LocalEmbedder()
         self._threshold = None if threshold is None else check_threshold(threshold)
         self.llm = llm
@@ -174,7 +196,7 @@ class SemanticCache:
         self._db = Database(path, busy_timeout=busy_timeout)
         try:
             migrate(self._db)
-            self._store = Store(self._db, clock=clock)
+            self._store = Store(self._db, clock=clock, lifecycle=lifecycle)
             self._store.bind_embedder(self.embedder.model_id, self.embedder.dim)
         except BaseException:
             self._db.close()
@@ -369,11 +391,15 @@ class SemanticCache:
         user_id: str | None = None,
         context: Context = None,
         metadata: Mapping[str, Any] | None = None,
+        ttl: float | Unset | None = UNSET,
+        on_duplicate: OnDuplicate | None = None,
     ) -> int:
         """Seed API: cache ``response`` for ``query``; returns the entry id.
 
         ``embedding`` may be None (the cache embeds the query). Storing the same
-        query again in the same namespace, user and context replaces the response.
+        query again in the same namespace, user and context replaces the response,
+        unless ``on_duplicate`` says "keep" or "keep_both". ``ttl``: seconds this
+        entry lives (None: forever). Both default to the namespace's, else the cache's.
         """
         if response is None:
             raise InvalidInputError("store() needs a response")
@@ -385,6 +411,8 @@ class SemanticCache:
             user_id=user_id,
             context=context,
             metadata=metadata,
+            ttl=ttl,
+            on_duplicate=on_duplicate,
         )[0]
 
     def store_many(
@@ -398,11 +426,14 @@ class SemanticCache:
         context: Context = None,
         metadata: Mapping[str, Any] | None = None,
         batch_size: int = 256,
+        ttl: float | Unset | None = UNSET,
+        on_duplicate: OnDuplicate | None = None,
     ) -> list[int]:
         """Batch warm-up: store many (query, response) pairs; one embedding call per batch.
 
         Everything is validated before anything is written; each batch of
         ``batch_size`` is written in one transaction. Returns the entry ids.
+        ``ttl`` and ``on_duplicate`` as in ``store``.
         """
         queries, responses = list(queries), list(responses)
         if len(queries) != len(responses):
@@ -426,6 +457,8 @@ class SemanticCache:
                     responses[start : start + step],
                     None if vectors is None else vectors[start : start + step],
                     meta,
+                    ttl,
+                    on_duplicate,
                 )
             )
         return ids
@@ -437,9 +470,12 @@ class SemanticCache:
         responses: list[str],
         vectors: list[FloatVector] | None,
         metadata: dict[str, Any] | None,
+        ttl: float | Unset | None = UNSET,
+        on_duplicate: OnDuplicate | None = None,
     ) -> list[int]:
-        """Upsert one batch: replace the response of queries already stored in this exact
-        scope, embed and insert the rest (re-checking inside the write transaction)."""
+        """Upsert one batch: handle queries already stored in this exact scope as
+        ``on_duplicate`` says, embed and insert the rest (re-checked inside the write
+        transaction)."""
         entries = [
             NewEntry(
                 scope.namespace,
@@ -455,24 +491,27 @@ class SemanticCache:
         given: list[FloatVector | None] = (
             list(vectors) if vectors is not None else [None] * len(entries)
         )
-        # Queries not stored yet need a vector; embed them all in one call.
+        # Queries not stored yet (or all, for keep_both) need a vector; embed them in one call.
+        mode = self._store.duplicate_mode(scope.namespace, on_duplicate)
         missing = [
             i
             for i, e in enumerate(entries)
-            if given[i] is None and self._store.find_exact_owned(scope, e.query_hash) is None
+            if given[i] is None
+            and (mode == "keep_both" or self._store.find_exact_owned(scope, e.query_hash) is None)
         ]
         if missing:
             matrix = self.embedder.embed([entries[i].query for i in missing])
             checked = as_unit_matrix(matrix, self.embedder.dim, len(missing))
             for i, vector in zip(missing, checked, strict=True):
                 given[i] = vector
-        ids, still_missing = self._store.upsert_many(scope, entries, given, self.embedder.model_id)
+        upsert = partial(self._store.upsert_many, scope, entries, given, ttl=ttl, on_duplicate=mode)
+        ids, still_missing = upsert(self.embedder.model_id)
         if still_missing:  # deleted by someone else between our check and our write
             matrix = self.embedder.embed([entries[i].query for i in still_missing])
             checked = as_unit_matrix(matrix, self.embedder.dim, len(still_missing))
             for i, vector in zip(still_missing, checked, strict=True):
                 given[i] = vector
-            ids, _ = self._store.upsert_many(scope, entries, given, self.embedder.model_id)
+            ids, _ = upsert(self.embedder.model_id)
         return [i for i in ids if i is not None]
 
     def update(
@@ -481,18 +520,31 @@ class SemanticCache:
         *,
         response: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        query: str | None = None,
+        ttl: float | Unset | None = UNSET,
         expected_version: int | None = None,
     ) -> CacheEntry:
         """Change an entry in place; bumps ``version`` and ``updated_at``.
 
-        With ``expected_version``, raises VersionConflictError if the entry moved.
+        A new ``query`` is embedded and written with its hash and vector in one
+        transaction. ``ttl`` restarts the entry's time to live from now (None:
+        never expires). With ``expected_version``, raises VersionConflictError if
+        the entry moved.
         """
         if response is not None:
             check_text(response, "response")
+        vector = None
+        if query is not None:
+            check_query(query, max_chars=self.max_query_chars)
+            vector = self._embed_one(query)
         row = self._store.replace(
             entry_id,
             response=response,
             metadata=None if metadata is None else dict(metadata),
+            query=query,
+            query_hash=None if query is None else query_hash(query),
+            vector=vector,
+            ttl=ttl if isinstance(ttl, Unset) else check_ttl(ttl),
             expected_version=expected_version,
         )
         return CacheEntry.from_row(row)
