@@ -302,6 +302,33 @@ def test_eviction_keeps_entries_and_vectors_in_step(db_path: Path, clock: FakeCl
         assert counted == entry_count(cache)
 
 
+def vec_chunks(cache: SemanticCache) -> int:
+    with cache._store.db.reading() as conn:
+        return int(conn.execute("SELECT count(*) FROM entry_vectors_chunks").fetchone()[0])
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_sparse_vector_chunks_are_freed_after_eviction(
+    db_path: Path, clock: FakeClock, compact: bool
+) -> None:
+    with make_cache(db_path, clock, max_entries=1000, eviction="lfu") as cache:
+        cache._store.compact_chunks = compact
+        ids = cache.store_many([f"bulk item {i}" for i in range(1000)], ["r"] * 1000)
+        hot = ids[::50]
+        hit(cache, hot, times=2)  # LFU keeps these alive, scattered over the first chunk
+        for round_ in range(3):
+            clock.advance(1)
+            cache.store_many([f"round {round_} item {i}" for i in range(700)], ["r"] * 700)
+        assert surviving(cache, hot) == set(hot)
+        live = entry_count(cache)
+        # 20 survivors would pin the first chunk; moved out, it was freed
+        assert vec_chunks(cache) == (2 if compact else 3) and live <= 1000
+        for entry_id in hot:  # the moved vectors are intact (search() always runs the KNN)
+            found = cache.search(cache.get(entry_id).query, k=3)  # k=3: hashed words collide
+            assert any(r.entry_id == entry_id and r.similarity > 0.9999 for r in found)
+        assert cache._store.orphan_counts() == (0, 0) and vector_count(cache) == live
+
+
 def test_invalid_lifecycle_settings(db_path: Path, clock: FakeClock) -> None:
     for bad in ({"max_entries": 0}, {"eviction": "random"}, {"on_duplicate": "x"},
                 {"sliding_ttl": 1}, {"max_bytes": -5}):  # fmt: skip
