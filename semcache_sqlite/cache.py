@@ -41,7 +41,7 @@ from .cache_lifecycle import LifecycleMixin
 from .db import DEFAULT_BUSY_TIMEOUT, Database
 from .embedders import Embedder, LocalEmbedder
 from .errors import InvalidInputError, LLMError
-from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, check_ttl
+from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, check_write_options
 from .llms import llm_cache_context
 from .migrate import migrate
 from .store import EntryRow, NewEntry, Scope, Store
@@ -442,6 +442,7 @@ class SemanticCache(LifecycleMixin):
             check_query(query, max_chars=self.max_query_chars)
         for response in responses:
             check_text(response, "response")
+        check_write_options(ttl, on_duplicate)
         vectors = None
         if embeddings is not None:
             vectors = list(as_unit_matrix(embeddings, self.embedder.dim, len(queries)))
@@ -533,6 +534,7 @@ class SemanticCache(LifecycleMixin):
         """
         if response is not None:
             check_text(response, "response")
+        check_write_options(ttl, None)
         vector = None
         if query is not None:
             check_query(query, max_chars=self.max_query_chars)
@@ -544,7 +546,7 @@ class SemanticCache(LifecycleMixin):
             query=query,
             query_hash=None if query is None else query_hash(query),
             vector=vector,
-            ttl=ttl if isinstance(ttl, Unset) else check_ttl(ttl),
+            ttl=ttl,
             expected_version=expected_version,
         )
         return CacheEntry.from_row(row)

@@ -109,6 +109,14 @@ def check_on_duplicate(value: Any) -> OnDuplicate:
     return cast(OnDuplicate, value)
 
 
+def check_write_options(ttl: float | Unset | None, on_duplicate: Any) -> None:
+    """Per-call ``ttl`` and ``on_duplicate`` of a store, checked before any work."""
+    if not isinstance(ttl, Unset):
+        check_ttl(ttl)
+    if on_duplicate is not None:
+        check_on_duplicate(on_duplicate)
+
+
 def check_flag(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidInputError(f"{what} must be True or False, got {value!r}")
