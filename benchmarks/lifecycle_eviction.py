@@ -87,6 +87,11 @@ def exact_lookup(cache: SemanticCache, query: str) -> bool:
     return row is not None
 
 
+def entry_count(cache: SemanticCache) -> int:
+    with cache._store.db.reading() as conn:
+        return int(conn.execute("SELECT sum(entries) FROM entry_counts").fetchone()[0])
+
+
 def file_facts(cache: SemanticCache) -> dict[str, int]:
     store = cache._store
     with store.db.reading() as conn:
@@ -112,6 +117,8 @@ def run_policy(policy: str, args: argparse.Namespace, directory: Path) -> dict[s
     rng = np.random.default_rng(args.seed)
     pick = random.Random(args.seed)
     latencies: list[float] = []
+    evicting: list[float] = []  # latency of the writes that ran an eviction batch
+    count = 0
     samples: list[dict[str, int]] = []
     hot: list[int] = []
     hot_hits = hot_lookups = 0
@@ -133,6 +140,9 @@ def run_policy(policy: str, args: argparse.Namespace, directory: Path) -> dict[s
             t0 = time.perf_counter()
             cache.store(f"query {i}", vector, f"response {i}")
             latencies.append(time.perf_counter() - t0)
+            before, count = count, entry_count(cache)
+            if count <= before:  # this write evicted (beyond its own new entry)
+                evicting.append(latencies[-1])
             if pick.random() < args.hot_fraction:
                 hot.append(i)
             if hot:
@@ -170,6 +180,11 @@ def run_policy(policy: str, args: argparse.Namespace, directory: Path) -> dict[s
             "max": ordered[-1] * 1e3,
             "mean (amortised)": statistics.fmean(latencies) * 1e3,
         },
+        "eviction_writes": {
+            "count": len(evicting),
+            "median_ms": statistics.median(evicting) * 1e3 if evicting else 0.0,
+            "max_ms": max(evicting) * 1e3 if evicting else 0.0,
+        },
         "hot_hit_rate": hot_hits / hot_lookups if hot_lookups else 0.0,
         "final": final,
         "max_db_bytes": max(s["db_bytes"] for s in samples) if samples else final["db_bytes"],
@@ -203,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(run_policy(policy, args, directory))
     print()
     print(
-        "policy  p50 ms  p99 ms  p99.9 ms  max ms  mean ms  file MB (max)  vec0 chunks  "
-        "hot hits  after vacuum MB (s)"
+        "policy  p50 ms  p99 ms  p99.9 ms  max ms  mean ms  evicting writes: n, median ms  "
+        "file MB (max)  vec0 chunks  hot hits  after vacuum MB (s)"
     )
     for r in results:
         lat, final, vac = r["latency_ms"], r["final"], r["after_vacuum"]
@@ -212,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{r['policy']:6}  {lat['p50']:6.2f}  {lat['p99']:6.2f}  {lat['p99.9']:8.2f}  "
             f"{lat['max']:6.1f}  {lat['mean (amortised)']:7.3f}  "
+            f"{r['eviction_writes']['count']:6d} {r['eviction_writes']['median_ms']:10.1f}  "
             f"{final['db_bytes'] / 1e6:6.1f} ({r['max_db_bytes'] / 1e6:5.1f})  "
             f"{final['vec_chunks']:11d}  {r['hot_hit_rate']:8.1%}  {vacuumed}"
         )
