@@ -35,11 +35,13 @@ from .errors import (
     VersionConflictError,
 )
 from .fallback import FallbackPolicy
+from .lifecycle import NamespacePolicy
 from .llms import LLM, AsyncChatStream, ChatStream, Completion, OpenAIChat
 from .prompts import ChatMessage, Prompt, conversation_text
 from .quality import GuardConfig, GuardWeights, Signals
 from .quality_store import Calibration, FeedbackRow
 from .retry import RetryPolicy
+from .store_reembed import ReembedState
 from .streaming import AsyncCachedStream, CachedStream
 from .timing import CacheResult, Timings
 
@@ -79,11 +81,13 @@ __all__ = [
     "LookupResult",
     "MigrationError",
     "ModelIntegrityError",
+    "NamespacePolicy",
     "NotACacheFileError",
     "OpenAIChat",
     "OpenAIEmbedder",
     "Prompt",
     "ReadOnlyError",
+    "ReembedState",
     "RetryPolicy",
     "SchemaTooNewError",
     "SemCacheError",

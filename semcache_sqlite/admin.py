@@ -20,6 +20,7 @@ from typing import Any, Literal
 from .db import Database
 from .migrate import APPLICATION_ID, schema_version
 from .store import _ENTRY_COLUMNS, VECTOR_TABLE, EntryRow, Store
+from .store_lifecycle import vec_expiry
 from .validation import FloatVector
 
 SortOrder = Literal["newest", "oldest", "most-hit"]
@@ -337,10 +338,22 @@ class Admin:
                 )
                 entry_id = int(cursor.lastrowid)
                 added += 1
+            # The vector row carries the entry's expiry (TTL filter inside the KNN).
+            (expires_at,) = conn.execute(
+                "SELECT expires_at FROM entries WHERE id = ?", (entry_id,)
+            ).fetchone()
             conn.execute(
-                f"INSERT INTO {VECTOR_TABLE} (rowid, embedding, namespace, user_id, context_key) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (entry_id, vector.tobytes(), row.namespace, row.user_id, row.context_key),
+                f"INSERT INTO {VECTOR_TABLE} "
+                "(rowid, embedding, namespace, user_id, context_key, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    entry_id,
+                    vector.tobytes(),
+                    row.namespace,
+                    row.user_id,
+                    row.context_key,
+                    vec_expiry(expires_at),
+                ),
             )
         return added, replaced
 

@@ -16,7 +16,10 @@ Decisions a user can rely on (also in the README):
   whitespace collapsed) equals a stored one in scope is answered without running
   the embedder, with similarity 1.0 and ``exact=True``.
 - **Storing the same query again** in the same namespace, user and context
-  replaces the stored response (version + 1) instead of adding a duplicate.
+  replaces the stored response (version + 1) by default; ``on_duplicate``
+  chooses "keep" or "keep_both" instead (see lifecycle.py).
+- **Lifecycle** (TTL, limits, eviction, invalidation, re-embedding, vacuum): rules
+  in lifecycle.py, methods in cache_lifecycle.py (mixed in).
 - **Counters.** Every lookup (``lookup``, ``find_similar``, ``get_or_compute``)
   counts one hit or miss in the file, per namespace, with its latency.
 
@@ -39,10 +42,12 @@ from types import TracebackType
 from typing import Any
 
 from .aio import AsyncCacheMixin
+from .cache_lifecycle import LifecycleMixin
 from .db import DEFAULT_BUSY_TIMEOUT, Database
 from .embedders import Embedder, LocalEmbedder
 from .errors import EmbedderResponseError, InvalidInputError
 from .fallback import FallbackMixin, FallbackPolicy, prepare, run_find_similar, run_lookup
+from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, check_write_options
 from .llms import LLMFunction, llm_cache_context
 from .migrate import check_current, migrate
 from .prompts import Prompt
@@ -111,6 +116,7 @@ class CacheEntry:
     hit_count: int
     last_hit_at: datetime | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None  # None: never expires
 
     @classmethod
     def from_row(cls, row: EntryRow) -> CacheEntry:
@@ -129,6 +135,7 @@ class CacheEntry:
             hit_count=row.hit_count,
             last_hit_at=_utc(row.last_hit_at),
             metadata=row.metadata,
+            expires_at=_utc(row.expires_at),
         )
 
 
@@ -170,7 +177,7 @@ class LookupResult:
         return self.entry.user_id
 
 
-class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
+class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMixin):
     """A semantic cache in one SQLite file.
 
     >>> with SemanticCache("cache.db") as cache:          # doctest: +SKIP
@@ -194,6 +201,10 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
     all on; see quality.py). ``verify(query, cached_query, cached_response)`` is
     asked about semantic hits whose score is in ``verify_band = (low, high)`` (all
     when no band); False turns the hit into a miss.
+    Lifecycle defaults (see lifecycle.py): ``ttl`` seconds (None: never expire),
+    ``sliding_ttl``, ``max_entries`` (whole file), ``namespace_max_entries``,
+    ``max_bytes``, ``eviction`` ("lru", "lfu", "fifo"), ``on_duplicate``
+    ("replace", "keep", "keep_both"); ``configure_namespace`` overrides them.
     """
 
     def __init__(
@@ -215,7 +226,17 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         guards: GuardsArgument = None,
         verify: Verifier | None = None,
         verify_band: tuple[float, float] | None = None,
+        ttl: float | None = None,
+        sliding_ttl: bool = False,
+        max_entries: int | None = None,
+        namespace_max_entries: int | None = None,
+        max_bytes: int | None = None,
+        eviction: Eviction = "lru",
+        on_duplicate: OnDuplicate = "replace",
     ) -> None:
+        lifecycle = LifecycleConfig(
+            ttl, sliding_ttl, max_entries, namespace_max_entries, max_bytes, eviction, on_duplicate
+        )
         self.embedder: Embedder = embedder if embedder is not None else LocalEmbedder()
         self.policy = policy if policy is not None else FallbackPolicy()
         self.on_event = on_event
@@ -230,7 +251,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         self.max_query_chars = max_query_chars
         self._db = Database(path, busy_timeout=busy_timeout, read_only=read_only)
         try:
-            self._store = Store(self._db, clock=clock)
+            self._store = Store(self._db, clock=clock, lifecycle=lifecycle)
             if read_only:
                 check_current(self._db)
                 self._store.check_embedder(self.embedder.model_id, self.embedder.dim)
@@ -451,11 +472,15 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         user_id: str | None = None,
         context: Context = None,
         metadata: Mapping[str, Any] | None = None,
+        ttl: float | Unset | None = UNSET,
+        on_duplicate: OnDuplicate | None = None,
     ) -> int:
         """Seed API: cache ``response`` for ``query``; returns the entry id.
 
         ``embedding`` may be None (the cache embeds the query). Storing the same
-        query again in the same namespace, user and context replaces the response.
+        query again in the same namespace, user and context replaces the response,
+        unless ``on_duplicate`` says "keep" or "keep_both". ``ttl``: seconds this
+        entry lives (None: forever). Both default to the namespace's, else the cache's.
         """
         if response is None:
             raise InvalidInputError("store() needs a response")
@@ -467,6 +492,8 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
             user_id=user_id,
             context=context,
             metadata=metadata,
+            ttl=ttl,
+            on_duplicate=on_duplicate,
         )[0]
 
     def store_many(
@@ -480,11 +507,14 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         context: Context = None,
         metadata: Mapping[str, Any] | None = None,
         batch_size: int = 256,
+        ttl: float | Unset | None = UNSET,
+        on_duplicate: OnDuplicate | None = None,
     ) -> list[int]:
         """Batch warm-up: store many (query, response) pairs; one embedding call per batch.
 
         Everything is validated before anything is written; each batch of
         ``batch_size`` is written in one transaction. Returns the entry ids.
+        ``ttl`` and ``on_duplicate`` as in ``store``.
         """
         queries, responses = list(queries), list(responses)
         if len(queries) != len(responses):
@@ -493,6 +523,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
             check_query(query, max_chars=self.max_query_chars)
         for response in responses:
             check_text(response, "response")
+        check_write_options(ttl, on_duplicate)
         vectors = None
         if embeddings is not None:
             vectors = list(as_unit_matrix(embeddings, self.embedder.dim, len(queries)))
@@ -508,6 +539,8 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
                     responses[start : start + step],
                     None if vectors is None else vectors[start : start + step],
                     meta,
+                    ttl,
+                    on_duplicate,
                 )
             )
         return ids
@@ -519,9 +552,12 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         responses: list[str],
         vectors: list[FloatVector] | None,
         metadata: dict[str, Any] | None,
+        ttl: float | Unset | None = UNSET,
+        on_duplicate: OnDuplicate | None = None,
     ) -> list[int]:
-        """Upsert one batch: replace the response of queries already stored in this exact
-        scope, embed and insert the rest (re-checking inside the write transaction)."""
+        """Upsert one batch: handle queries already stored in this exact scope as
+        ``on_duplicate`` says, embed and insert the rest (re-checked inside the write
+        transaction)."""
         entries = [
             NewEntry(
                 scope.namespace,
@@ -537,17 +573,21 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         given: list[FloatVector | None] = (
             list(vectors) if vectors is not None else [None] * len(entries)
         )
-        # Queries not stored yet need a vector; embed them all in one call.
+        # Queries not stored yet (or all, for keep_both) need a vector; embed them in one call.
+        mode = self._store.duplicate_mode(scope.namespace, on_duplicate)
         missing = [
             i
             for i, e in enumerate(entries)
-            if given[i] is None and self._store.find_exact_owned(scope, e.query_hash) is None
+            if given[i] is None
+            and (mode == "keep_both" or self._store.find_exact_owned(scope, e.query_hash) is None)
         ]
         if missing:
             checked = self._embed_rows([entries[i].query for i in missing])
             for i, vector in zip(missing, checked, strict=True):
                 given[i] = vector
-        ids, still_missing = self._store.upsert_many(scope, entries, given, self.embedder.model_id)
+        ids, still_missing = self._store.upsert_many(
+            scope, entries, given, self.embedder.model_id, ttl=ttl, on_duplicate=mode
+        )
         if still_missing:  # deleted by someone else between our check and our write
             checked = self._embed_rows([entries[i].query for i in still_missing])
             for i, vector in zip(still_missing, checked, strict=True):
@@ -559,6 +599,8 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
                 [entries[i] for i in still_missing],
                 [given[i] for i in still_missing],
                 self.embedder.model_id,
+                ttl=ttl,
+                on_duplicate=mode,
             )
             for i, entry_id in zip(still_missing, retried, strict=True):
                 ids[i] = entry_id
@@ -578,18 +620,32 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin):
         *,
         response: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        query: str | None = None,
+        ttl: float | Unset | None = UNSET,
         expected_version: int | None = None,
     ) -> CacheEntry:
         """Change an entry in place; bumps ``version`` and ``updated_at``.
 
-        With ``expected_version``, raises VersionConflictError if the entry moved.
+        A new ``query`` is embedded and written with its hash and vector in one
+        transaction. ``ttl`` restarts the entry's time to live from now (None:
+        never expires). With ``expected_version``, raises VersionConflictError if
+        the entry moved.
         """
         if response is not None:
             check_text(response, "response")
+        check_write_options(ttl, None)
+        vector = None
+        if query is not None:
+            check_query(query, max_chars=self.max_query_chars)
+            vector = self._embed_one(query)
         row = self._store.replace(
             entry_id,
             response=response,
             metadata=None if metadata is None else dict(metadata),
+            query=query,
+            query_hash=None if query is None else query_hash(query),
+            vector=vector,
+            ttl=ttl,
             expected_version=expected_version,
         )
         return CacheEntry.from_row(row)

@@ -421,6 +421,25 @@ class Database:
             with suppress(self.driver.Error):
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
+    @contextmanager
+    def side_connection(self) -> Iterator[Any]:
+        """A second, private connection to the file, closed on exit.
+
+        For scanning a vec0 table while this thread's connection writes in the same
+        transaction: interleaving the two on one connection makes sqlite-vec's scan
+        ~8x slower (measured: 160 vs 19 us per 384-d row). In WAL mode the side
+        connection sees the last committed state, which is what the writer started
+        from as long as it has not yet changed the table being read.
+        """
+        conn = self._open()
+        try:
+            yield conn
+        except self.driver.Error as exc:
+            raise translate_error(exc, self.path) from exc
+        finally:
+            with suppress(self.driver.Error):
+                conn.close()
+
     def _rollback(self, conn: Any) -> None:
         try:
             if conn.in_transaction:

@@ -14,6 +14,9 @@ Tables (see migrations/ for the plain ones):
 Invariant: an entry row and its vector row are inserted, replaced and deleted
 in the same transaction. sqlite-vec has no INSERT OR REPLACE, so a vector
 "update" is DELETE + INSERT inside that transaction.
+
+Lifecycle (TTL filters, eviction, purge, invalidation, vector-table rebuilds) is
+in ``store_lifecycle.py`` and re-embedding in ``store_reembed.py``, both mixed in.
 """
 
 from __future__ import annotations
@@ -35,18 +38,24 @@ from .errors import (
     StorageFullError,
     VersionConflictError,
 )
+from .lifecycle import UNSET, LifecycleConfig, OnDuplicate, Unset, check_on_duplicate
+from .store_lifecycle import (
+    MAX_K,
+    VECTOR_TABLE,
+    LifecycleStore,
+    has_vector_table,
+    vec_expiry,
+)
+from .store_reembed import ReembedStore
 from .validation import FloatVector
+
+__all__ = ["MAX_K", "VECTOR_TABLE", "EntryRow", "NewEntry", "Scope", "Store"]
 
 logger = logging.getLogger("semcache_sqlite")
 
-VECTOR_TABLE = "entry_vectors"
-
-#: sqlite-vec caps k; we never need more than a handful of neighbours.
-MAX_K = 4096
-
 _ENTRY_COLUMNS = (
     "id, namespace, user_id, context_key, query, response, created_at, updated_at, "
-    "embedding_model, embedding_dim, version, hit_count, last_hit_at, metadata"
+    "embedding_model, embedding_dim, version, hit_count, last_hit_at, metadata, expires_at"
 )
 
 
@@ -68,6 +77,7 @@ class EntryRow:
     hit_count: int
     last_hit_at: float | None
     metadata: dict[str, Any]
+    expires_at: float | None = None  # None = never
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> EntryRow:
@@ -86,6 +96,7 @@ class EntryRow:
             hit_count=int(row[11]),
             last_hit_at=None if row[12] is None else float(row[12]),
             metadata=_metadata(row[0], row[13]),
+            expires_at=None if row[14] is None else float(row[14]),
         )
 
 
@@ -137,12 +148,16 @@ class NewEntry:
     metadata: dict[str, Any]
 
 
-class Store:
+class Store(LifecycleStore, ReembedStore):
     """SQL over one cache file. Knows nothing about thresholds or embedders' models."""
 
-    def __init__(self, db: Database, clock: Any = time.time) -> None:
+    def __init__(
+        self, db: Database, clock: Any = time.time, lifecycle: LifecycleConfig | None = None
+    ) -> None:
         self.db = db
         self._clock = clock
+        self.lifecycle = lifecycle if lifecycle is not None else LifecycleConfig()
+        self.bound: tuple[str, int] | None = None  # (model, dim) this Store writes vectors of
 
     # -- file facts --------------------------------------------------------------
 
@@ -158,46 +173,83 @@ class Store:
         """
         info = self.info()  # a read first: reopening a bound file never waits for the writer
         if info.get("embedding_model") is not None:
-            self._check_same_embedder(
-                info["embedding_model"], info.get("embedding_dim"), model_id, dim
-            )
-            return
+            self._check_same_embedder(info, model_id, dim)
+            if self._vector_layout_current():
+                self.bound = (model_id, int(dim))
+                return
         with self.db.transaction() as conn:
             info = dict(conn.execute("SELECT key, value FROM cache_info").fetchall())
-            stored_model, stored_dim = info.get("embedding_model"), info.get("embedding_dim")
-            if stored_model is None:
+            if info.get("embedding_model") is None:
                 conn.execute(
                     "INSERT INTO cache_info (key, value) VALUES ('embedding_model', ?), "
                     "('embedding_dim', ?)",
                     (model_id, str(dim)),
                 )
-                conn.execute(
-                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {VECTOR_TABLE} USING vec0("
-                    f"embedding float[{int(dim)}] distance_metric=cosine, "
-                    "namespace text, user_id text, context_key text)"
-                )
-                return
-            self._check_same_embedder(stored_model, stored_dim, model_id, dim)
+            else:
+                self._check_same_embedder(info, model_id, dim)
+            # Creates the vec0 table, or upgrades one written by the first schema.
+            self.ensure_vector_layout(conn, dim)
+        self.bound = (model_id, int(dim))
+
+    def _vector_layout_current(self) -> bool:
+        with self.db.reading() as conn:
+            row = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
+            ).fetchone()
+        return row is not None and "expires_at" in str(row[0])
 
     def check_embedder(self, model_id: str, dim: int) -> None:
         """bind_embedder() for a read-only file: check only (a file never written matches)."""
         info = self.info()
-        stored_model, stored_dim = info.get("embedding_model"), info.get("embedding_dim")
-        if stored_model is not None:
-            self._check_same_embedder(stored_model, stored_dim, model_id, dim)
+        if info.get("embedding_model") is not None:
+            self._check_same_embedder(info, model_id, dim)
+        self.bound = (model_id, int(dim))
 
-    def _check_same_embedder(
-        self, stored_model: str, stored_dim: str | None, model_id: str, dim: int
-    ) -> None:
+    def _check_same_embedder(self, info: dict[str, str], model_id: str, dim: int) -> None:
+        stored_model, stored_dim = info.get("embedding_model"), info.get("embedding_dim")
         if stored_model != model_id or int(stored_dim or 0) != dim:
+            if info.get("reembed_model") == model_id:
+                way_out = (
+                    f"A re-embed towards {model_id!r} was started but not finished: open "
+                    f"the file with the {stored_model!r} embedder and call "
+                    "cache.reembed(new_embedder) again to finish it."
+                )
+            else:
+                way_out = (
+                    "Open it with the same embedder, or open it with that embedder and "
+                    "re-embed its entries with cache.reembed(new_embedder)."
+                )
             raise EmbedderMismatchError(
                 f"{self.db.path} was created with embedding model {stored_model!r} "
-                f"({stored_dim}-d), but this cache was given {model_id!r} ({dim}-d). "
-                "Open it with the same embedder, or re-embed the entries into a new file "
-                "(export the entries and store them again under the new model)."
+                f"({stored_dim}-d), but this cache was given {model_id!r} ({dim}-d). " + way_out
+            )
+
+    def _check_bound(self, conn: Any) -> None:
+        """Refuse to use vectors of a model the file no longer holds: another process
+        may have re-embedded it since this Store was bound."""
+        if self.bound is None:
+            return
+        info = dict(
+            conn.execute(
+                "SELECT key, value FROM cache_info "
+                "WHERE key IN ('embedding_model', 'embedding_dim')"
+            ).fetchall()
+        )
+        model, dim = self.bound
+        if info.get("embedding_model") != model or info.get("embedding_dim") != str(dim):
+            raise EmbedderMismatchError(
+                f"{self.db.path} was re-embedded with {info.get('embedding_model')!r} "
+                f"({info.get('embedding_dim')}-d) after this cache opened it with {model!r}; "
+                "open it again with the new embedder"
             )
 
     # -- writes ------------------------------------------------------------------
+
+    def duplicate_mode(self, namespace: str, on_duplicate: OnDuplicate | None) -> OnDuplicate:
+        """The per-call choice if given, else the namespace's, else the cache's."""
+        if on_duplicate is not None:
+            return check_on_duplicate(on_duplicate)
+        return self.namespace_policy(namespace).on_duplicate
 
     def upsert_many(
         self,
@@ -205,63 +257,110 @@ class Store:
         entries: Sequence[NewEntry],
         vectors: Sequence[FloatVector | None],
         model_id: str,
+        *,
+        ttl: float | Unset | None = UNSET,
+        on_duplicate: OnDuplicate | None = None,
     ) -> tuple[list[int | None], list[int]]:
-        """Store a batch in one transaction: an entry whose normalised query is already
-        stored under exactly this namespace, user and context gets its response replaced
-        (version + 1); any other is inserted with its vector.
+        """Store a batch in one transaction, then enforce the limits in it too.
+
+        An entry whose normalised query is already stored (and not expired) under
+        exactly this namespace, user and context is a duplicate: ``on_duplicate``
+        "replace" overwrites its response (version + 1, TTL restarted), "keep"
+        leaves it and returns its id, "keep_both" inserts a new entry anyway.
+        An expired duplicate is deleted and the entry inserted afresh.
 
         Returns (ids, indexes that need a vector): an entry that is new but came
         without a vector is not written, and its index is reported instead.
         """
-        now = self._clock()
+        now = self.now()
         ids: list[int | None] = []
         need_vector: list[int] = []
+        written: set[int] = set()
         with self.db.transaction() as conn:
+            self._check_bound(conn)
+            policy = self._policy(conn, scope.namespace)
+            mode = policy.on_duplicate if on_duplicate is None else check_on_duplicate(on_duplicate)
+            expires_at = policy.expires_at(now, ttl)
+            seconds = None if expires_at is None else expires_at - now
             for index, (entry, vector) in enumerate(zip(entries, vectors, strict=True)):
-                row = conn.execute(
-                    "SELECT id FROM entries WHERE namespace = ? AND context_key = ? "
-                    "AND query_hash = ? AND user_id = ? ORDER BY id DESC LIMIT 1",
-                    (scope.namespace, scope.context_key, entry.query_hash, scope.user_id),
-                ).fetchone()
+                row = None
+                if mode != "keep_both":
+                    row = conn.execute(
+                        "SELECT id, expires_at FROM entries WHERE namespace = ? "
+                        "AND context_key = ? AND query_hash = ? AND user_id = ? "
+                        "ORDER BY id DESC LIMIT 1",
+                        (scope.namespace, scope.context_key, entry.query_hash, scope.user_id),
+                    ).fetchone()
+                    if row is not None and row[1] is not None and float(row[1]) <= now:
+                        self._delete_ids(conn, [int(row[0])])
+                        row = None
                 if row is not None:
                     entry_id = int(row[0])
-                    conn.execute(
-                        "UPDATE entries SET response = ?, metadata = ?, version = version + 1, "
-                        "updated_at = ? WHERE id = ?",
-                        (entry.response, json.dumps(entry.metadata), now, entry_id),
-                    )
-                    if vector is not None:
-                        conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
-                        self._insert_vector(conn, entry_id, entry, vector)
+                    if mode == "replace":
+                        conn.execute(
+                            "UPDATE entries SET response = ?, metadata = ?, version = version + 1, "
+                            "updated_at = ?, ttl = ?, expires_at = ? WHERE id = ?",
+                            (
+                                entry.response,
+                                json.dumps(entry.metadata),
+                                now,
+                                seconds,
+                                expires_at,
+                                entry_id,
+                            ),
+                        )
+                        if vector is None:  # the stored vector stays; only its expiry moves
+                            conn.execute(
+                                f"UPDATE {VECTOR_TABLE} SET expires_at = ? WHERE rowid = ?",
+                                (vec_expiry(expires_at), entry_id),
+                            )
+                        else:
+                            conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
+                            self._insert_vector(conn, entry_id, entry, vector, expires_at)
+                        written.add(entry_id)
                     ids.append(entry_id)
                 elif vector is None:
                     ids.append(None)
                     need_vector.append(index)
                 else:
-                    ids.append(self._insert_row(conn, entry, vector, model_id, now))
+                    new_id = self._insert_row(conn, entry, vector, model_id, now, expires_at)
+                    ids.append(new_id)
+                    written.add(new_id)
+            if written:
+                self._after_write(conn, scope.namespace, now, written)
         return ids, need_vector
 
     def insert_many(
         self, entries: Sequence[NewEntry], vectors: Sequence[FloatVector], model_id: str
     ) -> list[int]:
         """Insert entries and their vectors in one transaction, no duplicate check (bulk
-        loads of known-new entries); return the new ids."""
-        now = self._clock()
+        loads of known-new entries); return the new ids. TTL and limits apply."""
+        now = self.now()
         ids: list[int] = []
         with self.db.transaction() as conn:
+            self._check_bound(conn)
             for entry, vector in zip(entries, vectors, strict=True):
-                ids.append(self._insert_row(conn, entry, vector, model_id, now))
+                expires_at = self._policy(conn, entry.namespace).expires_at(now)
+                ids.append(self._insert_row(conn, entry, vector, model_id, now, expires_at))
+            for namespace in sorted({e.namespace for e in entries}):
+                self._after_write(conn, namespace, now, set(ids))
         return ids
 
     def _insert_row(
-        self, conn: Any, entry: NewEntry, vector: FloatVector, model_id: str, now: float
+        self,
+        conn: Any,
+        entry: NewEntry,
+        vector: FloatVector,
+        model_id: str,
+        now: float,
+        expires_at: float | None = None,
     ) -> int:
         # Entry ids are never reused (AUTOINCREMENT in migrations/0001_init.sql), so an
         # id a caller still holds can never name someone else's entry after a delete.
         cursor = conn.execute(
             "INSERT INTO entries (namespace, user_id, context_key, query, query_hash, "
-            "response, created_at, updated_at, embedding_model, embedding_dim, metadata) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "response, created_at, updated_at, embedding_model, embedding_dim, metadata, "
+            "ttl, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 entry.namespace,
                 entry.user_id,
@@ -274,19 +373,34 @@ class Store:
                 model_id,
                 int(vector.shape[0]),
                 json.dumps(entry.metadata),
+                None if expires_at is None else expires_at - now,
+                expires_at,
             ),
         )
         entry_id = int(cursor.lastrowid)
-        self._insert_vector(conn, entry_id, entry, vector)
+        self._insert_vector(conn, entry_id, entry, vector, expires_at)
         return entry_id
 
     def _insert_vector(
-        self, conn: Any, entry_id: int, entry: NewEntry, vector: FloatVector
+        self,
+        conn: Any,
+        entry_id: int,
+        entry: NewEntry,
+        vector: FloatVector,
+        expires_at: float | None = None,
     ) -> None:
         conn.execute(
-            f"INSERT INTO {VECTOR_TABLE} (rowid, embedding, namespace, user_id, context_key) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (entry_id, vector.tobytes(), entry.namespace, entry.user_id, entry.context_key),
+            f"INSERT INTO {VECTOR_TABLE} "
+            "(rowid, embedding, namespace, user_id, context_key, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                entry_id,
+                vector.tobytes(),
+                entry.namespace,
+                entry.user_id,
+                entry.context_key,
+                vec_expiry(expires_at),
+            ),
         )
 
     def replace(
@@ -295,38 +409,62 @@ class Store:
         *,
         response: str | None = None,
         metadata: dict[str, Any] | None = None,
+        query: str | None = None,
+        query_hash: str | None = None,
         vector: FloatVector | None = None,
+        ttl: float | Unset | None = UNSET,
         expected_version: int | None = None,
     ) -> EntryRow:
-        """Update an entry in place (bumping version and updated_at); optionally its vector."""
+        """Update an entry in place (bumping version and updated_at); optionally its
+        query text (with its hash and new vector, together) and its TTL."""
+        now = self.now()
         with self.db.transaction() as conn:
             current = self._get(conn, entry_id)
             if expected_version is not None and current.version != expected_version:
                 raise VersionConflictError(
                     f"entry {entry_id} is at version {current.version}, expected {expected_version}"
                 )
+            expires_at = current.expires_at
+            seconds: float | None = None
+            if not isinstance(ttl, Unset):
+                seconds = ttl
+                expires_at = None if ttl is None else now + ttl
             conn.execute(
-                "UPDATE entries SET response = ?, metadata = ?, version = version + 1, "
-                "updated_at = ? WHERE id = ?",
+                "UPDATE entries SET response = ?, metadata = ?, query = coalesce(?, query), "
+                "query_hash = coalesce(?, query_hash), "
+                "version = version + 1, updated_at = ?, expires_at = ?, "
+                "ttl = CASE WHEN ? THEN ? ELSE ttl END WHERE id = ?",
                 (
                     current.response if response is None else response,
                     json.dumps(current.metadata if metadata is None else metadata),
-                    self._clock(),
+                    query,
+                    query_hash,
+                    now,
+                    expires_at,
+                    not isinstance(ttl, Unset),
+                    seconds,
                     entry_id,
                 ),
             )
-            if vector is not None:
-                conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
-                scope = NewEntry(
-                    current.namespace,
-                    current.user_id,
-                    current.context_key,
-                    current.query,
-                    "",
-                    current.response,
-                    {},
-                )
-                self._insert_vector(conn, entry_id, scope, vector)
+            if vector is not None or expires_at != current.expires_at:
+                if vector is None:  # only the expiry moves: vec0 metadata can be updated
+                    conn.execute(
+                        f"UPDATE {VECTOR_TABLE} SET expires_at = ? WHERE rowid = ?",
+                        (vec_expiry(expires_at), entry_id),
+                    )
+                else:
+                    self._check_bound(conn)
+                    conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
+                    scope = NewEntry(
+                        current.namespace,
+                        current.user_id,
+                        current.context_key,
+                        current.query,
+                        "",
+                        current.response,
+                        {},
+                    )
+                    self._insert_vector(conn, entry_id, scope, vector, expires_at)
             return self._get(conn, entry_id)
 
     def delete(self, entry_id: int) -> bool:
@@ -363,7 +501,8 @@ class Store:
         embed_failed: bool = False,
         coalesced: bool = False,
     ) -> None:
-        """Count a lookup as hit (entry_id given) or miss, with its latency, in the file.
+        """Count a lookup as hit (entry_id given) or miss, with its latency, in the file;
+        on a hit, a sliding TTL restarts the entry's time to live.
 
         ``seconds`` is added to the hit or miss latency sum; ``llm_seconds``, when
         given, to the LLM latency sum (and ``llm_calls`` + 1). One transaction.
@@ -402,12 +541,14 @@ class Store:
                         int(coalesced),
                     ),
                 )
-                if hit:
+                if entry_id is not None:
+                    now = self.now()
                     conn.execute(
                         "UPDATE entries SET hit_count = hit_count + 1, last_hit_at = ? "
                         "WHERE id = ?",
-                        (self._clock(), entry_id),
+                        (now, entry_id),
                     )
+                    self._slide_expiry(conn, entry_id, namespace, now)  # sliding TTL only
         except (CacheTimeoutError, StorageFullError, ReadOnlyError) as exc:
             logger.warning(
                 "%s not counted in namespace %r: %s", "hit" if hit else "miss", namespace, exc
@@ -428,25 +569,36 @@ class Store:
         return EntryRow.from_row(row)
 
     def find_exact(self, scope: Scope, query_hash: str) -> EntryRow | None:
-        """The newest entry in scope whose normalised query is identical; the user's own first."""
+        """The newest unexpired entry in scope whose normalised query is identical; the
+        user's own first."""
         users = scope.visible_user_ids()
         marks = ",".join("?" * len(users))
         with self.db.reading() as conn:
             row = conn.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE namespace = ? AND context_key = ? "
                 f"AND query_hash = ? AND user_id IN ({marks}) "
+                "AND (expires_at IS NULL OR expires_at > ?) "
                 "ORDER BY user_id = ? DESC, updated_at DESC, id DESC LIMIT 1",
-                (scope.namespace, scope.context_key, query_hash, *users, scope.user_id),
+                (
+                    scope.namespace,
+                    scope.context_key,
+                    query_hash,
+                    *users,
+                    self.now(),
+                    scope.user_id,
+                ),
             ).fetchone()
         return None if row is None else EntryRow.from_row(row)
 
     def find_exact_owned(self, scope: Scope, query_hash: str) -> int | None:
-        """Id of the entry with this exact query stored under exactly this scope and user."""
+        """Id of the unexpired entry with this exact query stored under exactly this scope
+        and user."""
         with self.db.reading() as conn:
             row = conn.execute(
                 "SELECT id FROM entries WHERE namespace = ? AND context_key = ? AND query_hash = ? "
-                "AND user_id = ? ORDER BY id DESC LIMIT 1",
-                (scope.namespace, scope.context_key, query_hash, scope.user_id),
+                "AND user_id = ? AND (expires_at IS NULL OR expires_at > ?) "
+                "ORDER BY id DESC LIMIT 1",
+                (scope.namespace, scope.context_key, query_hash, scope.user_id, self.now()),
             ).fetchone()
         return None if row is None else int(row[0])
 
@@ -455,8 +607,9 @@ class Store:
     ) -> list[tuple[EntryRow, float]]:
         """The k nearest entries in scope with their cosine distance, nearest first.
 
-        The scope filter is part of the vec0 KNN query itself, so it is applied
-        during the scan, before the top-k is taken.
+        The scope filter and the expiry filter are part of the vec0 KNN query
+        itself, so they are applied during the scan, before the top-k is taken: an
+        expired neighbour can never hide a fresh one.
         """
         k = max(1, min(int(k), MAX_K))
         users = scope.visible_user_ids()
@@ -464,11 +617,12 @@ class Store:
         with self.db.reading() as conn:
             if not self._has_vector_table(conn):
                 return []
+            self._check_bound(conn)
             neighbours = conn.execute(
                 f"SELECT rowid, distance FROM {VECTOR_TABLE} WHERE embedding MATCH ? AND k = ? "
                 f"AND namespace = ? AND context_key = ? AND user_id IN ({marks}) "
-                "ORDER BY distance",
-                (vector.tobytes(), k, scope.namespace, scope.context_key, *users),
+                "AND expires_at > ? ORDER BY distance",
+                (vector.tobytes(), k, scope.namespace, scope.context_key, *users, self.now()),
             ).fetchall()
             results = []
             for rowid, distance in neighbours:
@@ -557,9 +711,4 @@ class Store:
 
     @staticmethod
     def _has_vector_table(conn: Any) -> bool:
-        return (
-            conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
-            ).fetchone()
-            is not None
-        )
+        return has_vector_table(conn)

@@ -1,0 +1,64 @@
+"""Re-embed a cache file with another embedding model: in batches, resumable, one switch.
+
+The loop (the SQL is in ``store_reembed.py``):
+
+1. Purge expired entries (no point converting them) and start, or continue,
+   staging towards ``(new.model_id, new.dim)``. Staged vectors live in a plain
+   table of the file, so an exception or a crash loses at most the batch in
+   flight; the next call skips what is staged already.
+2. Walk the entries by id, ``batch_size`` at a time: embed with the new model,
+   validate, stage (one short transaction per batch, so other writers are only
+   briefly blocked and lookups never are).
+3. One more pass from the start picks up entries stored or changed meanwhile.
+4. Switch in one transaction (anything changed since step 3 is embedded inside
+   it): from then on the file belongs to the new model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .embedders import Embedder
+from .errors import InvalidInputError
+from .store import Store
+from .validation import FloatMatrix, as_unit_matrix
+
+
+def run_reembed(
+    store: Store,
+    new: Embedder,
+    *,
+    batch_size: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Convert every entry of ``store``'s file to ``new``; return how many were converted."""
+    if not isinstance(new, Embedder):
+        raise InvalidInputError(f"reembed needs an Embedder, got {type(new).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    model_id, dim = new.model_id, int(new.dim)
+
+    def embed(queries: list[str]) -> FloatMatrix:
+        return as_unit_matrix(new.embed(queries), dim, len(queries))
+
+    store.purge_expired()
+    state = store.reembed_begin(model_id, dim)
+    done, total = state.done, state.total
+    if progress is not None:
+        progress(done, total)
+    after, passes = 0, 0
+    while passes < 2:
+        rows = store.reembed_pending(after, batch_size)
+        if not rows:
+            passes += 1  # the second pass from the start catches late writes
+            after = 0
+            continue
+        store.reembed_save(rows, embed([query for _, query in rows]))
+        after = rows[-1][0]
+        done += len(rows)
+        if progress is not None:
+            progress(min(done, total), total)
+    converted = store.reembed_switch(model_id, dim, embed)
+    if progress is not None:
+        progress(converted, converted)
+    return converted
