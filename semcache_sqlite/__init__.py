@@ -5,7 +5,8 @@ The public API lives here; the modules behind it are private by convention
 """
 
 from ._version import __version__
-from .cache import CacheEntry, LookupResult, SemanticCache
+from .cache import SemanticCache
+from .decision import CacheEntry, LookupResult
 from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from .errors import (
     CacheTimeoutError,

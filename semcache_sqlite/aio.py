@@ -51,7 +51,8 @@ from .timing import CacheResult, logger
 from .validation import FloatVector
 
 if TYPE_CHECKING:
-    from .cache import CacheEntry, Context, LookupResult, SemanticCache
+    from .cache import Context, SemanticCache
+    from .decision import CacheEntry, LookupResult
 
 
 async def aembed_query(cache: SemanticCache, query: str) -> FloatVector:

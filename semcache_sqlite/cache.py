@@ -23,7 +23,8 @@ Decisions a user can rely on (also in the README):
 - **Counters.** Every lookup (``lookup``, ``find_similar``, ``get_or_compute``)
   counts one hit or miss in the file, per namespace, with its latency.
 
-The LLM fallback (failure policy, single-flight, conversations) lives in
+The hit-or-miss decision and the result types live in decision.py (shared with
+``semcache get``), the LLM fallback (failure policy, single-flight, conversations) in
 fallback.py, the async API in aio.py, streaming in streaming.py, timings and
 the ``on_event`` hook in timing.py.
 """
@@ -32,18 +33,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from .aio import AsyncCacheMixin
 from .cache_lifecycle import LifecycleMixin
 from .db import DEFAULT_BUSY_TIMEOUT, Database
+from .decision import CacheEntry, Judgement, LookupResult, judge
 from .embedders import Embedder, LocalEmbedder
 from .errors import EmbedderResponseError, InvalidInputError
 from .fallback import FallbackMixin, FallbackPolicy, prepare, run_find_similar, run_lookup
@@ -51,16 +51,7 @@ from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, che
 from .llms import LLMFunction, llm_cache_context
 from .migrate import check_current, migrate
 from .prompts import Prompt
-from .quality import (
-    GuardConfig,
-    GuardsArgument,
-    Signals,
-    Verifier,
-    check_band,
-    match_signals,
-    parse_guards,
-    verify_hit,
-)
+from .quality import GuardConfig, GuardsArgument, Verifier, check_band, parse_guards
 from .quality_store import (
     FILE_WIDE,
     Calibration,
@@ -71,7 +62,7 @@ from .quality_store import (
 )
 from .store import EntryRow, LatencySums, NewEntry, Scope, Store
 from .streaming import StreamingMixin
-from .timing import CacheResult, Timings, latency_figures
+from .timing import CacheResult, latency_figures
 from .validation import (
     DEFAULT_MAX_QUERY_CHARS,
     FloatMatrix,
@@ -83,98 +74,12 @@ from .validation import (
     check_text,
     check_threshold,
     query_hash,
-    similarity_hits,
 )
-
-logger = logging.getLogger("semcache_sqlite")
 
 DEFAULT_PATH = "semcache.db"
 DEFAULT_NAMESPACE = "default"
 
 Context = Mapping[str, Any] | str | None
-
-
-def _utc(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    """A stored entry as the public API shows it."""
-
-    id: int
-    namespace: str
-    user_id: str
-    context_key: str
-    query: str
-    response: str
-    created_at: datetime
-    updated_at: datetime
-    embedding_model: str
-    embedding_dim: int
-    version: int
-    hit_count: int
-    last_hit_at: datetime | None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    expires_at: datetime | None = None  # None: never expires
-
-    @classmethod
-    def from_row(cls, row: EntryRow) -> CacheEntry:
-        return cls(
-            id=row.id,
-            namespace=row.namespace,
-            user_id=row.user_id,
-            context_key=row.context_key,
-            query=row.query,
-            response=row.response,
-            created_at=datetime.fromtimestamp(row.created_at, tz=timezone.utc),
-            updated_at=datetime.fromtimestamp(row.updated_at, tz=timezone.utc),
-            embedding_model=row.embedding_model,
-            embedding_dim=row.embedding_dim,
-            version=row.version,
-            hit_count=row.hit_count,
-            last_hit_at=_utc(row.last_hit_at),
-            metadata=row.metadata,
-            expires_at=_utc(row.expires_at),
-        )
-
-
-@dataclass(frozen=True)
-class LookupResult:
-    """What a lookup found: the entry, how similar it is, and how it was found."""
-
-    entry: CacheEntry
-    similarity: float
-    exact: bool  # True: served by the exact-match path, embedder not run
-    score: float | None = None  # what met the threshold: similarity minus guard penalties
-    signals: Signals | None = None  # what the guards saw (None on the exact path)
-    asked: str | None = None  # the query asked (None for find_similar)
-    timings: Timings = field(default_factory=Timings, compare=False)
-
-    @property
-    def entry_id(self) -> int:
-        return self.entry.id
-
-    @property
-    def query(self) -> str:
-        """The cached query that matched (not the one asked)."""
-        return self.entry.query
-
-    @property
-    def response(self) -> str:
-        return self.entry.response
-
-    @property
-    def created_at(self) -> datetime:
-        return self.entry.created_at
-
-    @property
-    def namespace(self) -> str:
-        return self.entry.namespace
-
-    @property
-    def user_id(self) -> str:
-        return self.entry.user_id
 
 
 class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMixin):
@@ -351,39 +256,23 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     ) -> tuple[LookupResult | None, float | None]:
         """Decide hit or miss for an embedded query: (the hit or None, nearest similarity).
 
-        The k nearest entries in scope feed the guards (quality.py); a hit needs
-        score >= threshold and, inside ``verify_band``, the verifier's yes.
+        The decision itself is decision.judge, shared with `semcache get`; this adds
+        the cache's rule (calibrations, guards, verifier) and remembers the hit for
+        feedback().
         """
         limit, guards = self._rule(scope.namespace, threshold)
-        neighbours = self._store.nearest(scope, vector, k=guards.neighbours)
-        if not neighbours:
-            return None, None
-        found = [(row.query, row.response, min(1.0, 1.0 - d)) for row, d in neighbours]
-        signals = match_signals(query, found[0], found[1:], lexical=guards.lexical)
-        score = guards.score(signals)
-        row = neighbours[0][0]
-        hit = similarity_hits(score, limit) and verify_hit(
-            self.verify, self.verify_band, score, query, row.query, row.response
+        verdict = judge(
+            self._store, scope, vector, query, limit, guards, self.verify, self.verify_band
         )
-        logger.debug(
-            "nearest entry=%s similarity=%.4f score=%.4f threshold=%.4f hit=%s",
-            row.id,
-            signals.similarity,
-            score,
-            limit,
-            hit,
-        )
-        if not hit:
-            return None, signals.similarity
-        result = LookupResult(
-            CacheEntry.from_row(row), signals.similarity, False, score, signals, query
-        )
+        if not verdict.hit:
+            return None, verdict.similarity
+        result = verdict.result(query)
         self._feedback.remember(result)
-        return result, signals.similarity
+        return result, verdict.similarity
 
     def _exact_result(self, row: EntryRow, query: str) -> LookupResult:
         """The exact-match path's hit: similarity 1.0, no guards."""
-        result = LookupResult(CacheEntry.from_row(row), 1.0, True, 1.0, None, query)
+        result = Judgement.exact_match(row, threshold=1.0).result(query)  # no threshold applies
         self._feedback.remember(result)
         return result
 

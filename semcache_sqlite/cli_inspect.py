@@ -3,11 +3,13 @@
 ``stats``/``ls``/``show`` open the file with ``Database``/``Admin`` only: no
 embedder, no model load. ``search``/``get`` embed the query (``get`` not even
 that for an exact repeat). None of them changes the file: ``get`` answers as
-``SemanticCache.lookup`` would, but is not counted in the hit/miss statistics.
+``SemanticCache.lookup`` would (the same decision code, decision.py, and the same
+threshold precedence and guards), but is not counted in the hit/miss statistics.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 import click
@@ -32,10 +34,13 @@ from .cli_common import (
     scope_options,
 )
 from .db import Database
+from .decision import Judgement, judge
 from .embedders import Embedder
 from .migrate import latest_version
+from .quality import GuardConfig
+from .quality_store import FILE_WIDE, QUALITY_SCHEMA_VERSION, QualityStore, resolve_rule
 from .store import EntryRow, Scope, Store
-from .validation import as_unit_vector, check_query, check_threshold, query_hash, similarity_hits
+from .validation import FloatVector, as_unit_vector, check_query, query_hash
 
 
 def _rate(hits: int, misses: int) -> float:
@@ -275,30 +280,88 @@ def _compact_json(value: Any) -> str:
 
 
 # -- lookups without side effects ---------------------------------------------------------
+#
+# `get` and `search` decide hit or miss with decision.judge and quality_store.resolve_rule,
+# the code SemanticCache.lookup() runs, so the command answers as the library would. They
+# read the file through Store/QualityStore only: no migration, no counters, no writes, and
+# no model load when the exact-match path answers.
 
 
-def _lookup_tools(state: CliState, db: str, database: Database) -> tuple[Store, Embedder, bool]:
+@dataclass(frozen=True)
+class _Rule:
+    """How a lookup in one namespace of this file is judged, and where the threshold came from."""
+
+    threshold: float
+    guards: GuardConfig
+    source: str  # for humans: "--threshold", "the calibration of namespace 'faq'", ...
+
+
+@dataclass(frozen=True)
+class _Peek:
+    store: Store
+    embedder: Embedder
+    has_vectors: bool
+    rule: _Rule
+
+
+def _peek_tools(
+    state: CliState,
+    db: str,
+    database: Database,
+    namespace: str,
+    threshold: float | None,
+    guards: bool,
+) -> _Peek:
     admin = Admin(database)
     facts = admin.facts()
     embedder = resolve_embedder(state, db, facts.info)  # refuses another model up front
-    return admin.store, embedder, facts.has_vector_table
+    stored = None
+    if facts.schema_version >= QUALITY_SCHEMA_VERSION:  # never migrated here: older = none
+        stored = QualityStore(database).calibration_for(namespace)
+    config = GuardConfig() if guards else GuardConfig.off()
+    limit, config = resolve_rule(stored, threshold, None, config, embedder)
+    if threshold is not None:
+        source = "--threshold"
+    elif stored is not None and stored.namespace != FILE_WIDE:
+        source = f"the calibration of namespace {stored.namespace!r}"
+    elif stored is not None:
+        source = "the file's calibration"
+    else:
+        source = "the embedder's default" + ("" if guards else " for plain cosine")
+    return _Peek(admin.store, embedder, facts.has_vector_table, _Rule(limit, config, source))
 
 
-def _nearest(
-    store: Store, embedder: Embedder, scope: Scope, query: str, k: int
-) -> list[tuple[EntryRow, float]]:
-    vector = as_unit_vector(embedder.embed([query])[0], embedder.dim)
-    return [(row, min(1.0, 1.0 - distance)) for row, distance in store.nearest(scope, vector, k)]
+def _embed(embedder: Embedder, query: str) -> FloatVector:
+    return as_unit_vector(embedder.embed([query])[0], embedder.dim)
 
 
-def _threshold(value: float | None, embedder: Embedder) -> float:
-    return check_threshold(embedder.default_threshold if value is None else value)
+def _decide(peek: _Peek, scope: Scope, query: str, vector: FloatVector | None = None) -> Judgement:
+    """What lookup() would do: the exact-match path first (no embedding), then judge."""
+    exact = peek.store.find_exact(scope, query_hash(query))
+    if exact is not None:
+        return Judgement.exact_match(exact, peek.rule.threshold)
+    if not peek.has_vectors:  # nothing was ever embedded into this file
+        return Judgement(peek.rule.threshold)
+    if vector is None:
+        vector = _embed(peek.embedder, query)
+    return judge(peek.store, scope, vector, query, peek.rule.threshold, peek.rule.guards)
 
 
-def _result_json(row: EntryRow, similarity: float, threshold: float) -> dict[str, Any]:
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _result_json(
+    row: EntryRow, similarity: float, verdict: Judgement | None = None
+) -> dict[str, Any]:
+    """An entry with its similarity, and its score if it is the entry lookup() judged."""
+    score, hit = None, False
+    if verdict is not None and verdict.row is not None and verdict.row.id == row.id:
+        score, hit = verdict.score, verdict.hit
     return {
         "similarity": round(similarity, 6),
-        "would_hit": similarity_hits(similarity, threshold),
+        "score": _round(score),
+        "would_hit": hit,
         **entry_json(row),
     }
 
@@ -308,17 +371,26 @@ threshold_option = click.option(
     "-t",
     type=float,
     default=None,
-    help="Cosine similarity in [0, 1] at or above which a lookup hits "
-    "(default: the file's stored calibration, else the embedder's default).",
+    help="Score in [0, 1] at or above which a lookup hits, as lookup(threshold=...) "
+    "(default, as the library: the namespace's stored calibration, else the file's, "
+    "else the embedder's default for the guard setting).",
+)
+
+guards_option = click.option(
+    "--guards/--no-guards",
+    default=True,
+    show_default=True,
+    help="Judge with the default guards, or plain cosine as SemanticCache(guards=False).",
 )
 
 
-@click.command(short_help="Nearest cached queries with similarity and would-hit marks.")
+@click.command(short_help="Nearest cached queries with similarity and the would-hit mark.")
 @click.argument("db", metavar="DB")
 @click.argument("query", metavar="TEXT")
 @scope_options
 @click.option("-k", "k", type=click.IntRange(1, 4096), default=5, show_default=True)
 @threshold_option
+@guards_option
 @json_option
 @pass_state
 def search(
@@ -330,10 +402,13 @@ def search(
     context_key: str,
     k: int,
     threshold: float | None,
+    guards: bool,
     as_json: bool,
 ) -> None:
     """The k nearest cached queries in one scope with their similarity, marking
-    those a lookup would hit at the threshold. Not counted in the statistics.
+    with * the entry a lookup would serve (same rule as lookup(): exact repeat,
+    threshold, guards). The guards judge the nearest entry only, so only it has
+    a score. Not counted in the statistics.
 
     \b
     Example:
@@ -341,22 +416,48 @@ def search(
     """
     check_query(query)
     with closing(open_existing(db)) as database:
-        store, embedder, has_vectors = _lookup_tools(state, db, database)
-        limit = _threshold(threshold, embedder)
+        peek = _peek_tools(state, db, database, namespace, threshold, guards)
         scope = Scope(namespace, user_id, context_key)
-        found = _nearest(store, embedder, scope, query, k) if has_vectors else []
-    results = [_result_json(row, sim, limit) for row, sim in found]
+        found: list[tuple[EntryRow, float]] = []
+        verdict = Judgement(peek.rule.threshold)
+        if peek.has_vectors:
+            vector = _embed(peek.embedder, query)
+            found = [(r, min(1.0, 1.0 - d)) for r, d in peek.store.nearest(scope, vector, k)]
+            verdict = _decide(peek, scope, query, vector)
+    results = [_result_json(row, sim, verdict) for row, sim in found]
+    served = verdict.row.id if verdict.hit and verdict.row is not None else None
     if as_json:
-        emit_json({"query": query, "threshold": limit, "results": results})
+        emit_json(
+            {
+                "query": query,
+                "threshold": peek.rule.threshold,
+                "threshold_source": peek.rule.source,
+                "guards": list(peek.rule.guards.enabled),
+                "lookup": {
+                    "hit": verdict.hit,
+                    "exact": verdict.exact,
+                    "entry_id": served,
+                    "similarity": _round(verdict.similarity),
+                    "score": _round(verdict.score),
+                },
+                "results": results,
+            }
+        )
         return
     from rich.table import Table
 
-    table = Table(caption=f"threshold {limit:.3f}; * = would hit", caption_justify="left")
+    caption = (
+        f"threshold {peek.rule.threshold:.3f} from {peek.rule.source}, guards "
+        f"{'on' if peek.rule.guards.enabled else 'off'}; * = the entry lookup() would serve "
+        "(the guards judge the nearest entry only)"
+    )
+    table = Table(caption=caption, caption_justify="left")
     cells = [
         [
             str(rank),
             str(result["id"]),
             f"{result['similarity']:.4f}",
+            "" if result["score"] is None else f"{result['score']:.4f}",
             "*" if result["would_hit"] else "",
             result["user_id"] or "-",
             one_line(result["query"], 200),
@@ -364,10 +465,12 @@ def search(
         ]
         for rank, result in enumerate(results, start=1)
     ]
-    headers = ["#", "id", "similarity", "hit", "user", "query", "response"]
-    _print_rows(table, headers, {"#", "id", "similarity"}, cells)
+    headers = ["#", "id", "similarity", "score", "hit", "user", "query", "response"]
+    _print_rows(table, headers, {"#", "id", "similarity", "score"}, cells)
     if not results:
         info(state, "no entries in this scope")
+    elif served is not None and not any(r["would_hit"] for r in results):
+        info(state, f"lookup() would serve entry {served} (exact repeat), not among these")
 
 
 @click.command(short_help="What the cache would answer (exit 0 hit, 3 miss).")
@@ -375,6 +478,7 @@ def search(
 @click.argument("query", metavar="TEXT")
 @scope_options
 @threshold_option
+@guards_option
 @json_option
 @pass_state
 def get(
@@ -385,15 +489,19 @@ def get(
     user_id: str,
     context_key: str,
     threshold: float | None,
+    guards: bool,
     as_json: bool,
 ) -> None:
     """What the cache would answer for TEXT, without calling an LLM.
 
     On a hit prints the cached response and exits 0; on a miss prints nothing on
-    stdout and exits 3. Same rules as the library's lookup() (exact repeat first,
-    then the nearest entry at or above the threshold), but not counted in the
-    statistics. --json prints {hit, exact, threshold, similarity, entry} on a
-    hit and {..., closest} (the nearest entry, or null) on a miss.
+    stdout and exits 3. The same decision as the library's lookup() (exact
+    repeat first, then the nearest entry's score - its similarity minus the
+    guards' penalties - against the threshold, stored calibrations included),
+    but not counted in the statistics and nothing is written. An application's
+    verify= hook is not run. --json prints {hit, exact, threshold, similarity,
+    score, penalties, entry} on a hit and {..., closest} (the nearest entry, or
+    null) on a miss.
 
     \b
     Example:
@@ -402,43 +510,49 @@ def get(
     """
     check_query(query)
     with closing(open_existing(db)) as database:
-        store, embedder, has_vectors = _lookup_tools(state, db, database)
-        limit = _threshold(threshold, embedder)
-        scope = Scope(namespace, user_id, context_key)
-        exact = store.find_exact(scope, query_hash(query))
-        found: list[tuple[EntryRow, float]] = []
-        if exact is not None:
-            found = [(exact, 1.0)]
-        elif has_vectors:
-            found = _nearest(store, embedder, scope, query, 1)
-    hit = bool(found) and similarity_hits(found[0][1], limit)
+        peek = _peek_tools(state, db, database, namespace, threshold, guards)
+        verdict = _decide(peek, Scope(namespace, user_id, context_key), query)
+    rule, row = peek.rule, verdict.row
     if as_json:
-        best = _result_json(*found[0], limit) if found else None
+        best = None if row is None else _result_json(row, verdict.similarity or 0.0, verdict)
         emit_json(
             {
-                "hit": hit,
-                "exact": exact is not None,
-                "threshold": limit,
-                "similarity": best["similarity"] if best else None,
-                "entry" if hit else "closest": best,
+                "hit": verdict.hit,
+                "exact": verdict.exact,
+                "threshold": rule.threshold,
+                "threshold_source": rule.source,
+                "guards": list(rule.guards.enabled),
+                "similarity": _round(verdict.similarity),
+                "score": _round(verdict.score),
+                "penalties": {k: round(v, 6) for k, v in verdict.penalties.items()},
+                "entry" if verdict.hit else "closest": best,
             }
         )
-    elif hit:
-        row, similarity = found[0]
-        click.echo(row.response)
-        how = "exact repeat" if exact is not None else f"similarity {similarity:.4f}"
-        info(state, f"hit: entry {row.id} ({how}, threshold {limit:.3f})")
-    elif found:
-        row, similarity = found[0]
-        info(
-            state,
-            f"miss: the closest entry ({row.id}) has similarity {similarity:.4f} "
-            f"< threshold {limit:.3f}",
-        )
-    else:
+    elif row is None:
         info(state, "miss: no entries in this scope")
-    if not hit:
+    else:
+        if verdict.hit:
+            click.echo(row.response)
+        info(state, _explain(verdict, row, rule))
+    if not verdict.hit:
         raise click.exceptions.Exit(EXIT_NOT_FOUND)
+
+
+def _explain(verdict: Judgement, row: EntryRow, rule: _Rule) -> str:
+    """One line on stderr: why the lookup hits or misses, with the threshold it used."""
+    limit = f"threshold {rule.threshold:.3f} from {rule.source}"
+    if verdict.exact:
+        return f"hit: entry {row.id} (exact repeat: no embedding, no threshold)"
+    similarity, score = verdict.similarity or 0.0, verdict.score or 0.0
+    if verdict.hit:
+        return f"hit: entry {row.id} (similarity {similarity:.4f}, score {score:.4f} >= {limit})"
+    if verdict.lowered_by_guards:
+        charged = ", ".join(f"{k} -{v:.3f}" for k, v in verdict.penalties.items())
+        return (
+            f"miss: the closest entry ({row.id}) has similarity {similarity:.4f} but the guards "
+            f"({charged}) lowered the score to {score:.4f} < {limit}"
+        )
+    return f"miss: the closest entry ({row.id}) has similarity {similarity:.4f} < {limit}"
 
 
 COMMANDS = [stats, ls_command, show, search, get]

@@ -43,12 +43,13 @@ from .errors import (
 from .llms import Completion, complete
 from .prompts import Prompt, key_prompt
 from .singleflight import FLIGHTS, Flight, leading
-from .store import EntryRow, Scope
+from .store import Scope
 from .timing import CacheResult, Outcome, Stopwatch, logger, report
 from .validation import FloatVector, as_unit_vector, check_query, query_hash
 
 if TYPE_CHECKING:
-    from .cache import Context, LookupResult, SemanticCache
+    from .cache import Context, SemanticCache
+    from .decision import LookupResult
 
 T = TypeVar("T")
 
@@ -141,12 +142,6 @@ def prepare(
         limit,
     )
     return Request(operation, prompt, query, digest, scope, limit, llm, watch, key)
-
-
-def lookup_result(row: EntryRow, similarity: float, exact: bool) -> LookupResult:
-    from .cache import CacheEntry, LookupResult  # cache.py imports this module
-
-    return LookupResult(CacheEntry.from_row(row), similarity, exact=exact)
 
 
 def checked_vector(cache: SemanticCache, matrix: Any) -> FloatVector:

@@ -25,6 +25,9 @@ from .quality import GuardConfig, Signals
 from .validation import check_threshold
 
 FILE_WIDE = ""  # the namespace value of a file-wide calibration
+#: The schema version (migration 0003) that creates these tables. Readers that never
+#: migrate (the `semcache` inspection commands) treat an older file as uncalibrated.
+QUALITY_SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,9 @@ def test_search_marks_hits_and_respects_scope(db: Path) -> None:
     assert alice["results"][0]["query"] == "how do i rotate api keys"
     assert cli.json("search", db, "api documentation", "-n", "dev")["results"][0]["id"] == 4
     assert cli.json("search", db, "anything", "-n", "nobody")["results"] == []
-    assert "* = would hit" in cli.run("search", db, "reset my password").stdout
+    table = cli.run("search", db, "how do i reset my password please").stdout
+    assert "* = the entry lookup() would serve" in table and "guards on" in table
+    assert found["results"][0]["score"] is not None and found["results"][1]["score"] is None
 
 
 def test_get_hit_miss_exit_codes_and_no_counting(db: Path) -> None:
