@@ -6,8 +6,9 @@ cached as ``.npy`` files under ``~/.cache/semcache-sqlite-bench`` keyed by the
 embedder's ``model_id`` and the sha256 of the (deduplicated, sorted) text list,
 so a rerun over the same texts costs a file read instead of minutes of inference.
 
-Used by ``benchmarks/threshold_calibration.py``; import it from other scripts in
-this folder with ``from qqp_data import ...`` (the script's folder is on sys.path).
+Used by ``benchmarks/threshold_calibration.py`` and ``benchmarks/perf_data.py``; import
+it from other scripts in this folder with ``from qqp_data import ...`` (the script's
+folder is on sys.path).
 """
 
 from __future__ import annotations
@@ -106,6 +107,14 @@ def texts_digest(texts: list[str]) -> str:
     return digest.hexdigest()
 
 
+def embedding_cache_file(
+    unique_sorted: list[str], embedder: Embedder, cache_dir: str | os.PathLike[str]
+) -> Path:
+    """Where ``embed_unique`` caches the embeddings of these (distinct, sorted) texts."""
+    safe_model = re.sub(r"[^A-Za-z0-9._-]+", "_", embedder.model_id)
+    return Path(cache_dir).expanduser() / f"{safe_model}-{texts_digest(unique_sorted)[:32]}.npy"
+
+
 def embed_unique(
     texts: Iterable[str],
     embedder: Embedder,
@@ -115,9 +124,8 @@ def embed_unique(
     """Embed each distinct text once, reusing ``<cache_dir>/<model>-<sha256>.npy``."""
     unique = sorted(set(texts))
     index = {t: i for i, t in enumerate(unique)}
-    folder = Path(cache_dir).expanduser()
-    safe_model = re.sub(r"[^A-Za-z0-9._-]+", "_", embedder.model_id)
-    file = folder / f"{safe_model}-{texts_digest(unique)[:32]}.npy"
+    file = embedding_cache_file(unique, embedder, cache_dir)
+    folder = file.parent
     if file.is_file():
         vectors = np.load(file)
         if vectors.shape == (len(unique), embedder.dim):

@@ -1,0 +1,134 @@
+"""The performance suite (benchmarks/perf_search.py) runs end to end on tiny sizes.
+
+It uses the synthetic fallback data (a handful of built-in questions embedded with the
+local model, padded with mixtures), so it needs neither the QQP data nor its ~9-minute
+embedding cache, and takes seconds. It checks the shape and sanity of the results, not
+performance.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from perf_data import (
+    SYNTHETIC_NOISE_NORM,
+    Probe,
+    Source,
+    fill_synthetic_mixtures,
+    make_layout,
+    make_rows,
+    zipf_sizes,
+)
+from perf_search import main
+
+METHODS = {"search_vector", "find_similar", "sqlite_vec_float", "numpy_exact", "python_loop"}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("perf")
+    out = tmp / "out.json"
+    # fmt: off
+    main([
+        "--source", "synthetic", "--sizes", "300", "--namespaces", "20", "--probes", "20",
+        "--loop-probes", "5", "--exact-probes", "20", "--e2e-probes", "5", "--bulk-entries",
+        "300", "--open-repeats", "1", "--rss-probes", "2", "--workdir", str(tmp / "work"),
+        "--json", str(out),
+    ])
+    # fmt: on
+    loaded: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return loaded
+
+
+def test_every_section_is_there(results: dict[str, Any]) -> None:
+    assert {"meta", "embedder", "cases", "e2e", "bulk", "goals"} <= set(results)
+    assert results["meta"]["source_kind"] == "synthetic"
+    assert "SYNTHETIC" in results["meta"]["padding"]["300"]
+    assert [(c["entries"], c["namespaces"]) for c in results["cases"]] == [(300, 1), (300, 20)]
+    assert len(results["e2e"]) == 2
+    assert {g["pass"] for g in results["goals"]} <= {True, False, None}
+
+
+def test_search_figures_are_sane(results: dict[str, Any]) -> None:
+    for case in results["cases"]:
+        search = case["search"]
+        assert search["probes"] == 20
+        assert set(search["latency"]) == METHODS
+        for method, figures in search["latency"].items():
+            assert figures["n"] == (5 if method == "python_loop" else 20)
+            assert 0 < figures["min_ms"] <= figures["p50_ms"] <= figures["p99_ms"] < 10_000
+        assert set(search["fidelity"]) == {"default", "0.80", "0.90", "0.95"}
+        for row in search["fidelity"].values():
+            assert 0.0 <= row["agree"] <= 1.0
+        assert search["namespace_leaks"] == {"search_vector": 0, "sqlite_vec_float": 0}
+        assert search["top1_agree"]["sqlite_vec_float"] == 1.0  # exact KNN = exact numpy
+        assert case["ratios"]["search_vector/numpy_exact"]["p50"] > 0
+        assert case["exact_repeat"]["exact_share"] == 1.0
+        assert case["exact_repeat"]["n"] == 20
+
+
+def test_other_figures_are_sane(results: dict[str, Any]) -> None:
+    for case in results["cases"]:
+        files, opened = case["files"], case["open"]
+        assert files["library_bytes"] > 300 * 384 * 4
+        assert files["raw_vec_bytes_per_entry"] > 384 * 4
+        assert opened["warm"]["open_and_first_ms"] > 0
+        assert opened["dropped"]["open_and_first_ms"] > 0
+        assert opened["peak_rss"] > 10 * 1024 * 1024
+        assert case["build"]["library"]["entries"] == 300
+    for e2e in results["e2e"]:
+        assert 0 <= e2e["same_entry_as_exact"] <= e2e["hits"] <= e2e["candidates"] <= 5
+        for part in ("latency", "embed_only", "search_only"):
+            assert e2e[part]["n"] == e2e["candidates"]
+    bulk = results["bulk"]
+    assert bulk["entries"] == 300
+    assert bulk["store_many"]["entries_per_s"] > 0
+    private = bulk["insert_many_private"]  # a private API: may be gone after a refactor
+    assert private.get("entries_per_s", 1) > 0 and ("entries_per_s" in private or private["error"])
+    embedder = results["embedder"]
+    assert embedder["batch"]["sentences_per_s"] > 0
+    assert embedder["single_query"]["p50_ms"] > 0
+    assert embedder["cold"]["first_embed_s"] > 0
+
+
+def test_zipf_sizes() -> None:
+    sizes = zipf_sizes(10_000, 1000)
+    assert len(sizes) == 1000
+    assert sum(sizes) == 10_000
+    assert min(sizes) >= 1
+    assert sizes == sorted(sizes, reverse=True)
+    assert zipf_sizes(5, 1000) == [1, 1, 1, 1, 1]
+
+
+def test_synthetic_padding_is_unit_mixtures_of_real_vectors() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((50, 384)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    out = np.empty((200, 384), dtype=np.float32)
+    fill_synthetic_mixtures(base, out, rng)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    nearest = (out @ base.T).max(axis=1)
+    assert nearest.min() > 0.4  # close to a parent: made from real vectors, not random
+    assert nearest.max() < 1.0 - SYNTHETIC_NOISE_NORM**2 / 4  # but never a copy
+
+
+def test_probes_are_asked_where_their_anchor_lives() -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((30, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    texts = [f"q{i}" for i in range(10)]
+    probes = [Probe("p0", True, "q3"), Probe("p1", False, None)]
+    source = Source("synthetic", "", texts, vectors[:10], probes, vectors[10:12], texts)
+    rows = make_rows(source, 25, seed=0)
+    assert rows.real == 10 and rows.synthetic == 15 and set(texts) <= set(rows.texts)
+    layout = make_layout(source, rows, 4, seed=0)
+    assert int(layout.offsets[-1]) == 25
+    assert layout.namespace_of_row(rows.row_of_text["q3"]) == layout.probe_ns[0]
