@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from perf_data import Layout, Rows
 import semcache_sqlite
 from semcache_sqlite import LocalEmbedder, SemanticCache
 from semcache_sqlite.db import Database
+from semcache_sqlite.migrate import _migration_files
 
 RAW_TABLE = "raw_vectors"
 BUILD_CHUNK = 20_000  # entries per store_many call (it batches 256 per transaction itself)
@@ -70,10 +70,8 @@ def library_code_hash() -> str:
     digest = hashlib.sha256()
     package = Path(semcache_sqlite.__file__).parent
     files = sorted(package.glob("*.py"))
-    migrations = resources.files("semcache_sqlite.migrations")
-    sql = sorted(
-        (str(f.name), f.read_bytes()) for f in migrations.iterdir() if f.name.endswith(".sql")
-    )
+    # The library's own lookup (installed package, else the source checkout's migrations/).
+    sql = sorted((name, text.encode("utf-8")) for name, text in _migration_files())
     for file in files:
         digest.update(file.name.encode())
         digest.update(file.read_bytes())
