@@ -26,6 +26,7 @@ from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from .errors import SemCacheError
 from .evaluation import (
     DEFAULT_EMBEDDING_CACHE,
+    SCORINGS,
     TABLE_THRESHOLDS,
     LoadedPairs,
     PairMetrics,
@@ -90,10 +91,12 @@ def _data_options(func: Command) -> Command:
         ),
         click.option(
             "--scoring",
-            type=click.Choice(["labelled", "strict"]),
+            type=click.Choice(list(SCORINGS)),
             default="labelled",
             show_default=True,
-            help="strict: a hit on the identical text counts as correct only if labelled.",
+            help="strict: a hit on the identical text counts as correct only if labelled; "
+            "pair-label: DESIGN.md's rule (the asked text is left out of the cache, a hit "
+            "is right iff its pair is labelled a duplicate).",
         ),
     ]
     for option in reversed(options):

@@ -340,6 +340,14 @@ def _nearest(
     return top_i, top_s
 
 
+#: How a served hit is judged (see the module docstring): "labelled" (default: the
+#: cached text is a labelled duplicate of the asked one, or the same text), "strict"
+#: (identical text counts only if labelled), "pair-label" (the rule that reproduces
+#: DESIGN.md's figures: the asked text itself is left out of the cache, and a hit is
+#: right iff the asked pair is labelled a duplicate, whatever entry came back).
+SCORINGS = ("labelled", "strict", "pair-label")
+
+
 def simulate(
     pairs: Sequence[LabelledPair],
     embedded: EmbeddedTexts,
@@ -349,8 +357,9 @@ def simulate(
     lexical: bool = True,
 ) -> Simulation:
     """Cache every distinct text_a, ask every text_b; return what each lookup found."""
-    if scoring not in ("labelled", "strict"):
-        raise InvalidInputError(f"scoring must be 'labelled' or 'strict', got {scoring!r}")
+    if scoring not in SCORINGS:
+        raise InvalidInputError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    by_pair_label = scoring == "pair-label"
     cached = sorted({p.text_a for p in pairs})
     normal = [normalize_query(t) for t in cached]
     exact_of = {n: t for n, t in zip(normal, cached, strict=True)}
@@ -359,17 +368,29 @@ def simulate(
     cached_set = set(cached)
     has_duplicate = {b for a, b in duplicates if a in cached_set}
     asked = sorted({p.text_b for p in pairs})
-    top_i, top_s = _nearest(embedded.rows(asked), embedded.rows(cached), neighbours)
+    # "pair-label" leaves the asked text itself out of the candidates: one more neighbour.
+    top_i, top_s = _nearest(
+        embedded.rows(asked), embedded.rows(cached), neighbours + int(by_pair_label)
+    )
     found: dict[str, tuple[str, bool, Signals]] = {}
     for row, query in enumerate(asked):
-        exact_text = exact_of.get(normalize_query(query))
-        if exact_text is not None:
+        asked_normal = normalize_query(query)
+        exact_text = exact_of.get(asked_normal)
+        if exact_text is not None and not by_pair_label:
             found[query] = (exact_text, True, Signals(1.0))
             continue
-        best = int(top_i[row, 0])
-        similarity = min(1.0, float(top_s[row, 0]))
-        others = [float(s) for s in top_s[row, 1:]]
-        same = [normal[int(j)] == normal[best] for j in top_i[row, 1:]]
+        columns = [
+            c
+            for c in range(top_i.shape[1])
+            if not (by_pair_label and normal[int(top_i[row, c])] == asked_normal)
+        ][:neighbours]
+        if not columns:  # only the asked text itself is cached
+            found[query] = (query, False, Signals(0.0))
+            continue
+        best = int(top_i[row, columns[0]])
+        similarity = min(1.0, float(top_s[row, columns[0]]))
+        others = [float(top_s[row, c]) for c in columns[1:]]
+        same = [normal[int(top_i[row, c])] == normal[best] for c in columns[1:]]
         margin, crowding = competitor_gaps(similarity, others, same)
         text = cached[best]
         signals = compute_signals(query if lexical else None, text, similarity, margin, crowding)
@@ -378,12 +399,16 @@ def simulate(
     answerable = 0
     for pair in pairs:
         text, exact, signals = found[pair.text_b]
-        labelled = (text, pair.text_b) in duplicates
-        correct = labelled or (exact and scoring == "labelled")
+        if by_pair_label:  # DESIGN.md's rule: right iff the asked pair is a duplicate pair
+            correct = bool(pair.label)
+            answerable += int(pair.label)
+        else:
+            labelled = (text, pair.text_b) in duplicates
+            correct = labelled or (exact and scoring == "labelled")
+            answerable += int(
+                pair.text_b in has_duplicate or (exact and scoring == "labelled") or labelled
+            )
         probes.append(Probe(pair.text_b, text, exact, correct, signals))
-        answerable += int(
-            pair.text_b in has_duplicate or (exact and scoring == "labelled") or labelled
-        )
     table = SignalTable.from_signals([p.signals for p in probes])
     return Simulation(probes, len(cached), answerable, table)
 

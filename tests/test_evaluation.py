@@ -127,6 +127,15 @@ def test_simulation_exact_path_and_labels(tmp_path: Path) -> None:
     assert simulate(pairs, embedded, scoring="strict").probes[2].correct is False
     rows = sim.rows(GuardConfig.off(), thresholds=[0.0, 1.0])
     assert rows[0].hits == 4 and rows[1].hits == 1
+    # "pair-label" (DESIGN.md's rule): the asked text itself is never its own match,
+    # and a hit is right iff its pair is labelled a duplicate, whatever came back.
+    by_label = simulate(pairs, embedded, scoring="pair-label")
+    assert [p.exact for p in by_label.probes] == [False] * 4
+    assert by_label.probes[2].matched != "zeta eta theta"  # identical text left out
+    assert [p.correct for p in by_label.probes] == [True, False, False, False]
+    assert by_label.answerable == 1
+    with pytest.raises(InvalidInputError, match="pair-label"):
+        simulate(pairs, embedded, scoring="loose")
 
 
 def test_embedding_cache_is_reused_for_samples(tmp_path: Path) -> None:
