@@ -104,16 +104,19 @@ def test_corrupt_file_is_a_one_line_error(name: str, tmp_path: Path) -> None:
 
 def test_other_programs_file_and_newer_schema_are_refused(tmp_path: Path) -> None:
     import sqlite3
+    from contextlib import closing
 
     other = tmp_path / "other.db"
-    with sqlite3.connect(other) as conn:
+    with closing(sqlite3.connect(other)) as conn:  # sqlite3's own `with` does not close
         conn.execute("CREATE TABLE invoices (id INTEGER)")
+        conn.commit()
     assert "other tables (invoices)" in fake_cli().run("ls", other, expect=5).stderr
     assert "other tables (invoices)" in fake_cli().run("put", other, "q", "r", expect=5).stderr
     newer = tmp_path / "newer.db"
     fake_cli().run("migrate", newer)
-    with sqlite3.connect(newer) as conn:
+    with closing(sqlite3.connect(newer)) as conn:
         conn.execute("PRAGMA user_version = 99")
+        conn.commit()
     result = fake_cli().run("stats", newer, expect=5)
     assert "newer semcache-sqlite" in result.stderr and len(result.stderr.splitlines()) == 1
     empty = tmp_path / "empty.db"
