@@ -217,7 +217,7 @@ def embedder_options_for(model_id: str) -> str:
     return f"--embedder openai --embedding-model {model_id} (and --base-url URL if needed)"
 
 
-def _split_openai_model(model_id: str) -> tuple[str, int | None]:
+def split_openai_model(model_id: str) -> tuple[str, int | None]:
     """``text-embedding-3-small@256`` -> ("text-embedding-3-small", 256)."""
     name, sep, dims = model_id.rpartition("@")
     if sep and name and dims.isdigit():
@@ -248,7 +248,7 @@ def resolve_embedder(state: CliState, path: str, info: dict[str, str]) -> Embedd
         embedder = LocalEmbedder()
     else:
         requested = state.embedding_model or file_model or "text-embedding-3-small"
-        model, dimensions = _split_openai_model(requested)
+        model, dimensions = split_openai_model(requested)
         dim = state.embedding_dim
         if dim is None and requested == file_model:
             dim = file_dim
@@ -384,6 +384,7 @@ def entry_json(row: EntryRow) -> dict[str, Any]:
         "version": row.version,
         "hit_count": row.hit_count,
         "last_hit_at": row.last_hit_at,
+        "expires_at": row.expires_at,
         "metadata": row.metadata,
     }
 
@@ -413,6 +414,11 @@ class ProgressBar:
     def set_total(self, total: int) -> None:
         if self._bar is not None:
             self._bar.update(self._task, total=total)
+
+    def set_done(self, done: int, total: int) -> None:
+        """Absolute progress (for loops that report ``(done, total)``)."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total)
 
 
 @contextmanager
