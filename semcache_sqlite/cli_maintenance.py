@@ -1,5 +1,5 @@
 """Maintenance commands: ``doctor``, ``migrate``, ``vacuum``, ``purge``, ``reembed``,
-``shell``.
+``config``, ``shell``.
 
 Only ``reembed`` loads an embedding model (the one converted to). Only
 ``migrate`` may create a file. The lifecycle work (purge, vacuum, re-embed) is
@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 
@@ -28,6 +28,7 @@ from .cli_common import (
     CliError,
     CliState,
     closing,
+    describe_policy,
     embedder_options_for,
     emit_json,
     entries,
@@ -37,12 +38,15 @@ from .cli_common import (
     json_option,
     open_existing,
     open_or_create,
+    parse_duration,
     pass_state,
+    policy_json,
     progress,
     split_openai_model,
 )
 from .db import Database
 from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
+from .lifecycle import EVICTION_POLICIES, ON_DUPLICATE_CHOICES, UNSET, Unset
 from .migrate import APPLICATION_ID, latest_version, schema_version
 from .reembed import run_reembed
 from .store import Store
@@ -308,6 +312,118 @@ def purge(state: CliState, db: str, namespace: str | None, dry_run: bool, as_jso
         click.echo(f"{db}: purged {entries(count)} expired{where}")
 
 
+def _ttl_value(text: str | None) -> float | Unset | None:
+    if text is None:
+        return UNSET
+    if text.strip().lower() in ("none", "never"):
+        return None
+    try:
+        seconds = parse_duration(text)
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint="--ttl") from exc
+    if seconds <= 0:
+        raise click.BadParameter("must be a positive duration, or none", param_hint="--ttl")
+    return seconds
+
+
+def _limit_value(text: str | None) -> int | Unset | None:
+    if text is None:
+        return UNSET
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise click.BadParameter(
+            f"{text!r} is not a positive integer or none", param_hint="--max-entries"
+        )
+    return value
+
+
+@click.command(name="config", short_help="Show or set a namespace's TTL, limit and eviction.")
+@click.argument("db", metavar="DB")
+@click.option("--namespace", "-n", default=None, help="The namespace to show or change.")
+@click.option("--ttl", default=None, help="Time to live of new entries (7d, 12h, 3600) or none.")
+@click.option(
+    "--sliding-ttl/--no-sliding-ttl", default=None, help="Whether a hit restarts the TTL."
+)
+@click.option("--max-entries", default=None, help="Entry limit of the namespace, or none.")
+@click.option("--eviction", type=click.Choice(EVICTION_POLICIES), default=None)
+@click.option("--on-duplicate", type=click.Choice(ON_DUPLICATE_CHOICES), default=None)
+@click.option("--reset", is_flag=True, help="Drop the namespace's overrides first.")
+@json_option
+@pass_state
+def config_command(
+    state: CliState,
+    db: str,
+    namespace: str | None,
+    ttl: str | None,
+    sliding_ttl: bool | None,
+    max_entries: str | None,
+    eviction: str | None,
+    on_duplicate: str | None,
+    reset: bool,
+    as_json: bool,
+) -> None:
+    """Show or change the lifecycle overrides stored in DB for a namespace, as
+    SemanticCache.configure_namespace() does: every process using the file sees
+    them. Without settings, shows the rules (all namespaces without --namespace).
+    A lower --max-entries evicts at once. Settings left out keep their value;
+    `none` means never expires / no limit. Does not load the embedding model.
+
+    Shown values are the file's overrides over the library's defaults; an
+    application's constructor arguments (ttl=, max_entries=, ...) are not in the file.
+
+    \b
+    Example:
+      semcache config cache.db
+      semcache config cache.db --namespace news --ttl 10m --max-entries 2000 --eviction lru
+      semcache config cache.db --namespace news --ttl none --reset
+    """
+    changes: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("ttl", _ttl_value(ttl)),
+            ("sliding_ttl", UNSET if sliding_ttl is None else sliding_ttl),
+            ("max_entries", _limit_value(max_entries)),
+            ("eviction", UNSET if eviction is None else eviction),
+            ("on_duplicate", UNSET if on_duplicate is None else on_duplicate),
+        )
+        if not isinstance(value, Unset)
+    }
+    writing = bool(changes) or reset
+    if writing and namespace is None:
+        raise click.UsageError("--namespace is needed to change settings")
+    if namespace is not None:
+        check_scope_name(namespace, "namespace", allow_empty=False)
+    evicted = 0
+    with closing(open_existing(db, upgrade=writing)) as database:
+        store, admin = Store(database), Admin(database)
+        if writing:
+            assert namespace is not None
+            before = admin.count(EntryFilter(namespace=namespace))
+            store.update_namespace_overrides(namespace, changes, reset=reset)
+            evicted = max(0, before - admin.count(EntryFilter(namespace=namespace)))
+        names = [namespace] if namespace is not None else admin.namespaces()
+        policies = {name: policy_json(store, name) for name in names}
+    if as_json:
+        emit_json({"path": db, "namespaces": policies, **({"evicted": evicted} if writing else {})})
+        return
+    if writing:
+        click.echo(
+            f"{db}: namespace {namespace!r} updated"
+            + (f"; {entries(evicted)} evicted" if evicted else "")
+        )
+    if not policies:
+        click.echo(f"{db}: no namespaces yet")
+    for name, policy in policies.items():
+        overrides = policy["overrides"] if policy else {}
+        stored = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "none"
+        click.echo(f"{name}: {describe_policy(policy)}  [overrides: {stored}]")
+
+
 def target_embedder(
     name: str, model: str | None, dim: int | None, base_url: str | None
 ) -> Embedder:
@@ -462,4 +578,4 @@ def shell(
         raise click.exceptions.Exit(code)
 
 
-COMMANDS = [doctor, migrate, vacuum, purge, reembed, shell]
+COMMANDS = [doctor, migrate, vacuum, purge, reembed, config_command, shell]

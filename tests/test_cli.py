@@ -68,6 +68,7 @@ _ARGS = {
     "vacuum": [],
     "purge": [],
     "reembed": ["--to-embedder", "local"],
+    "config": [],
     "shell": ["--print"],
 }
 _CREATING = {"put", "warm", "import", "migrate"}

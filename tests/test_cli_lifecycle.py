@@ -3,6 +3,7 @@ vacuum and reembed."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -220,3 +221,63 @@ def test_reembed_usage_errors(tmp_path: Path) -> None:
         .stderr
     )
     assert "--to-embedder" in fake_cli().run("reembed", db, expect=2).stderr
+
+
+# -- config / stats / ls / show ---------------------------------------------------------------
+
+
+def test_config_sets_shows_and_resets_namespace_overrides(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    cli = fake_cli()
+    cli.run("warm", db, write_jsonl(tmp_path / "faq.jsonl", FAQ))
+    assert cli.json("config", db)["namespaces"]["default"] == {
+        "ttl": None,
+        "sliding_ttl": False,
+        "max_entries": None,
+        "eviction": "lru",
+        "on_duplicate": "replace",
+        "overrides": {},
+    }
+    changed = cli.json(
+        "config", db, "-n", "default", "--ttl", "1h", "--max-entries", "2", "--eviction", "fifo"
+    )
+    assert changed["evicted"] == 3  # 4 entries, limit 2: evicted at once, down to 95 % (1)
+    policy = changed["namespaces"]["default"]
+    assert (policy["ttl"], policy["max_entries"], policy["eviction"]) == (3600.0, 2, "fifo")
+    assert policy["overrides"] == {"eviction": "fifo", "max_entries": 2, "ttl": 3600.0}
+    with SemanticCache(db, embedder=FakeEmbedder()) as cache:  # the library sees them
+        assert cache.namespace_policy("default").max_entries == 2
+        entry = cache.store("a new question", response="a", namespace="default")
+        assert cache.get(entry).expires_at is not None
+    text = cli.run("config", db).stdout
+    assert "default: ttl 1h, max 2 (fifo)  [overrides: eviction=fifo, max_entries=2" in text
+    assert "dev: ttl never, max none (lru)  [overrides: none]" in text
+    stats = cli.json("stats", db)["namespaces"]
+    assert stats["default"]["policy"]["max_entries"] == 2
+    assert "ttl 1h, max 2 (fifo)" in cli.run("stats", db).stdout
+    cli.run("config", db, "-n", "default", "--ttl", "none")
+    assert cli.json("config", db, "-n", "default")["namespaces"]["default"]["ttl"] is None
+    reset = cli.run("config", db, "-n", "default", "--reset").stdout
+    assert "default: ttl never, max none (lru)  [overrides: none]" in reset
+    assert "--namespace is needed" in cli.run("config", db, "--ttl", "1h", expect=2).stderr
+    assert (
+        "--max-entries" in cli.run("config", db, "-n", "x", "--max-entries", "0", expect=2).stderr
+    )
+    assert "--ttl" in cli.run("config", db, "-n", "x", "--ttl", "soon", expect=2).stderr
+
+
+def test_ls_and_show_show_expiry(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    _seed(db)
+    cli = fake_cli()
+    listed = cli.run("ls", db).stdout
+    assert "expires (UTC)" in listed and "never" in listed
+    rows = {e["query"]: e for e in cli.json("ls", db)["entries"]}
+    ttl_id = rows["how do i reset my password"]["id"]
+    forever_id = rows["what are the pricing plans"]["id"]
+    assert (
+        cli.json("show", db, ttl_id)["expires_at"]
+        == rows["how do i reset my password"]["expires_at"]
+    )
+    shown = cli.run("show", db, forever_id).stdout
+    assert re.search(r"^expires_at\s+never\s*$", shown, re.MULTILINE), shown
