@@ -231,10 +231,11 @@ class Admin:
     def namespaces(self) -> list[str]:
         """Every namespace holding entries or lifecycle overrides, sorted."""
         with self.db.reading() as conn:
-            rows = conn.execute(
-                "SELECT namespace FROM entries UNION SELECT namespace FROM namespace_config "
-                "ORDER BY 1"
-            ).fetchall()
+            configured = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'namespace_config'"
+            ).fetchone()
+            union = " UNION SELECT namespace FROM namespace_config" if configured else ""
+            rows = conn.execute(f"SELECT namespace FROM entries{union} ORDER BY 1").fetchall()
         return [str(r[0]) for r in rows]
 
     def existing_ids(self, ids: Sequence[int]) -> set[int]:

@@ -4,6 +4,7 @@ vacuum and reembed."""
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -281,3 +282,15 @@ def test_ls_and_show_show_expiry(tmp_path: Path) -> None:
     )
     shown = cli.run("show", db, forever_id).stdout
     assert re.search(r"^expires_at\s+never\s*$", shown, re.MULTILINE), shown
+
+
+def test_lifecycle_commands_on_a_first_schema_file(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "schema_v1.db", db)
+    cli = Cli(FakeEmbedder(dim=8, model_id="fake-bow-8"))
+    assert cli.json("stats", db)["namespaces"]["shop"]["policy"] is None  # read-only: no upgrade
+    assert cli.json("config", db)["namespaces"] == {"default": None, "shop": None}
+    assert cli.json("purge", db, "--dry-run")["expired"] == 0
+    assert cli.json("vacuum", db)["vectors_rebuilt"] == 6  # upgrades, then repacks
+    assert cli.json("doctor", db)["ok"] is True
+    assert cli.json("config", db, "-n", "shop", "--ttl", "1d")["namespaces"]["shop"]["ttl"] == 86400
