@@ -213,6 +213,9 @@ class Admin:
             return {}
         marks = ",".join("?" * len(ids))
         with self.db.reading() as conn:
+            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(entries)")}
+            if "ttl" not in columns:  # a file of the first schema: no TTLs yet
+                return {}
             rows = conn.execute(
                 f"SELECT id, ttl FROM entries WHERE id IN ({marks})", [int(i) for i in ids]
             ).fetchall()
@@ -437,13 +440,6 @@ class Admin:
         with self.db.reading() as conn:
             busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return int(busy), int(log), int(done)
-
-    def vacuum(self) -> None:
-        """Rebuild the file without free pages (needs as much free disk as the file's size)."""
-        self.checkpoint()
-        with self.db.reading() as conn:
-            conn.execute("VACUUM")
-        self.checkpoint()  # in WAL mode VACUUM writes the new pages into the WAL first
 
 
 def _has_vector_table(conn: Any) -> bool:

@@ -291,6 +291,8 @@ def test_lifecycle_commands_on_a_first_schema_file(tmp_path: Path) -> None:
     assert cli.json("stats", db)["namespaces"]["shop"]["policy"] is None  # read-only: no upgrade
     assert cli.json("config", db)["namespaces"] == {"default": None, "shop": None}
     assert cli.json("purge", db, "--dry-run")["expired"] == 0
+    cli.run("export", db, "-o", tmp_path / "v1.jsonl")  # read-only: no ttl column yet
+    assert '"ttl": null' in (tmp_path / "v1.jsonl").read_text(encoding="utf-8")
     assert cli.json("vacuum", db)["vectors_rebuilt"] == 6  # upgrades, then repacks
     assert cli.json("doctor", db)["ok"] is True
     assert cli.json("config", db, "-n", "shop", "--ttl", "1d")["namespaces"]["shop"]["ttl"] == 86400
