@@ -289,7 +289,8 @@ def purge(state: CliState, db: str, namespace: str | None, dry_run: bool, as_jso
 
     Expired entries are never served and writes remove a few in passing; this
     removes them all at once (then `semcache vacuum` gives the space back).
-    Does not load the embedding model.
+    Does not load the embedding model. Exits 2 on a bad namespace name, 5 if DB
+    is missing or unusable.
 
     \b
     Example:
@@ -375,6 +376,8 @@ def config_command(
 
     Shown values are the file's overrides over the library's defaults; an
     application's constructor arguments (ttl=, max_entries=, ...) are not in the file.
+    Exits 2 on a bad value (or settings without --namespace), 5 if DB is
+    missing or unusable.
 
     \b
     Example:
@@ -483,6 +486,9 @@ def reembed(
     Resumable: if it stops (Ctrl-C, crash, API error), running the same command
     again continues where it stopped. Afterwards open the file with the new
     embedder's options (the old ones exit 6).
+
+    Exits 1 if embedding fails (the file still works with its old model; re-run
+    to continue), 2 on bad options, 5 if DB is missing or unusable.
 
     \b
     Example:
