@@ -124,6 +124,9 @@ class ImportRow:
     last_hit_at: float | None
     metadata: dict[str, Any]
     preferred_id: int | None = None
+    #: the entry's TTL in seconds and when it expires (unix seconds); None = never
+    ttl: float | None = None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,40 @@ class Admin:
     def count(self, flt: EntryFilter) -> int:
         with self._filtered(flt) as (conn, where, params):
             return int(conn.execute(f"SELECT count(*) FROM entries {where}", params).fetchone()[0])
+
+    def ttls(self, ids: Sequence[int]) -> dict[int, float | None]:
+        """The TTL in seconds (None = never expires) of these entries."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self.db.reading() as conn:
+            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(entries)")}
+            if "ttl" not in columns:  # a file of the first schema: no TTLs yet
+                return {}
+            rows = conn.execute(
+                f"SELECT id, ttl FROM entries WHERE id IN ({marks})", [int(i) for i in ids]
+            ).fetchall()
+        return {int(r[0]): None if r[1] is None else float(r[1]) for r in rows}
+
+    def expired_count(self, now: float, namespace: str | None = None) -> int:
+        """Entries expired at ``now`` (of one namespace, or all): what a purge would delete."""
+        sql = "SELECT count(*) FROM entries WHERE expires_at <= ?"
+        params: list[Any] = [float(now)]
+        if namespace is not None:
+            sql += " AND namespace = ?"
+            params.append(namespace)
+        with self.db.reading() as conn:
+            return int(conn.execute(sql, params).fetchone()[0])
+
+    def namespaces(self) -> list[str]:
+        """Every namespace holding entries or lifecycle overrides, sorted."""
+        with self.db.reading() as conn:
+            configured = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'namespace_config'"
+            ).fetchone()
+            union = " UNION SELECT namespace FROM namespace_config" if configured else ""
+            rows = conn.execute(f"SELECT namespace FROM entries{union} ORDER BY 1").fetchall()
+        return [str(r[0]) for r in rows]
 
     def existing_ids(self, ids: Sequence[int]) -> set[int]:
         return {row.id for row in self.list_entries(EntryFilter(ids=tuple(ids)), limit=len(ids))}
@@ -303,6 +340,8 @@ class Admin:
                 row.hit_count,
                 row.last_hit_at,
                 json.dumps(row.metadata),
+                row.ttl,
+                row.expires_at,
             )
             found = conn.execute(
                 "SELECT id FROM entries WHERE namespace = ? AND user_id = ? AND context_key = ? "
@@ -314,7 +353,7 @@ class Admin:
                 conn.execute(
                     "UPDATE entries SET response = ?, created_at = ?, updated_at = ?, "
                     "embedding_model = ?, embedding_dim = ?, version = ?, hit_count = ?, "
-                    "last_hit_at = ?, metadata = ? WHERE id = ?",
+                    "last_hit_at = ?, metadata = ?, ttl = ?, expires_at = ? WHERE id = ?",
                     (*values, entry_id),
                 )
                 conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
@@ -324,8 +363,8 @@ class Admin:
                 cursor = conn.execute(
                     "INSERT INTO entries (id, namespace, user_id, context_key, query, query_hash, "
                     "response, created_at, updated_at, embedding_model, embedding_dim, version, "
-                    "hit_count, last_hit_at, metadata) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "hit_count, last_hit_at, metadata, ttl, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         entry_id_param,
                         row.namespace,
@@ -339,9 +378,6 @@ class Admin:
                 entry_id = int(cursor.lastrowid)
                 added += 1
             # The vector row carries the entry's expiry (TTL filter inside the KNN).
-            (expires_at,) = conn.execute(
-                "SELECT expires_at FROM entries WHERE id = ?", (entry_id,)
-            ).fetchone()
             conn.execute(
                 f"INSERT INTO {VECTOR_TABLE} "
                 "(rowid, embedding, namespace, user_id, context_key, expires_at) "
@@ -352,7 +388,7 @@ class Admin:
                     row.namespace,
                     row.user_id,
                     row.context_key,
-                    vec_expiry(expires_at),
+                    vec_expiry(row.expires_at),
                 ),
             )
         return added, replaced
@@ -404,13 +440,6 @@ class Admin:
         with self.db.reading() as conn:
             busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return int(busy), int(log), int(done)
-
-    def vacuum(self) -> None:
-        """Rebuild the file without free pages (needs as much free disk as the file's size)."""
-        self.checkpoint()
-        with self.db.reading() as conn:
-            conn.execute("VACUUM")
-        self.checkpoint()  # in WAL mode VACUUM writes the new pages into the WAL first
 
 
 def _has_vector_table(conn: Any) -> bool:

@@ -32,7 +32,7 @@ from .errors import (
     SemCacheError,
 )
 from .migrate import check_file_identity, check_not_newer, migrate
-from .store import EntryRow
+from .store import EntryRow, Store
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -217,7 +217,7 @@ def embedder_options_for(model_id: str) -> str:
     return f"--embedder openai --embedding-model {model_id} (and --base-url URL if needed)"
 
 
-def _split_openai_model(model_id: str) -> tuple[str, int | None]:
+def split_openai_model(model_id: str) -> tuple[str, int | None]:
     """``text-embedding-3-small@256`` -> ("text-embedding-3-small", 256)."""
     name, sep, dims = model_id.rpartition("@")
     if sep and name and dims.isdigit():
@@ -248,7 +248,7 @@ def resolve_embedder(state: CliState, path: str, info: dict[str, str]) -> Embedd
         embedder = LocalEmbedder()
     else:
         requested = state.embedding_model or file_model or "text-embedding-3-small"
-        model, dimensions = _split_openai_model(requested)
+        model, dimensions = split_openai_model(requested)
         dim = state.embedding_dim
         if dim is None and requested == file_model:
             dim = file_dim
@@ -384,8 +384,57 @@ def entry_json(row: EntryRow) -> dict[str, Any]:
         "version": row.version,
         "hit_count": row.hit_count,
         "last_hit_at": row.last_hit_at,
+        "expires_at": row.expires_at,
         "metadata": row.metadata,
     }
+
+
+def policy_json(store: Store, namespace: str) -> dict[str, Any] | None:
+    """The lifecycle rules the file holds for ``namespace``: its ``configure_namespace``
+    overrides over the library's defaults (an application's constructor arguments are
+    not in the file). None for a file older than the lifecycle schema."""
+    with store.db.reading() as conn:
+        table = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'namespace_config'"
+        ).fetchone()
+    if table is None:
+        return None
+    policy = store.namespace_policy(namespace)
+    return {
+        "ttl": policy.ttl,
+        "sliding_ttl": policy.sliding_ttl,
+        "max_entries": policy.max_entries,
+        "eviction": policy.eviction,
+        "on_duplicate": policy.on_duplicate,
+        "overrides": store.namespace_overrides(namespace),
+    }
+
+
+def describe_policy(policy: dict[str, Any] | None) -> str:
+    """'ttl 1h, max 2,000 (lru)' for a table cell."""
+    if policy is None:
+        return "-"
+    ttl = policy["ttl"]
+    parts = ["ttl never" if ttl is None else f"ttl {format_duration(ttl)}"]
+    if policy["sliding_ttl"]:
+        parts[0] += " (sliding)"
+    limit = policy["max_entries"]
+    parts.append(f"max {'none' if limit is None else f'{limit:,}'} ({policy['eviction']})")
+    if policy["on_duplicate"] != "replace":
+        parts.append(f"on duplicate {policy['on_duplicate']}")
+    return ", ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """3600 -> '1h', 90 -> '1m30s', 0.5 -> '0.5s'."""
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    rest, out = int(seconds), ""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out += f"{rest // size}{unit}"
+            rest %= size
+    return out or "0s"
 
 
 def fail(message: str, exit_code: int) -> NoReturn:
@@ -413,6 +462,11 @@ class ProgressBar:
     def set_total(self, total: int) -> None:
         if self._bar is not None:
             self._bar.update(self._task, total=total)
+
+    def set_done(self, done: int, total: int) -> None:
+        """Absolute progress (for loops that report ``(done, total)``)."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from .cli_common import (
     CliState,
     closing,
     console,
+    describe_policy,
     emit_json,
     entry_json,
     file_size,
@@ -30,6 +31,7 @@ from .cli_common import (
     one_line,
     open_existing,
     pass_state,
+    policy_json,
     resolve_embedder,
     scope_options,
 )
@@ -55,7 +57,10 @@ def stats(state: CliState, db: str, as_json: bool) -> None:
     """Hits, misses, hit rate and time saved, overall and per namespace, plus the
     file's size, embedding model and schema version.
 
-    Time saved shows "n/a" until the file records LLM latencies.
+    Time saved shows "n/a" until the file records LLM latencies. The lifecycle
+    column is what the file itself says about each namespace (its
+    `semcache config` overrides over the defaults); an application's
+    constructor arguments (ttl=, max_entries=, ...) are not stored in the file.
 
     \b
     Example:
@@ -67,9 +72,11 @@ def stats(state: CliState, db: str, as_json: bool) -> None:
         facts = admin.facts()
         counters = admin.namespace_counters()
         saved = admin.time_saved()
+        policies = {name: policy_json(admin.store, name) for name in counters}
     namespaces: dict[str, Any] = {}
     for name, (entries, hits, misses) in counters.items():
         namespaces[name] = {
+            "policy": policies[name],
             "entries": entries,
             "hits": hits,
             "misses": misses,
@@ -125,6 +132,7 @@ def _print_stats(overall: dict[str, Any]) -> None:
         table.add_column(name, justify="right", footer=f"{overall[key]:,}")
     table.add_column("hit rate", justify="right", footer=rate(overall))
     table.add_column("time saved", justify="right", footer=saved(overall["time_saved_seconds"]))
+    table.add_column("lifecycle (file's overrides)", footer="")
     for name, row in overall["namespaces"].items():
         table.add_row(
             name,
@@ -133,6 +141,7 @@ def _print_stats(overall: dict[str, Any]) -> None:
             f"{row['misses']:,}",
             rate(row),
             saved(row["time_saved_seconds"]),
+            describe_policy(row["policy"]),
         )
     out.print(table)
 
@@ -200,6 +209,7 @@ def ls_command(
             row.namespace,
             row.user_id or "-",
             format_time(row.created_at),
+            "never" if row.expires_at is None else format_time(row.expires_at),
             str(row.hit_count),
             str(row.version),
             one_line(row.query, 200),
@@ -207,7 +217,17 @@ def ls_command(
         ]
         for row in rows
     ]
-    headers = ["id", "namespace", "user", "created (UTC)", "hits", "ver", "query", "response"]
+    headers = [
+        "id",
+        "namespace",
+        "user",
+        "created (UTC)",
+        "expires (UTC)",
+        "hits",
+        "ver",
+        "query",
+        "response",
+    ]
     _print_rows(table, headers, {"id", "hits", "ver"}, cells)
 
 
@@ -265,6 +285,8 @@ def show(state: CliState, db: str, entry_id: int, as_json: bool) -> None:
     for key, value in record.items():
         if key in ("created_at", "updated_at", "last_hit_at"):
             value = format_time(value)
+        elif key == "expires_at":
+            value = "never" if value is None else format_time(value)
         elif key == "metadata":
             value = _compact_json(value)
         elif key in ("user_id", "context_key") and not value:

@@ -220,7 +220,8 @@ def import_command(state: CliState, db: str, file: Path, reembed: bool, batch_si
 
     The whole file is validated first: a malformed line is reported with its
     line number and nothing is imported. Entries keep their times, version, hit
-    count and metadata; an entry with the same namespace, user, context and
+    count, metadata, TTL and expiry time; entries that have expired by the time
+    of the import are left out (and counted). An entry with the same namespace, user, context and
     query as a stored one replaces it; ids are kept when free. Vectors in the
     file are used if they were made with DB's embedding model; entries without
     them are embedded with DB's embedder. Vectors of another model are refused
@@ -268,7 +269,7 @@ def import_command(state: CliState, db: str, file: Path, reembed: bool, batch_si
             embedder()  # fail early (wrong embedder options) before writing anything
         database = database or open_or_create(db)
         with progress(state, "importing", plan.rows) as step:
-            added, replaced = import_entries(
+            result = import_entries(
                 database,
                 file,
                 plan,
@@ -287,8 +288,10 @@ def import_command(state: CliState, db: str, file: Path, reembed: bool, batch_si
         if needs_embedding == 0
         else f"{needs_embedding} embedded with {model}"
     )
+    skipped = f", {result.expired} expired (not imported)" if result.expired else ""
     click.echo(
-        f"imported {entries(plan.rows)} into {db}: {added} added, {replaced} replaced ({how})"
+        f"imported {entries(plan.rows - result.expired)} into {db}: {result.added} added, "
+        f"{result.replaced} replaced{skipped} ({how})"
     )
 
 

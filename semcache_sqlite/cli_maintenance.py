@@ -1,6 +1,10 @@
-"""Maintenance commands: ``doctor``, ``migrate``, ``vacuum``, ``shell``.
+"""Maintenance commands: ``doctor``, ``migrate``, ``vacuum``, ``purge``, ``reembed``,
+``config``, ``shell``.
 
-None of them loads the embedding model. Only ``migrate`` may create a file.
+Only ``reembed`` loads an embedding model (the one converted to). Only
+``migrate`` may create a file. The lifecycle work (purge, vacuum, re-embed) is
+the library's own code (``store_lifecycle.py``, ``reembed.py``), run on a
+``Store`` without a ``SemanticCache`` so the file's current model is not loaded.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 
@@ -23,18 +28,29 @@ from .cli_common import (
     CliError,
     CliState,
     closing,
+    describe_policy,
     embedder_options_for,
     emit_json,
+    entries,
     file_size,
     format_size,
+    info,
     json_option,
     open_existing,
     open_or_create,
+    parse_duration,
     pass_state,
+    policy_json,
     progress,
+    split_openai_model,
 )
 from .db import Database
+from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
+from .lifecycle import EVICTION_POLICIES, ON_DUPLICATE_CHOICES, UNSET, Unset
 from .migrate import APPLICATION_ID, latest_version, schema_version
+from .reembed import run_reembed
+from .store import Store
+from .validation import check_scope_name
 
 Status = Literal["ok", "info", "warn", "problem"]
 
@@ -214,11 +230,22 @@ def migrate(state: CliState, db: str) -> None:
         click.echo(f"{db}: migrated from schema version {before} to {after}")
 
 
-@click.command(short_help="Checkpoint the WAL and reclaim free space.")
+@click.command(short_help="Purge expired entries, repack vectors, reclaim free space.")
 @click.argument("db", metavar="DB")
+@click.option(
+    "--no-compact-vectors",
+    "compact_vectors",
+    flag_value=False,
+    default=True,
+    help="Skip rebuilding the vector table (faster; leaves sqlite-vec chunk holes).",
+)
+@json_option
 @pass_state
-def vacuum(state: CliState, db: str) -> None:
-    """Reclaim unused space: checkpoint the WAL into the file, then VACUUM.
+def vacuum(state: CliState, db: str, compact_vectors: bool, as_json: bool) -> None:
+    """Reclaim unused space, as SemanticCache.vacuum() does: delete expired
+    entries, rebuild the vector table packed (sqlite-vec reuses a deleted
+    row's space only once its whole 1024-row chunk is empty), VACUUM, and
+    truncate the WAL. Does not load the embedding model.
 
     Needs about as much free disk as the file's size, and the write lock for
     the duration.
@@ -226,15 +253,276 @@ def vacuum(state: CliState, db: str) -> None:
     \b
     Example:
       semcache vacuum cache.db
+      semcache vacuum cache.db --json
     """
-    with closing(open_existing(db)) as database:
-        before = file_size(db) + file_size(db + "-wal")
+    with closing(open_existing(db, upgrade=True)) as database:
+        store = Store(database)
         with progress(state, "vacuuming", None):
-            Admin(database).vacuum()
-        after = file_size(db) + file_size(db + "-wal")
+            purged = store.purge_expired()
+            before, after, rebuilt = store.vacuum(compact_vectors)
+    if as_json:
+        emit_json(
+            {
+                "path": db,
+                "bytes_before": before,
+                "bytes_after": after,
+                "expired_purged": purged,
+                "vectors_rebuilt": rebuilt,
+            }
+        )
+        return
     click.echo(
         f"{db}: {format_size(before)} -> {format_size(after)} "
-        f"({format_size(max(0, before - after))} reclaimed)"
+        f"({format_size(max(0, before - after))} reclaimed; {entries(purged)} expired purged, "
+        f"{rebuilt} vectors repacked)"
+    )
+
+
+@click.command(short_help="Delete expired entries now.")
+@click.argument("db", metavar="DB")
+@click.option("--namespace", "-n", default=None, help="Only this namespace (default: all).")
+@click.option("--dry-run", is_flag=True, help="Only count the expired entries; delete nothing.")
+@json_option
+@pass_state
+def purge(state: CliState, db: str, namespace: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete every entry whose TTL has run out (of one namespace, or all).
+
+    Expired entries are never served and writes remove a few in passing; this
+    removes them all at once (then `semcache vacuum` gives the space back).
+    Does not load the embedding model. Exits 2 on a bad namespace name, 5 if DB
+    is missing or unusable.
+
+    \b
+    Example:
+      semcache purge cache.db
+      semcache purge cache.db --namespace support --dry-run
+    """
+    if namespace is not None:
+        check_scope_name(namespace, "namespace", allow_empty=False)
+    with closing(open_existing(db, upgrade=not dry_run)) as database:
+        if dry_run:
+            count = Admin(database).expired_count(time.time(), namespace)
+        else:
+            count = Store(database).purge_expired(namespace)
+    where = f" in namespace {namespace!r}" if namespace is not None else ""
+    if as_json:
+        emit_json({"path": db, "namespace": namespace, "dry_run": dry_run, "expired": count})
+    elif dry_run:
+        click.echo(f"{db}: {entries(count)} expired{where} (dry run: nothing deleted)")
+    else:
+        click.echo(f"{db}: purged {entries(count)} expired{where}")
+
+
+def _ttl_value(text: str | None) -> float | Unset | None:
+    if text is None:
+        return UNSET
+    if text.strip().lower() in ("none", "never"):
+        return None
+    try:
+        seconds = parse_duration(text)
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint="--ttl") from exc
+    if seconds <= 0:
+        raise click.BadParameter("must be a positive duration, or none", param_hint="--ttl")
+    return seconds
+
+
+def _limit_value(text: str | None) -> int | Unset | None:
+    if text is None:
+        return UNSET
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise click.BadParameter(
+            f"{text!r} is not a positive integer or none", param_hint="--max-entries"
+        )
+    return value
+
+
+@click.command(name="config", short_help="Show or set a namespace's TTL, limit and eviction.")
+@click.argument("db", metavar="DB")
+@click.option("--namespace", "-n", default=None, help="The namespace to show or change.")
+@click.option("--ttl", default=None, help="Time to live of new entries (7d, 12h, 3600) or none.")
+@click.option(
+    "--sliding-ttl/--no-sliding-ttl", default=None, help="Whether a hit restarts the TTL."
+)
+@click.option("--max-entries", default=None, help="Entry limit of the namespace, or none.")
+@click.option("--eviction", type=click.Choice(EVICTION_POLICIES), default=None)
+@click.option("--on-duplicate", type=click.Choice(ON_DUPLICATE_CHOICES), default=None)
+@click.option("--reset", is_flag=True, help="Drop the namespace's overrides first.")
+@json_option
+@pass_state
+def config_command(
+    state: CliState,
+    db: str,
+    namespace: str | None,
+    ttl: str | None,
+    sliding_ttl: bool | None,
+    max_entries: str | None,
+    eviction: str | None,
+    on_duplicate: str | None,
+    reset: bool,
+    as_json: bool,
+) -> None:
+    """Show or change the lifecycle overrides stored in DB for a namespace, as
+    SemanticCache.configure_namespace() does: every process using the file sees
+    them. Without settings, shows the rules (all namespaces without --namespace).
+    A lower --max-entries evicts at once. Settings left out keep their value;
+    `none` means never expires / no limit. Does not load the embedding model.
+
+    Shown values are the file's overrides over the library's defaults; an
+    application's constructor arguments (ttl=, max_entries=, ...) are not in the file.
+    Exits 2 on a bad value (or settings without --namespace), 5 if DB is
+    missing or unusable.
+
+    \b
+    Example:
+      semcache config cache.db
+      semcache config cache.db --namespace news --ttl 10m --max-entries 2000 --eviction lru
+      semcache config cache.db --namespace news --ttl none --reset
+    """
+    changes: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("ttl", _ttl_value(ttl)),
+            ("sliding_ttl", UNSET if sliding_ttl is None else sliding_ttl),
+            ("max_entries", _limit_value(max_entries)),
+            ("eviction", UNSET if eviction is None else eviction),
+            ("on_duplicate", UNSET if on_duplicate is None else on_duplicate),
+        )
+        if not isinstance(value, Unset)
+    }
+    writing = bool(changes) or reset
+    if writing and namespace is None:
+        raise click.UsageError("--namespace is needed to change settings")
+    if namespace is not None:
+        check_scope_name(namespace, "namespace", allow_empty=False)
+    evicted = 0
+    with closing(open_existing(db, upgrade=writing)) as database:
+        store, admin = Store(database), Admin(database)
+        if writing:
+            assert namespace is not None
+            before = admin.count(EntryFilter(namespace=namespace))
+            store.update_namespace_overrides(namespace, changes, reset=reset)
+            evicted = max(0, before - admin.count(EntryFilter(namespace=namespace)))
+        names = [namespace] if namespace is not None else admin.namespaces()
+        policies = {name: policy_json(store, name) for name in names}
+    if as_json:
+        emit_json({"path": db, "namespaces": policies, **({"evicted": evicted} if writing else {})})
+        return
+    if writing:
+        click.echo(
+            f"{db}: namespace {namespace!r} updated"
+            + (f"; {entries(evicted)} evicted" if evicted else "")
+        )
+    if not policies:
+        click.echo(f"{db}: no namespaces yet")
+    for name, policy in policies.items():
+        overrides = policy["overrides"] if policy else {}
+        stored = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "none"
+        click.echo(f"{name}: {describe_policy(policy)}  [overrides: {stored}]")
+
+
+def target_embedder(
+    name: str, model: str | None, dim: int | None, base_url: str | None
+) -> Embedder:
+    """The embedder `reembed --to-embedder NAME` converts to (tests replace this)."""
+    if name == "local":
+        return LocalEmbedder()
+    requested = model or "text-embedding-3-small"
+    base, dimensions = split_openai_model(requested)
+    return OpenAIEmbedder(base, dim=dim, dimensions=dimensions, base_url=base_url)
+
+
+@click.command(short_help="Re-embed every entry with another embedding model (resumable).")
+@click.argument("db", metavar="DB")
+@click.option(
+    "--to-embedder",
+    "to_embedder",
+    type=click.Choice(["local", "openai"]),
+    required=True,
+    help="The embedder to convert the file to.",
+)
+@click.option(
+    "--embedding-model",
+    "to_model",
+    default=None,
+    help="OpenAI-compatible model to convert to (with --to-embedder openai; default "
+    "text-embedding-3-small); 'name@N' asks for N dimensions.",
+)
+@click.option(
+    "--embedding-dim",
+    "to_dim",
+    type=click.IntRange(1),
+    default=None,
+    help="Vector size of an --embedding-model the tool does not know.",
+)
+@click.option(
+    "--base-url",
+    "to_base_url",
+    default=None,
+    help="OpenAI-compatible server (default: $OPENAI_BASE_URL); key from $OPENAI_API_KEY.",
+)
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=256, show_default=True)
+@pass_state
+def reembed(
+    state: CliState,
+    db: str,
+    to_embedder: str,
+    to_model: str | None,
+    to_dim: int | None,
+    to_base_url: str | None,
+    batch_size: int,
+) -> None:
+    """Convert DB to another embedding model: every entry's query is embedded
+    again, batch by batch, beside the live vectors (lookups keep working with
+    the current model), then the file switches to the new model in one
+    transaction. Expired entries are purged first.
+
+    Resumable: if it stops (Ctrl-C, crash, API error), running the same command
+    again continues where it stopped. Afterwards open the file with the new
+    embedder's options (the old ones exit 6).
+
+    Exits 1 if embedding fails (the file still works with its old model; re-run
+    to continue), 2 on bad options, 5 if DB is missing or unusable.
+
+    \b
+    Example:
+      semcache reembed cache.db --to-embedder openai --embedding-model text-embedding-3-small
+      semcache reembed cache.db --to-embedder local --batch-size 64
+    """
+    if to_embedder == "local" and (to_model or to_dim or to_base_url):
+        raise click.UsageError(
+            "--embedding-model, --embedding-dim, --base-url: only for --to-embedder openai"
+        )
+    with closing(open_existing(db, upgrade=True)) as database:
+        new = target_embedder(to_embedder, to_model, to_dim, to_base_url)
+        store = Store(database)
+        file_info = store.info()
+        old_model = file_info.get("embedding_model")
+        old = f"{old_model} ({file_info.get('embedding_dim')}-d)" if old_model else "no model"
+        target = f"{new.model_id} ({new.dim}-d)"
+        if (old_model, file_info.get("embedding_dim")) == (new.model_id, str(new.dim)):
+            store.reembed_cancel()  # a stale staging towards the current model
+            click.echo(f"{db}: already uses {target}; nothing to do")
+            return
+        pending = store.reembed_state()
+        if pending is not None and (pending.model_id, pending.dim) == (new.model_id, new.dim):
+            info(state, f"resuming: {pending.done} of {pending.total} entries already re-embedded")
+        elif pending is not None:
+            info(
+                state,
+                f"discarding an unfinished re-embed towards {pending.model_id} ({pending.dim}-d)",
+            )
+        with progress(state, f"re-embedding with {new.model_id}", None) as bar:
+            converted = run_reembed(store, new, batch_size=batch_size, progress=bar.set_done)
+    click.echo(
+        f"{db}: re-embedded {entries(converted)}: {old} -> {target}; "
+        f"open it with {embedder_options_for(new.model_id)}"
     )
 
 
@@ -296,4 +584,4 @@ def shell(
         raise click.exceptions.Exit(code)
 
 
-COMMANDS = [doctor, migrate, vacuum, shell]
+COMMANDS = [doctor, migrate, vacuum, purge, reembed, config_command, shell]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ def export_entries(
 
         def flush() -> None:
             blobs = admin.vectors([row.id for row in batch]) if vectors else {}
+            ttls = admin.ttls([row.id for row in batch])
             for row in batch:
                 record: dict[str, Any] = {
                     "id": row.id,
@@ -112,6 +114,8 @@ def export_entries(
                     "hit_count": row.hit_count,
                     "last_hit_at": row.last_hit_at,
                     "metadata": row.metadata,
+                    "ttl": ttls.get(row.id),
+                    "expires_at": row.expires_at,
                 }
                 if vectors and row.id in blobs:
                     record["vector"] = encode_vector(blobs[row.id], vectors)
@@ -140,6 +144,16 @@ class ExportHeader:
     embedding_model: str | None
     embedding_dim: int | None
     vectors: str | None
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What ``import_entries`` wrote: entries added, replaced, and left out because
+    they had expired (``expires_at`` at or before the import)."""
+
+    added: int
+    replaced: int
+    expired: int
 
 
 @dataclass(frozen=True)
@@ -233,10 +247,23 @@ def _import_row(
         preferred_id=preferred
         if isinstance(preferred, int) and not isinstance(preferred, bool)
         else None,
+        ttl=_field_ttl(obj),
+        expires_at=field_number(obj, "expires_at", None),
     )
     vector = obj.get("vector")
     dim = header.embedding_dim if header is not None else None
     return row, None if vector is None else decode_vector(vector, dim)
+
+
+def _field_ttl(obj: dict[str, Any]) -> float | None:
+    value = obj.get("ttl")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise LineError(f"'ttl' must be a positive number of seconds or null, got {value!r}")
+    if not math.isfinite(value):
+        raise LineError("'ttl' must be finite")
+    return float(value)
 
 
 def _iter_import(path: Path) -> Iterator[tuple[int, ExportHeader | None, Any]]:
@@ -295,14 +322,18 @@ def import_entries(
     embedder: Callable[[], Embedder] | None,
     batch_size: int = 256,
     advance: Advance = no_progress,
-) -> tuple[int, int]:
-    """Write a validated import file in ONE transaction; return (added, replaced).
+    now: float | None = None,
+) -> ImportResult:
+    """Write a validated import file in ONE transaction.
 
     Rows without a usable vector (all rows unless ``use_vectors``) are embedded
-    with ``embedder()``, batch by batch, inside the transaction.
+    with ``embedder()``, batch by batch, inside the transaction. Entries whose
+    ``expires_at`` is at or before ``now`` (default: the time of the import)
+    are not written, only counted: they could never be served.
     """
     admin, store = Admin(db), Store(db)
-    added = replaced = 0
+    added = replaced = expired = 0
+    cutoff = time.time() if now is None else now
     loaded: Embedder | None = None
     with db.transaction() as conn:
         store.bind_embedder(model_id, dim)
@@ -329,9 +360,13 @@ def import_entries(
         for line, _header, item in _iter_import(path):
             if isinstance(item, LineError):  # the file changed since it was validated
                 raise InvalidFileError(f"{path} line {line}: {item}", problems=[(line, str(item))])
+            if item[0].expires_at is not None and item[0].expires_at <= cutoff:
+                expired += 1
+                advance(1)
+                continue
             batch.append(item)
             if len(batch) >= max(1, batch_size):
                 flush()
         if batch:
             flush()
-    return added, replaced
+    return ImportResult(added, replaced, expired)

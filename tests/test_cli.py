@@ -37,7 +37,7 @@ def test_group_help_documents_every_exit_code() -> None:
     for code in range(7):
         assert re.search(rf"^\s+{code}\s+\S", out, re.MULTILINE), f"exit code {code} missing"
     expected = {"stats", "ls", "show", "search", "get", "put", "update", "rm", "warm", "export"}
-    expected |= {"import", "doctor", "migrate", "vacuum", "shell", "demo"}
+    expected |= {"import", "doctor", "migrate", "vacuum", "shell", "demo", "purge", "reembed"}
     assert expected <= set(_commands())
 
 
@@ -66,6 +66,9 @@ _ARGS = {
     "doctor": [],
     "migrate": [],
     "vacuum": [],
+    "purge": [],
+    "reembed": ["--to-embedder", "local"],
+    "config": [],
     "shell": ["--print"],
 }
 _CREATING = {"put", "warm", "import", "migrate"}

@@ -35,6 +35,14 @@ def test_stats_overall_and_per_namespace(db: Path) -> None:
         "total_requests": 1,
         "hit_rate": 1.0,
         "time_saved_seconds": None,
+        "policy": {
+            "ttl": None,
+            "sliding_ttl": False,
+            "max_entries": None,
+            "eviction": "lru",
+            "on_duplicate": "replace",
+            "overrides": {},
+        },
     }
     assert stats["time_saved_seconds"] is None
     assert (stats["embedding_model"], stats["embedding_dim"]) == ("fake-bow-64", 64)
