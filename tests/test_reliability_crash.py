@@ -14,6 +14,7 @@ from semcache_sqlite.migrate import latest_version
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import crash
+from reliability import HashEmbedder
 
 
 def test_sigkill_while_writing_loses_nothing_committed(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_bulk_checkers_catch_missing_entries_and_half_imports(tmp_path: Path) ->
     assert any("expected 11" in p for p in problems)
     assert any("lookup of entry 10" in p for p in problems)
     file = crash._bulk_file(str(tmp_path), 20)
-    with SemanticCache(template, embedder=crash.HashEmbedder(crash.OLD_DIM)) as cache:
+    with SemanticCache(template, embedder=HashEmbedder(crash.OLD_DIM)) as cache:
         cache.store(crash.bulk_query(0), None, crash.bulk_answer(0), namespace=crash.BULK_NS)
     sizes = crash.BulkSizes(entries=10, rows=20)
     expected = {crash.bulk_query(i): crash.bulk_answer(i) for i in range(20)}
