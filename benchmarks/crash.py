@@ -1,8 +1,9 @@
 """Crash safety: SIGKILL a child process at random moments, many times, and check the file.
 
-    python benchmarks/crash.py --kills 200                      # both scenarios, 200 kills each
+    python benchmarks/crash.py --kills 200                      # all scenarios, 200 kills each
     python benchmarks/crash.py --kills 200 --scenario writes --seed 7 --path /tmp/crash.db
     python benchmarks/crash.py --kills 50 --scenario migration --migration-rows 300000
+    python benchmarks/crash.py --kills 100 --scenario reembed   # also: import, warm
 
 Scenario ``writes``: a child opens the cache file and writes in a loop: stores,
 updates, deletes, batch stores, lookups, and stores + clears in a scratch
@@ -25,6 +26,29 @@ rewrites every entry's metadata) and applies it; the parent kills it after a
 random delay up to 1.3 x the migration's measured duration. The file must be at
 the old version with none of the migration's effects, or at the new version with
 all of them; never in between.
+
+Scenarios ``reembed``, ``import`` and ``warm``: a fresh copy of a file of
+``--bulk-entries`` entries each round; the child prints STARTED, then runs the
+operation slowly (``--bulk-batch`` rows a batch, ``--bulk-delay`` seconds in every
+embed() call), printing each step it committed; the parent kills it at a random
+moment after STARTED (up to 1.3 x the duration of a first, unkilled calibration run,
+a quarter of the time near the end where the switch or commit is). Then:
+
+- ``reembed`` (``SemanticCache.reembed`` to a 48-d model from a 32-d one): the file
+  opens with exactly one of the two embedders (the other gets
+  EmbedderMismatchError); every entry is there and a lookup of its query answers
+  with its response; the vector search finds entries with that model's vectors; at
+  least the reported batches are staged. If it is still the old model, calling
+  ``reembed`` again must finish (converting every entry) and leave the new one.
+- ``import`` (``semcache import DB FILE``, ``--bulk-rows`` rows without vectors, so
+  they are embedded inside the one transaction): the entry count is the one before
+  or before + rows, never in between, and an import is all there or not at all.
+- ``warm`` (what ``semcache warm DB FILE`` runs, reporting each committed batch):
+  the file holds the input's first k rows, k a multiple of the batch size (or all)
+  and at least what the child reported committed; re-running warm adds the
+  remaining rows, leaves the k unchanged and duplicates nothing.
+
+All of them also pass ``check_file()`` (integrity, orphans, duplicates).
 
 Exit status 0 when no violation was found. ``run()`` is what tests call.
 """
