@@ -31,8 +31,9 @@ Scenarios ``reembed``, ``import`` and ``warm``: a fresh copy of a file of
 ``--bulk-entries`` entries each round; the child prints STARTED, then runs the
 operation slowly (``--bulk-batch`` rows a batch, ``--bulk-delay`` seconds in every
 embed() call), printing each step it committed; the parent kills it at a random
-moment after STARTED (up to 1.3 x the duration of a first, unkilled calibration run,
-a quarter of the time near the end where the switch or commit is). Then:
+moment after STARTED: up to 1.3 x the duration of the last run that finished (the
+first one is not killed), a quarter of the time near the end, where the switch or
+the commit is. Then:
 
 - ``reembed`` (``SemanticCache.reembed`` to a 48-d model from a 32-d one): the file
   opens with exactly one of the two embedders (the other gets
@@ -510,8 +511,8 @@ def run_migration(workdir: str, kills: int, seed: int, rows: int) -> ScenarioRep
 # Each round starts from a fresh copy of a filled template. The child prints STARTED
 # just before the operation, one line per committed step after it (progress of a
 # re-embed, batches of a warm-up), and DONE <seconds> after it returned. The parent
-# kills it at a random moment after STARTED (up to 1.3 x the duration measured by a
-# first, unkilled calibration round), then checks the file and, for the resumable
+# kills it at a random moment after STARTED (up to 1.3 x the duration of the last run
+# that finished; the first one is not killed), then checks the file and, for the resumable
 # operations, finishes the job and checks again.
 
 OLD_DIM, NEW_DIM = 32, 48  # HashEmbedder(32) made the file; reembed moves it to HashEmbedder(48)
@@ -592,8 +593,9 @@ def child_warm(path: str, file: str, batch: int, delay: float) -> None:
 
 
 def _kill_moment(rng: random.Random, duration: float | None) -> float | None:
-    """Seconds after STARTED: anywhere up to 1.3 x the duration, or (a quarter of the
-    time) near the end, where the switch / the commit happens. None: calibration."""
+    """Seconds after STARTED: anywhere up to 1.3 x the duration (that of the last run
+    that finished), or (a quarter of the time) near the end, where the switch / the
+    commit happens. None: calibration."""
     if duration is None:
         return None
     if rng.random() < 0.25:
@@ -753,8 +755,9 @@ def run_reembed(workdir: str, kills: int, seed: int, sizes: BulkSizes) -> Scenar
                 problems += check_file(path).problems() + more
                 if final != "new":
                     problems.append(f"after the resumed re-embed the file is {final}")
-            if delay is None:
+            if run.duration is not None:  # follow the machine's speed (other jobs come and go)
                 duration = run.duration
+            if delay is None:
                 outcome = f"calibration (not killed, {duration or 0:.2f} s)"
             else:
                 report.kills += 1
@@ -814,8 +817,9 @@ def run_import(workdir: str, kills: int, seed: int, sizes: BulkSizes) -> Scenari
                 break
             problems = _import_problems(path, sizes, expected, finished=run.finished)
             rows = _bulk_rows(path)
-            if delay is None:
+            if run.duration is not None:  # follow the machine's speed (other jobs come and go)
                 duration = run.duration
+            if delay is None:
                 outcome = f"calibration (not killed, {duration or 0:.2f} s)"
             else:
                 report.kills += 1
@@ -891,8 +895,9 @@ def run_warm(workdir: str, kills: int, seed: int, sizes: BulkSizes) -> ScenarioR
                 zip(order, (bulk_answer(i) for i in range(sizes.rows)), strict=True)
             ):
                 problems.append(f"{after.entries} entries after re-running warm")
-            if delay is None:
+            if run.duration is not None:  # follow the machine's speed (other jobs come and go)
                 duration = run.duration
+            if delay is None:
                 outcome = f"calibration (not killed, {duration or 0:.2f} s)"
             else:
                 report.kills += 1
