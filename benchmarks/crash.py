@@ -1,8 +1,9 @@
 """Crash safety: SIGKILL a child process at random moments, many times, and check the file.
 
-    python benchmarks/crash.py --kills 200                      # both scenarios, 200 kills each
+    python benchmarks/crash.py --kills 200                      # all scenarios, 200 kills each
     python benchmarks/crash.py --kills 200 --scenario writes --seed 7 --path /tmp/crash.db
     python benchmarks/crash.py --kills 50 --scenario migration --migration-rows 300000
+    python benchmarks/crash.py --kills 100 --scenario reembed   # also: import, warm
 
 Scenario ``writes``: a child opens the cache file and writes in a loop: stores,
 updates, deletes, batch stores, lookups, and stores + clears in a scratch
@@ -26,12 +27,37 @@ random delay up to 1.3 x the migration's measured duration. The file must be at
 the old version with none of the migration's effects, or at the new version with
 all of them; never in between.
 
+Scenarios ``reembed``, ``import`` and ``warm``: a fresh copy of a file of
+``--bulk-entries`` entries each round; the child prints STARTED, then runs the
+operation slowly (``--bulk-batch`` rows a batch, ``--bulk-delay`` seconds in every
+embed() call), printing each step it committed; the parent kills it at a random
+moment after STARTED: up to 1.3 x the duration of the last run that finished (the
+first one is not killed), a quarter of the time near the end, where the switch or
+the commit is. Then:
+
+- ``reembed`` (``SemanticCache.reembed`` to a 48-d model from a 32-d one): the file
+  opens with exactly one of the two embedders (the other gets
+  EmbedderMismatchError); every entry is there and a lookup of its query answers
+  with its response; the vector search finds entries with that model's vectors; at
+  least the reported batches are staged. If it is still the old model, calling
+  ``reembed`` again must finish (converting every entry) and leave the new one.
+- ``import`` (``semcache import DB FILE``, ``--bulk-rows`` rows without vectors, so
+  they are embedded inside the one transaction): the entry count is the one before
+  or before + rows, never in between, and an import is all there or not at all.
+- ``warm`` (what ``semcache warm DB FILE`` runs, reporting each committed batch):
+  the file holds the input's first k rows, k a multiple of the batch size (or all)
+  and at least what the child reported committed; re-running warm adds the
+  remaining rows, leaves the k unchanged and duplicates nothing.
+
+All of them also pass ``check_file()`` (integrity, orphans, duplicates).
+
 Exit status 0 when no violation was found. ``run()`` is what tests call.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -53,20 +79,13 @@ from reliability import HashEmbedder, check_file
 from semcache_sqlite import SemanticCache
 from semcache_sqlite import migrate as migrate_module
 from semcache_sqlite.db import Database
+from semcache_sqlite.errors import EmbedderMismatchError
 from semcache_sqlite.migrate import Migration, latest_version, migrate
 
 NS = "crash"
 SCRATCH = "crash-scratch"
 BATCH = 8
 SCRIPT = str(Path(__file__).resolve())
-
-# TODO(re-embedding, bulk import): when those features land, add a scenario for each
-# below (and to SCENARIOS), following the pattern of "migration":
-#   "reembed": fill a file, child re-embeds it with another model; after each kill the file
-#              opens with exactly one of the two models, every entry has a vector of that
-#              model, and none is lost or duplicated.
-#   "import":  child bulk-imports a JSONL export; after each kill the file holds a prefix
-#              of whole batches (each batch all or nothing) and passes check_file().
 
 
 def query_text(seq: int) -> str:
@@ -487,7 +506,413 @@ def run_migration(workdir: str, kills: int, seed: int, rows: int) -> ScenarioRep
     return report
 
 
-SCENARIOS = ("writes", "migration")  # TODO: "reembed", "import" (see above)
+# -- re-embedding, bulk import, warm-up ----------------------------------------------
+#
+# Each round starts from a fresh copy of a filled template. The child prints STARTED
+# just before the operation, one line per committed step after it (progress of a
+# re-embed, batches of a warm-up), and DONE <seconds> after it returned. The parent
+# kills it at a random moment after STARTED (up to 1.3 x the duration of the last run
+# that finished; the first one is not killed), then checks the file and, for the resumable
+# operations, finishes the job and checks again.
+
+OLD_DIM, NEW_DIM = 32, 48  # HashEmbedder(32) made the file; reembed moves it to HashEmbedder(48)
+BULK_NS = "bulk"
+
+
+def bulk_query(seq: int) -> str:
+    return f"bulk question {seq} on {('refunds', 'sso', 'quotas', 'webhooks', 'invoices')[seq % 5]}"
+
+
+def bulk_answer(seq: int) -> str:
+    return f"bulk answer {seq}"
+
+
+@dataclass(frozen=True)
+class BulkSizes:
+    """Sizes of the re-embed / import / warm scenarios (tests use small ones)."""
+
+    entries: int = 1500  # in the template file
+    rows: int = 1500  # in the import / warm file
+    batch: int = 16  # batch_size of the operation
+    delay: float = 0.002  # seconds per embed() call in the child
+
+
+def child_reembed(path: str, batch: int, delay: float) -> None:
+    cache = SemanticCache(path, embedder=HashEmbedder(OLD_DIM), threshold=0.8)
+    _emit("STARTED")
+    started = time.monotonic()
+    cache.reembed(
+        HashEmbedder(NEW_DIM, delay=delay),
+        batch_size=batch,
+        progress=lambda done, total: _emit(f"P {done} {total}"),
+    )
+    _emit(f"DONE {time.monotonic() - started:.4f}")
+    cache.close()
+
+
+def child_import(path: str, file: str, batch: int, delay: float) -> None:
+    """``semcache import DB FILE``, in-process so that it can use the fake embedder."""
+    from semcache_sqlite.cli import cli
+    from semcache_sqlite.cli_common import CliState
+
+    state = CliState(embedder=HashEmbedder(OLD_DIM, delay=delay), quiet=True)
+    _emit("STARTED")
+    started = time.monotonic()
+    cli.main(["import", path, file, "--batch-size", str(batch)], obj=state, standalone_mode=False)
+    _emit(f"DONE {time.monotonic() - started:.4f}")
+
+
+def child_warm(path: str, file: str, batch: int, delay: float) -> None:
+    """What ``semcache warm DB FILE`` runs, reporting each committed batch."""
+    from semcache_sqlite.store import Scope
+    from semcache_sqlite.warmup import validate_warm_file, warm
+
+    defaults = Scope(BULK_NS, "", "")
+    rows = validate_warm_file(Path(file), "jsonl", defaults)
+    db = Database(path)
+    done = 0
+
+    def advance(n: int) -> None:  # called after each batch's transaction committed
+        nonlocal done
+        done += n
+        _emit(f"W {done}")
+
+    _emit("STARTED")
+    started = time.monotonic()
+    warm(
+        db,
+        HashEmbedder(OLD_DIM, delay=delay),
+        Path(file),
+        "jsonl",
+        defaults,
+        batch_size=batch,
+        advance=advance,
+    )
+    _emit(f"DONE {time.monotonic() - started:.4f} {rows}")
+    db.close()
+
+
+def _kill_moment(rng: random.Random, duration: float | None) -> float | None:
+    """Seconds after STARTED: anywhere up to 1.3 x the duration (that of the last run
+    that finished), or (a quarter of the time) near the end, where the switch / the
+    commit happens. None: calibration."""
+    if duration is None:
+        return None
+    if rng.random() < 0.25:
+        return duration * rng.uniform(0.85, 1.05)
+    return duration * rng.uniform(0.0, 1.3)
+
+
+def _fresh_copy(template: str, path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
+    shutil.copyfile(template, path)
+
+
+def _bulk_template(workdir: str, entries: int) -> str:
+    """A file of ``entries`` entries (namespace "default") made with HashEmbedder(OLD_DIM)."""
+    template = os.path.join(workdir, f"bulk-template-{entries}.db")
+    if not Path(template).exists():
+        with SemanticCache(template, embedder=HashEmbedder(OLD_DIM)) as cache:
+            cache.store_many(
+                [query_text(i) for i in range(entries)], [answer_text(i, 1) for i in range(entries)]
+            )
+    return template
+
+
+def _bulk_file(workdir: str, rows: int) -> str:
+    """A JSONL file of ``rows`` new entries in namespace BULK_NS (no vectors)."""
+    file = os.path.join(workdir, f"bulk-{rows}.jsonl")
+    with open(file, "w", encoding="utf-8") as out:
+        for seq in range(rows):
+            record = {"namespace": BULK_NS, "query": bulk_query(seq), "response": bulk_answer(seq)}
+            out.write(json.dumps(record) + "\n")
+    return file
+
+
+@dataclass
+class _Run:
+    """One child run: what it printed, and whether it finished before the kill."""
+
+    lines: list[str]
+    finished: bool
+    duration: float | None
+    stderr: str
+
+
+def _run_and_kill(args: list[str], stderr: IO[bytes], delay: float | None) -> _Run:
+    """Start a child; once it printed STARTED, kill it ``delay`` seconds later (None: let it
+    finish, for calibration). All of its output is read back after it is gone."""
+    stderr.seek(0)
+    stderr.truncate()
+    process = _spawn(args, stderr)
+    assert process.stdout is not None
+    first = process.stdout.readline().strip()
+    if first == "STARTED" and delay is not None:
+        time.sleep(delay)  # a random moment of the operation, not a wait for anything
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    rest = process.stdout.read()
+    _kill(process)
+    lines = [first] + [x.strip() for x in rest.splitlines(keepends=True) if x.endswith("\n")]
+    done = [x for x in lines if x.startswith("DONE ")]
+    stderr.seek(0)
+    return _Run(
+        lines=lines,
+        finished=bool(done),
+        duration=float(done[0].split()[1]) if done else None,
+        stderr=stderr.read().decode(errors="replace")[-2000:] if first != "STARTED" else "",
+    )
+
+
+def _bulk_rows(path: str) -> dict[str, str]:
+    """query -> response of the entries in namespace BULK_NS."""
+    db = Database(path)
+    try:
+        with db.reading() as conn:
+            return {
+                str(q): str(r)
+                for q, r in conn.execute(
+                    "SELECT query, response FROM entries WHERE namespace = ?", (BULK_NS,)
+                )
+            }
+    finally:
+        db.close()
+
+
+def _check_lookups(cache: SemanticCache, entries: int) -> list[str]:
+    """Every template entry is there and a lookup of its query answers with its response
+    (the exact path); and the vector search finds some of them with the cache's embedder."""
+    problems = []
+    for i in range(entries):
+        hit = cache.lookup(query_text(i))
+        if hit is None or hit.entry.response != answer_text(i, 1):
+            problems.append(f"lookup of entry {i} answers {hit and hit.entry.response!r}")
+            if len(problems) >= 5:
+                return problems
+    for i in range(0, entries, max(1, entries // 25)):
+        nearest = cache.search(query_text(i), k=1)  # embeds: the vector path, no guards
+        if not nearest or nearest[0].similarity < 0.999:  # its own vector: similarity 1.0
+            problems.append(f"vector search with {cache.embedder.model_id} misses entry {i}")
+    return problems[:5]
+
+
+def _reembed_state(path: str, entries: int) -> tuple[str, int, list[str]]:
+    """("old" | "new" | "both" | "neither", staged vectors, problems) after a kill."""
+    problems: list[str] = []
+    opens: dict[str, SemanticCache] = {}
+    for name, embedder in (("old", HashEmbedder(OLD_DIM)), ("new", HashEmbedder(NEW_DIM))):
+        with contextlib.suppress(EmbedderMismatchError):
+            opens[name] = SemanticCache(path, embedder=embedder, threshold=0.8)
+    state = "both" if len(opens) == 2 else next(iter(opens), "neither")
+    if len(opens) != 1:
+        problems.append(f"the file opens with {state} of the old and the new embedder")
+    staged = 0
+    for name, cache in opens.items():
+        with cache:
+            status = cache.reembed_status()
+            staged = status.done if status is not None else 0
+            if name == "new" and status is not None:
+                problems.append(f"switched to the new model, yet a re-embed is pending: {status}")
+            count = int(cache.stats()["cached_entries"])
+            if count != entries:
+                problems.append(f"{count} entries, expected {entries}")
+            problems += _check_lookups(cache, entries)
+    return state, staged, problems
+
+
+def run_reembed(workdir: str, kills: int, seed: int, sizes: BulkSizes) -> ScenarioReport:
+    report = ScenarioReport("reembed")
+    rng = random.Random(seed)
+    started = time.monotonic()
+    template = _bulk_template(workdir, sizes.entries)
+    path = os.path.join(workdir, "reembed.db")
+    args = ["reembed", path, str(sizes.batch), str(sizes.delay)]
+    duration: float | None = None
+    with tempfile.TemporaryFile() as stderr:
+        while report.kills < kills:
+            _fresh_copy(template, path)
+            delay = _kill_moment(rng, duration)
+            run = _run_and_kill(args, stderr, delay)
+            if run.lines[0] != "STARTED" or (delay is None and not run.finished):
+                report.violations.append(f"round {report.rounds}: child failed: {run.stderr}")
+                break
+            progress = [int(x.split()[1]) for x in run.lines if x.startswith("P ")]
+            reported = max(progress or [0])
+            report.verified += len(progress)
+            state, staged, problems = _reembed_state(path, sizes.entries)
+            problems = check_file(path).problems() + problems
+            if state == "old":
+                if staged < min(reported, sizes.entries):
+                    problems.append(f"{staged} staged vectors, the child reported {reported}")
+                # resume (without the slow embedder) and finish: the new model, all entries
+                with SemanticCache(path, embedder=HashEmbedder(OLD_DIM)) as cache:
+                    converted = cache.reembed(HashEmbedder(NEW_DIM), batch_size=512)
+                if converted != sizes.entries:
+                    problems.append(f"resumed re-embed converted {converted} of {sizes.entries}")
+                final, _staged, more = _reembed_state(path, sizes.entries)
+                problems += check_file(path).problems() + more
+                if final != "new":
+                    problems.append(f"after the resumed re-embed the file is {final}")
+            if run.duration is not None:  # follow the machine's speed (other jobs come and go)
+                duration = run.duration
+            if delay is None:
+                outcome = f"calibration (not killed, {duration or 0:.2f} s)"
+            else:
+                report.kills += 1
+                if run.finished:
+                    outcome = "finished before the kill"
+                elif state == "old":
+                    outcome = "killed mid-way: old model, resumed"
+                else:
+                    outcome = "killed mid-way: after the switch"
+            report.outcomes[outcome] += 1
+            report.violations += [f"round {report.rounds}: {p}" for p in problems]
+            report.rounds += 1
+            if problems:
+                break
+    report.entries = sizes.entries
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+def _import_problems(
+    path: str, sizes: BulkSizes, expected: dict[str, str], *, finished: bool
+) -> list[str]:
+    """All of the import file's rows or none of them, next to the template's entries."""
+    file_check = check_file(path)
+    problems = file_check.problems()
+    rows = _bulk_rows(path)
+    if file_check.entries not in (sizes.entries, sizes.entries + sizes.rows):
+        problems.append(
+            f"{file_check.entries} entries: neither {sizes.entries} (before) nor "
+            f"{sizes.entries + sizes.rows} (all imported)"
+        )
+    if rows and rows != expected:
+        problems.append(f"{len(rows)} of {sizes.rows} imported rows, or wrong responses")
+    if finished and not rows:
+        problems.append("the import reported success but nothing is there")
+    return problems
+
+
+def run_import(workdir: str, kills: int, seed: int, sizes: BulkSizes) -> ScenarioReport:
+    """``semcache import``: all of the file's rows or none of them, whenever it is killed."""
+    report = ScenarioReport("import")
+    rng = random.Random(seed)
+    started = time.monotonic()
+    template = _bulk_template(workdir, sizes.entries)
+    file = _bulk_file(workdir, sizes.rows)
+    expected = {bulk_query(i): bulk_answer(i) for i in range(sizes.rows)}
+    path = os.path.join(workdir, "import.db")
+    args = ["import", path, file, str(sizes.batch), str(sizes.delay)]
+    duration: float | None = None
+    with tempfile.TemporaryFile() as stderr:
+        while report.kills < kills:
+            _fresh_copy(template, path)
+            delay = _kill_moment(rng, duration)
+            run = _run_and_kill(args, stderr, delay)
+            if run.lines[0] != "STARTED" or (delay is None and not run.finished):
+                report.violations.append(f"round {report.rounds}: child failed: {run.stderr}")
+                break
+            problems = _import_problems(path, sizes, expected, finished=run.finished)
+            rows = _bulk_rows(path)
+            if run.duration is not None:  # follow the machine's speed (other jobs come and go)
+                duration = run.duration
+            if delay is None:
+                outcome = f"calibration (not killed, {duration or 0:.2f} s)"
+            else:
+                report.kills += 1
+                if run.finished:
+                    outcome = "finished before the kill"
+                else:
+                    outcome = f"killed mid-way: {'all' if rows else 'nothing'} imported"
+            report.outcomes[outcome] += 1
+            report.violations += [f"round {report.rounds}: {p}" for p in problems]
+            report.rounds += 1
+            report.verified += 1
+            if problems:
+                break
+    report.entries = sizes.entries + sizes.rows
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+def _warm_again(path: str, file: str) -> tuple[int, int, int]:
+    from semcache_sqlite.store import Scope
+    from semcache_sqlite.warmup import warm
+
+    db = Database(path)
+    try:
+        counts = warm(db, HashEmbedder(OLD_DIM), Path(file), "jsonl", Scope(BULK_NS, "", ""))
+    finally:
+        db.close()
+    return counts.added, counts.updated, counts.unchanged
+
+
+def run_warm(workdir: str, kills: int, seed: int, sizes: BulkSizes) -> ScenarioReport:
+    """``semcache warm``: a prefix of whole batches; re-running completes it, no duplicate."""
+    report = ScenarioReport("warm")
+    rng = random.Random(seed)
+    started = time.monotonic()
+    template = _bulk_template(workdir, sizes.entries)
+    file = _bulk_file(workdir, sizes.rows)
+    order = [bulk_query(i) for i in range(sizes.rows)]
+    path = os.path.join(workdir, "warm.db")
+    args = ["warm", path, file, str(sizes.batch), str(sizes.delay)]
+    duration: float | None = None
+    with tempfile.TemporaryFile() as stderr:
+        while report.kills < kills:
+            _fresh_copy(template, path)
+            delay = _kill_moment(rng, duration)
+            run = _run_and_kill(args, stderr, delay)
+            if run.lines[0] != "STARTED" or (delay is None and not run.finished):
+                report.violations.append(f"round {report.rounds}: child failed: {run.stderr}")
+                break
+            committed = [int(x.split()[1]) for x in run.lines if x.startswith("W ")]
+            reported = max(committed or [0])
+            report.verified += len(committed)
+            problems = check_file(path).problems()
+            rows = _bulk_rows(path)
+            k = len(rows)
+            if set(rows) != set(order[:k]) or any(
+                rows[q] != bulk_answer(i) for i, q in enumerate(order[:k]) if q in rows
+            ):
+                problems.append(f"the {k} warmed rows are not the file's first {k}")
+            if k % sizes.batch and k != sizes.rows:
+                problems.append(f"{k} rows warmed: not whole batches of {sizes.batch}")
+            if k < reported:
+                problems.append(f"{k} rows warmed, the child reported {reported} committed")
+            added, updated, unchanged = _warm_again(path, file)
+            if (added, updated, unchanged) != (sizes.rows - k, 0, k):
+                problems.append(
+                    f"re-running warm after {k} rows: {added} added, {updated} updated, "
+                    f"{unchanged} unchanged"
+                )
+            after = check_file(path)
+            problems += after.problems()
+            if after.entries != sizes.entries + sizes.rows or _bulk_rows(path) != dict(
+                zip(order, (bulk_answer(i) for i in range(sizes.rows)), strict=True)
+            ):
+                problems.append(f"{after.entries} entries after re-running warm")
+            if run.duration is not None:  # follow the machine's speed (other jobs come and go)
+                duration = run.duration
+            if delay is None:
+                outcome = f"calibration (not killed, {duration or 0:.2f} s)"
+            else:
+                report.kills += 1
+                outcome = "finished before the kill" if run.finished else "killed mid-way"
+            report.outcomes[outcome] += 1
+            report.violations += [f"round {report.rounds}: {p}" for p in problems]
+            report.rounds += 1
+            if problems:
+                break
+    report.entries = sizes.entries + sizes.rows
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+SCENARIOS = ("writes", "migration", "reembed", "import", "warm")
 
 
 def run(
@@ -498,6 +923,7 @@ def run(
     seed: int = 0,
     max_lines: int = 300,
     migration_rows: int = 200_000,
+    bulk: BulkSizes | None = None,
     path: str | None = None,
 ) -> CrashReport:
     """Run each scenario with ``kills`` kills; files live in ``workdir``."""
@@ -509,6 +935,12 @@ def run(
             reports.append(run_writes(writes_path, kills, seed, max_lines))
         elif scenario == "migration":
             reports.append(run_migration(workdir, kills, seed, migration_rows))
+        elif scenario == "reembed":
+            reports.append(run_reembed(workdir, kills, seed, bulk or BulkSizes()))
+        elif scenario == "import":
+            reports.append(run_import(workdir, kills, seed, bulk or BulkSizes()))
+        elif scenario == "warm":
+            reports.append(run_warm(workdir, kills, seed, bulk or BulkSizes()))
         else:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     return CrashReport(writes_path, reports)
@@ -522,6 +954,12 @@ def main(argv: list[str] | None = None) -> int:
             child_writes(rest[0], int(rest[1]), int(rest[2]))
         elif kind == "migration":
             child_migration(rest[0], int(rest[1]))
+        elif kind == "reembed":
+            child_reembed(rest[0], int(rest[1]), float(rest[2]))
+        elif kind == "import":
+            child_import(rest[0], rest[1], int(rest[2]), float(rest[3]))
+        elif kind == "warm":
+            child_warm(rest[0], rest[1], int(rest[2]), float(rest[3]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=200, help="kills per scenario (200)")
@@ -529,6 +967,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-lines", type=int, default=300, help="most reports before a kill")
     parser.add_argument("--migration-rows", type=int, default=200_000)
+    parser.add_argument(
+        "--bulk-entries", type=int, default=1500, help="entries in the reembed/import/warm file"
+    )
+    parser.add_argument(
+        "--bulk-rows", type=int, default=1500, help="rows of the import/warm input file"
+    )
+    parser.add_argument("--bulk-batch", type=int, default=16, help="their batch_size")
+    parser.add_argument(
+        "--bulk-delay", type=float, default=0.002, help="seconds per embed() call in the child"
+    )
     parser.add_argument("--path", help="file for the writes scenario (default: temporary)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -541,6 +989,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             max_lines=args.max_lines,
             migration_rows=args.migration_rows,
+            bulk=BulkSizes(args.bulk_entries, args.bulk_rows, args.bulk_batch, args.bulk_delay),
             path=args.path,
         )
     if args.json:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,16 @@ _WORD = re.compile(r"\w+")
 
 
 class HashEmbedder:
-    """Bag of hashed words, L2-normalised: shared words mean similar, none mean orthogonal."""
+    """Bag of hashed words, L2-normalised: shared words mean similar, none mean orthogonal.
 
-    def __init__(self, dim: int = 32) -> None:
+    ``delay`` seconds are spent in every ``embed()`` call (the model stays the same):
+    the crash scenarios use it to make a batched operation last long enough for
+    kills to land in the middle of it.
+    """
+
+    def __init__(self, dim: int = 32, delay: float = 0.0) -> None:
         self._dim = dim
+        self._delay = delay
 
     @property
     def model_id(self) -> str:
@@ -44,6 +51,8 @@ class HashEmbedder:
         return 0.8
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        if self._delay:
+            time.sleep(self._delay)
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in _WORD.findall(text.lower()) or [text]:

@@ -14,6 +14,7 @@ from semcache_sqlite.migrate import latest_version
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import crash
+from reliability import HashEmbedder
 
 
 def test_sigkill_while_writing_loses_nothing_committed(tmp_path: Path) -> None:
@@ -60,3 +61,43 @@ def test_migration_checker_catches_a_half_migrated_file(tmp_path: Path) -> None:
     db.close()
     state, problems = crash._migration_state(str(path), old, 10)
     assert state == "between" and problems
+
+
+SMALL = crash.BulkSizes(entries=300, rows=300, batch=8, delay=0.002)
+
+
+def test_sigkill_during_reembed_leaves_old_or_new_model_and_resumes(tmp_path: Path) -> None:
+    report = crash.run(tmp_path, kills=3, scenarios=("reembed",), seed=11, bulk=SMALL)
+    assert report.ok, report.summary()
+    outcomes = report.scenarios[0].outcomes
+    assert sum(outcomes.values()) == 4  # the calibration run + 3 kills
+    assert report.scenarios[0].verified > 0  # progress reports checked against staged vectors
+
+
+def test_sigkill_during_import_leaves_all_or_nothing(tmp_path: Path) -> None:
+    report = crash.run(tmp_path, kills=3, scenarios=("import",), seed=12, bulk=SMALL)
+    assert report.ok, report.summary()
+    assert sum(report.scenarios[0].outcomes.values()) == 4
+
+
+def test_sigkill_during_warm_leaves_whole_batches_and_rerun_completes(tmp_path: Path) -> None:
+    report = crash.run(tmp_path, kills=3, scenarios=("warm",), seed=13, bulk=SMALL)
+    assert report.ok, report.summary()
+    assert sum(report.scenarios[0].outcomes.values()) == 4
+
+
+def test_bulk_checkers_catch_missing_entries_and_half_imports(tmp_path: Path) -> None:
+    """The re-embed and import checks must be able to fail."""
+    template = crash._bulk_template(str(tmp_path), 10)
+    state, _staged, problems = crash._reembed_state(template, 11)
+    assert state == "old"
+    assert any("expected 11" in p for p in problems)
+    assert any("lookup of entry 10" in p for p in problems)
+    file = crash._bulk_file(str(tmp_path), 20)
+    with SemanticCache(template, embedder=HashEmbedder(crash.OLD_DIM)) as cache:
+        cache.store(crash.bulk_query(0), None, crash.bulk_answer(0), namespace=crash.BULK_NS)
+    sizes = crash.BulkSizes(entries=10, rows=20)
+    expected = {crash.bulk_query(i): crash.bulk_answer(i) for i in range(20)}
+    problems = crash._import_problems(template, sizes, expected, finished=False)
+    assert any("neither 10" in p for p in problems), problems
+    assert file
