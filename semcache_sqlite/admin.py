@@ -21,6 +21,7 @@ from .db import Database
 from .migrate import APPLICATION_ID, schema_version
 from .store import _ENTRY_COLUMNS, VECTOR_TABLE, EntryRow, Store
 from .store_lifecycle import vec_expiry
+from .timing import latency_figures
 from .validation import FloatVector
 
 SortOrder = Literal["newest", "oldest", "most-hit"]
@@ -31,9 +32,6 @@ _ORDER_BY: dict[str, str] = {
     "most-hit": "hit_count DESC, last_hit_at DESC, id DESC",
 }
 
-#: Column of ``namespace_stats`` holding seconds of LLM time saved by hits, once a
-#: migration adds latency counters. Until then ``time_saved`` reports None ("n/a").
-TIME_SAVED_COLUMN = "saved_seconds"
 
 _CASEFOLD_SQL_FUNCTION = "semcache_casefold"
 
@@ -172,16 +170,19 @@ class Admin:
     def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
         return self.store.namespace_counters()
 
-    def time_saved(self) -> dict[str, float] | None:
-        """Seconds of LLM time saved per namespace, or None if the file records no latencies."""
+    def time_saved(self) -> dict[str, float | None] | None:
+        """Seconds of wall time hits saved per namespace (``stats()``'s ``seconds_saved``:
+        hits x (mean LLM latency - mean hit latency)); None for a namespace whose cache
+        never timed an LLM call, and None overall for a file older than the latency
+        counters (migration 0004)."""
         with self.db.reading() as conn:
             columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(namespace_stats)")}
-            if TIME_SAVED_COLUMN not in columns:
-                return None
-            rows = conn.execute(
-                f"SELECT namespace, coalesce({TIME_SAVED_COLUMN}, 0) FROM namespace_stats"
-            ).fetchall()
-        return {str(r[0]): float(r[1]) for r in rows}
+        if "llm_seconds" not in columns:
+            return None
+        return {
+            name: latency_figures(sums)["seconds_saved"] if sums.llm_calls else None
+            for name, sums in self.store.latency_counters().items()
+        }
 
     # -- listing -----------------------------------------------------------------
 

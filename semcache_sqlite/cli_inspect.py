@@ -57,7 +57,7 @@ def stats(state: CliState, db: str, as_json: bool) -> None:
     """Hits, misses, hit rate and time saved, overall and per namespace, plus the
     file's size, embedding model and schema version.
 
-    Time saved shows "n/a" until the file records LLM latencies. The lifecycle
+    Time saved (hits x (mean LLM latency - mean hit latency), as stats() in the library) shows "n/a" for a namespace whose cache never timed an LLM call. The lifecycle
     column is what the file itself says about each namespace (its
     `semcache config` overrides over the defaults); an application's
     constructor arguments (ttl=, max_entries=, ...) are not stored in the file.
@@ -82,7 +82,7 @@ def stats(state: CliState, db: str, as_json: bool) -> None:
             "misses": misses,
             "total_requests": hits + misses,
             "hit_rate": _rate(hits, misses),
-            "time_saved_seconds": None if saved is None else saved.get(name, 0.0),
+            "time_saved_seconds": None if saved is None else saved.get(name),
         }
     hits = sum(n["hits"] for n in namespaces.values())
     misses = sum(n["misses"] for n in namespaces.values())
@@ -99,13 +99,19 @@ def stats(state: CliState, db: str, as_json: bool) -> None:
         "misses": misses,
         "total_requests": hits + misses,
         "hit_rate": _rate(hits, misses),
-        "time_saved_seconds": None if saved is None else sum(saved.values()),
+        "time_saved_seconds": _total_saved(saved),
         "namespaces": namespaces,
     }
     if as_json:
         emit_json(overall)
         return
     _print_stats(overall)
+
+
+def _total_saved(saved: dict[str, float | None] | None) -> float | None:
+    """Sum over the namespaces that timed an LLM call; None when none did."""
+    known = [s for s in (saved or {}).values() if s is not None]
+    return sum(known) if known else None
 
 
 def _print_stats(overall: dict[str, Any]) -> None:

@@ -662,7 +662,7 @@ class Store(LifecycleStore, ReembedStore):
         return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
     def latency_counters(self) -> dict[str, LatencySums]:
-        """namespace -> the persisted latency sums (see migrations/0005_latency_stats.sql)."""
+        """namespace -> the persisted latency sums (see migrations/0004_latency_stats.sql)."""
         with self.db.reading() as conn:
             rows = conn.execute(
                 "SELECT namespace, hits, misses, hit_seconds, miss_seconds, llm_seconds, "

@@ -20,6 +20,26 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
+def test_stats_time_saved_matches_the_library(db: Path) -> None:
+    """Time saved comes from the persisted latency sums, as the library's stats() says."""
+    calls: list[str] = []
+
+    def slow_llm(prompt: str) -> str:
+        sum(i * i for i in range(200_000))  # a measurable LLM latency, by real work
+        calls.append(prompt)
+        return f"answer to {prompt}"
+
+    with SemanticCache(db, embedder=FakeEmbedder(), llm=slow_llm) as cache:
+        cache.get_or_compute("a question nobody asked yet", namespace="ops")  # miss: LLM
+        cache.get_or_compute("a question nobody asked yet", namespace="ops")  # hit
+        expected = cache.stats("ops")["seconds_saved"]
+    assert len(calls) == 1 and expected > 0
+    stats = fake_cli().json("stats", db)
+    assert stats["namespaces"]["ops"]["time_saved_seconds"] == pytest.approx(expected)
+    assert stats["namespaces"]["default"]["time_saved_seconds"] is None  # no LLM timed
+    assert stats["time_saved_seconds"] == pytest.approx(expected)
+
+
 def test_stats_overall_and_per_namespace(db: Path) -> None:
     with SemanticCache(db, embedder=FakeEmbedder()) as cache:
         cache.lookup("how do i reset my password")  # hit
