@@ -57,8 +57,9 @@ def stats(state: CliState, db: str, as_json: bool) -> None:
     """Hits, misses, hit rate and time saved, overall and per namespace, plus the
     file's size, embedding model and schema version.
 
-    Time saved (hits x (mean LLM latency - mean hit latency), as stats() in the library) shows "n/a" for a namespace whose cache never timed an LLM call. The lifecycle
-    column is what the file itself says about each namespace (its
+    Time saved is hits x (mean LLM latency - mean hit latency), as the library's
+    stats() computes it; "n/a" for a namespace whose cache never timed an LLM call.
+    The lifecycle column is what the file itself says about each namespace (its
     `semcache config` overrides over the defaults); an application's
     constructor arguments (ttl=, max_entries=, ...) are not stored in the file.
 
