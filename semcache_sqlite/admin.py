@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .db import Database
-from .migrate import APPLICATION_ID, schema_version
+from .migrate import schema_version
 from .store import _ENTRY_COLUMNS, VECTOR_TABLE, EntryRow, Store
-from .store_lifecycle import vec_expiry
+from .store_lifecycle import has_vector_table, vec_expiry
 from .timing import latency_figures
 from .validation import FloatVector
 
@@ -99,10 +99,6 @@ class FileFacts:
     def embedding_dim(self) -> int | None:
         dim = self.info.get("embedding_dim")
         return None if dim is None else int(dim)
-
-    @property
-    def application_id_ok(self) -> bool:
-        return self.application_id in (0, APPLICATION_ID)
 
 
 @dataclass(frozen=True)
@@ -266,7 +262,7 @@ class Admin:
         if not ids:
             return {}
         with self.db.reading() as conn:
-            if not _has_vector_table(conn):
+            if not has_vector_table(conn):
                 return {}
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
@@ -293,7 +289,7 @@ class Admin:
         with self.db.transaction() as conn:
             conn.create_function(_CASEFOLD_SQL_FUNCTION, 1, _casefold, deterministic=True)
             where, params = flt.where()
-            if _has_vector_table(conn):
+            if has_vector_table(conn):
                 conn.execute(
                     f"DELETE FROM {VECTOR_TABLE} WHERE rowid IN (SELECT id FROM entries {where})",
                     params,
@@ -420,7 +416,7 @@ class Admin:
 
     def vector_count(self) -> int:
         with self.db.reading() as conn:
-            if not _has_vector_table(conn):
+            if not has_vector_table(conn):
                 return 0
             return int(conn.execute(f"SELECT count(*) FROM {VECTOR_TABLE}").fetchone()[0])
 
@@ -441,12 +437,3 @@ class Admin:
         with self.db.reading() as conn:
             busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return int(busy), int(log), int(done)
-
-
-def _has_vector_table(conn: Any) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
-        ).fetchone()
-        is not None
-    )

@@ -52,7 +52,6 @@ class LLM(Protocol):
     def __call__(self, prompt: str) -> str: ...
 
 
-LLMCallable = Callable[[str], str]
 #: Anything ``get_or_compute`` accepts as ``llm``: ``f(prompt) -> str | Completion``,
 #: an ``async def`` of the same shape (async API), or an object such as OpenAIChat.
 LLMFunction: TypeAlias = Callable[[Any], Any]

@@ -45,6 +45,7 @@ from .store_lifecycle import (
     LifecycleStore,
     has_vector_table,
     vec_expiry,
+    vector_layout_current,
 )
 from .store_reembed import ReembedStore
 from .validation import FloatVector
@@ -193,10 +194,7 @@ class Store(LifecycleStore, ReembedStore):
 
     def _vector_layout_current(self) -> bool:
         with self.db.reading() as conn:
-            row = conn.execute(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
-            ).fetchone()
-        return row is not None and "expires_at" in str(row[0])
+            return vector_layout_current(conn)
 
     def check_embedder(self, model_id: str, dim: int) -> None:
         """bind_embedder() for a read-only file: check only (a file never written matches)."""
@@ -483,7 +481,7 @@ class Store(LifecycleStore, ReembedStore):
             params.append(user_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.transaction() as conn:
-            if not self._has_vector_table(conn):
+            if not has_vector_table(conn):
                 return int(conn.execute(f"DELETE FROM entries {where}", params).rowcount)
             conn.execute(
                 f"DELETE FROM {VECTOR_TABLE} WHERE rowid IN (SELECT id FROM entries {where})",
@@ -615,7 +613,7 @@ class Store(LifecycleStore, ReembedStore):
         users = scope.visible_user_ids()
         marks = ",".join("?" * len(users))
         with self.db.reading() as conn:
-            if not self._has_vector_table(conn):
+            if not has_vector_table(conn):
                 return []
             self._check_bound(conn)
             neighbours = conn.execute(
@@ -637,16 +635,6 @@ class Store(LifecycleStore, ReembedStore):
                 if row is not None:
                     results.append((EntryRow.from_row(row), float(distance)))
             return results
-
-    def count_entries(self, namespace: str | None = None) -> int:
-        with self.db.reading() as conn:
-            if namespace is None:
-                return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
-            return int(
-                conn.execute(
-                    "SELECT count(*) FROM entries WHERE namespace = ?", (namespace,)
-                ).fetchone()[0]
-            )
 
     def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
         """namespace -> (entries, hits, misses), for every namespace with entries or lookups."""
@@ -685,7 +673,7 @@ class Store(LifecycleStore, ReembedStore):
     def orphan_counts(self) -> tuple[int, int]:
         """(entries without a vector, vectors without an entry): both must be 0."""
         with self.db.reading() as conn:
-            if not self._has_vector_table(conn):
+            if not has_vector_table(conn):
                 return (int(conn.execute("SELECT count(*) FROM entries").fetchone()[0]), 0)
             no_vector = conn.execute(
                 f"SELECT count(*) FROM entries WHERE id NOT IN (SELECT rowid FROM {VECTOR_TABLE})"
@@ -708,7 +696,3 @@ class Store(LifecycleStore, ReembedStore):
             for row in rows:
                 yield EntryRow.from_row(row)
             last = int(rows[-1][0])
-
-    @staticmethod
-    def _has_vector_table(conn: Any) -> bool:
-        return has_vector_table(conn)

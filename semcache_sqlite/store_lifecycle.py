@@ -90,6 +90,14 @@ def has_vector_table(conn: Any) -> bool:
     return row is not None
 
 
+def vector_layout_current(conn: Any) -> bool:
+    """The vec0 table exists and has this schema's layout (an ``expires_at`` column)."""
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
+    ).fetchone()
+    return row is not None and "expires_at" in str(row[0])
+
+
 class LifecycleStore:
     """Lifecycle SQL over ``self.db``; ``Store`` sets the attributes below."""
 
@@ -411,13 +419,10 @@ class LifecycleStore:
         it in SQL because the table's DDL carries the dimension. Returns True if
         the table was (re)built.
         """
-        row = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
-        ).fetchone()
-        if row is None:
+        if not has_vector_table(conn):
             conn.execute(vector_table_ddl(dim))
             return True
-        if "expires_at" in str(row[0]):
+        if vector_layout_current(conn):
             return False
         self._rebuild_vector_table(conn, dim)
         return True
