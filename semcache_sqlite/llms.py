@@ -247,33 +247,42 @@ class OpenAIChat:
             model=getattr(response, "model", None),
         )
 
-    def complete(self, prompt: Prompt) -> Completion:
-        """One chat completion for ``prompt`` (a str or a list of messages)."""
+    def _create(self, prompt: Prompt, *, stream: bool) -> Any:
+        """One chat request (a completion, or the opening of a stream), with retries."""
         client = self._clients.sync()
-        params = self._request(prompt, stream=False)
+        params = self._request(prompt, stream=stream)
         try:
-            response = call_with_retries(
+            return call_with_retries(
                 lambda: client.chat.completions.create(**params),
                 self.retry,
-                what=f"chat completion with {self.model!r}",
+                what=self._what(stream),
             )
         except Exception as exc:
             raise self._error(exc) from exc
-        return self._completion(response)
+
+    async def _acreate(self, prompt: Prompt, *, stream: bool) -> Any:
+        """Async twin of :meth:`_create`, with ``openai.AsyncOpenAI``."""
+        client = self._clients.for_running_loop()
+        params = self._request(prompt, stream=stream)
+        try:
+            return await acall_with_retries(
+                lambda: client.chat.completions.create(**params),
+                self.retry,
+                what=self._what(stream),
+            )
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    def _what(self, stream: bool) -> str:
+        return f"chat {'stream' if stream else 'completion'} with {self.model!r}"
+
+    def complete(self, prompt: Prompt) -> Completion:
+        """One chat completion for ``prompt`` (a str or a list of messages)."""
+        return self._completion(self._create(prompt, stream=False))
 
     async def acomplete(self, prompt: Prompt) -> Completion:
         """Async twin of :meth:`complete`, with ``openai.AsyncOpenAI``."""
-        client = self._clients.for_running_loop()
-        params = self._request(prompt, stream=False)
-        try:
-            response = await acall_with_retries(
-                lambda: client.chat.completions.create(**params),
-                self.retry,
-                what=f"chat completion with {self.model!r}",
-            )
-        except Exception as exc:
-            raise self._error(exc) from exc
-        return self._completion(response)
+        return self._completion(await self._acreate(prompt, stream=False))
 
     def __call__(self, prompt: Prompt) -> str:
         """The answer's text (an empty answer raises LLMError)."""
@@ -281,31 +290,11 @@ class OpenAIChat:
 
     def stream(self, prompt: Prompt) -> ChatStream:
         """Stream the answer as text pieces; retries apply until the stream has opened."""
-        client = self._clients.sync()
-        params = self._request(prompt, stream=True)
-        try:
-            raw = call_with_retries(
-                lambda: client.chat.completions.create(**params),
-                self.retry,
-                what=f"chat stream with {self.model!r}",
-            )
-        except Exception as exc:
-            raise self._error(exc) from exc
-        return ChatStream(raw, self._error)
+        return ChatStream(self._create(prompt, stream=True), self._error)
 
     async def astream(self, prompt: Prompt) -> AsyncChatStream:
         """Async twin of :meth:`stream`."""
-        client = self._clients.for_running_loop()
-        params = self._request(prompt, stream=True)
-        try:
-            raw = await acall_with_retries(
-                lambda: client.chat.completions.create(**params),
-                self.retry,
-                what=f"chat stream with {self.model!r}",
-            )
-        except Exception as exc:
-            raise self._error(exc) from exc
-        return AsyncChatStream(raw, self._error)
+        return AsyncChatStream(await self._acreate(prompt, stream=True), self._error)
 
     def close(self) -> None:
         """Close the HTTP client this object created."""
