@@ -33,6 +33,7 @@ from .errors import (
     SemCacheError,
     StorageError,
     StorageFullError,
+    UpgradeRequiredError,
     VersionConflictError,
 )
 from .fallback import FallbackPolicy
@@ -97,6 +98,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "Timings",
+    "UpgradeRequiredError",
     "VersionConflictError",
     "__version__",
     "conversation_text",

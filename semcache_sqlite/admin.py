@@ -20,9 +20,17 @@ from typing import Any, Literal
 from .db import Database
 from .migrate import schema_version
 from .store import _ENTRY_COLUMNS, VECTOR_TABLE, EntryRow, Store
-from .store_lifecycle import has_vector_table, vec_expiry
 from .timing import latency_figures
 from .validation import FloatVector
+from .vector_index import (
+    EMBEDDING_TABLE,
+    delete_vectors,
+    delete_vectors_where,
+    has_vector_table,
+    put_vectors,
+    vector_layout_current,
+    vector_row,
+)
 
 SortOrder = Literal["newest", "oldest", "most-hit"]
 
@@ -89,7 +97,8 @@ class FileFacts:
     freelist_count: int
     info: dict[str, str]
     has_vector_table: bool
-    vector_table_dim: int | None
+    vector_table_dim: int | None  # the width in its DDL (bits are rounded up to bytes)
+    vector_layout_current: bool
 
     @property
     def embedding_model(self) -> str | None:
@@ -150,7 +159,7 @@ class Admin:
             row = conn.execute(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
             ).fetchone()
-            dim_match = re.search(r"float\[(\d+)\]", str(row[0])) if row else None
+            dim_match = re.search(r"(?:float|bit)\[(\d+)\]", str(row[0])) if row else None
             return FileFacts(
                 schema_version=schema_version(conn),
                 application_id=int(pragma["application_id"]),
@@ -161,6 +170,7 @@ class Admin:
                 info=info,
                 has_vector_table=row is not None,
                 vector_table_dim=int(dim_match.group(1)) if dim_match else None,
+                vector_layout_current=vector_layout_current(conn),
             )
 
     def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
@@ -266,7 +276,7 @@ class Admin:
                 return {}
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
-                f"SELECT rowid, embedding FROM {VECTOR_TABLE} WHERE rowid IN ({marks})",
+                f"SELECT id, embedding FROM {EMBEDDING_TABLE} WHERE id IN ({marks})",
                 [int(i) for i in ids],
             ).fetchall()
         return {int(r[0]): bytes(r[1]) for r in rows}
@@ -290,10 +300,7 @@ class Admin:
             conn.create_function(_CASEFOLD_SQL_FUNCTION, 1, _casefold, deterministic=True)
             where, params = flt.where()
             if has_vector_table(conn):
-                conn.execute(
-                    f"DELETE FROM {VECTOR_TABLE} WHERE rowid IN (SELECT id FROM entries {where})",
-                    params,
-                )
+                delete_vectors_where(conn, where, params)
             return int(conn.execute(f"DELETE FROM entries {where}", params).rowcount)
 
     # -- bulk writes -------------------------------------------------------------
@@ -353,7 +360,7 @@ class Admin:
                     "last_hit_at = ?, metadata = ?, ttl = ?, expires_at = ? WHERE id = ?",
                     (*values, entry_id),
                 )
-                conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
+                delete_vectors(conn, [entry_id])
                 replaced += 1
             else:
                 entry_id_param = row.preferred_id if self._id_free(conn, row.preferred_id) else None
@@ -374,19 +381,19 @@ class Admin:
                 )
                 entry_id = int(cursor.lastrowid)
                 added += 1
-            # The vector row carries the entry's expiry (TTL filter inside the KNN).
-            conn.execute(
-                f"INSERT INTO {VECTOR_TABLE} "
-                "(rowid, embedding, namespace, user_id, context_key, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    entry_id,
-                    vector.tobytes(),
-                    row.namespace,
-                    row.user_id,
-                    row.context_key,
-                    vec_expiry(row.expires_at),
-                ),
+            # The index row carries the entry's expiry (TTL filter inside the KNN).
+            put_vectors(
+                conn,
+                [
+                    vector_row(
+                        entry_id,
+                        row.namespace,
+                        row.user_id,
+                        row.context_key,
+                        row.expires_at,
+                        vector,
+                    )
+                ],
             )
         return added, replaced
 
@@ -398,7 +405,7 @@ class Admin:
         if taken is not None:
             return False
         return (
-            conn.execute(f"SELECT 1 FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,)).fetchone()
+            conn.execute(f"SELECT 1 FROM {EMBEDDING_TABLE} WHERE id = ?", (entry_id,)).fetchone()
             is None
         )
 

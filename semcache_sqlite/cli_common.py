@@ -30,6 +30,7 @@ from .errors import (
     NotACacheFileError,
     SchemaTooNewError,
     SemCacheError,
+    UpgradeRequiredError,
 )
 from .migrate import check_file_identity, check_not_newer, migrate
 from .store import EntryRow, Store
@@ -76,7 +77,7 @@ def exit_code_for(exc: SemCacheError) -> int:
         return EXIT_USAGE
     if isinstance(exc, EntryNotFoundError):
         return EXIT_NOT_FOUND
-    if isinstance(exc, (NotACacheFileError, SchemaTooNewError)):
+    if isinstance(exc, (NotACacheFileError, SchemaTooNewError, UpgradeRequiredError)):
         return EXIT_BAD_FILE
     if isinstance(exc, EmbedderMismatchError):
         return EXIT_WRONG_EMBEDDER
@@ -167,13 +168,15 @@ def open_existing(path: str, *, upgrade: bool = False) -> Database:
 
 
 def open_or_create(path: str) -> Database:
-    """Open a cache file for writing, creating it (and its schema) if missing."""
+    """Open a cache file for writing, creating it (and its schema) if missing; a file
+    of an older version is upgraded, its vector index included."""
     parent = Path(path).parent
     if not parent.is_dir():
         raise CliError(f"{path}: directory {parent} does not exist", EXIT_ERROR)
     db = Database(path)
     try:
         migrate(db)
+        Store(db).upgrade_vector_layout()
     except BaseException:
         db.close()
         raise

@@ -51,6 +51,7 @@ from .migrate import APPLICATION_ID, latest_version, schema_version
 from .reembed import run_reembed
 from .store import Store
 from .validation import check_scope_name
+from .vector_index import bit_width
 
 Status = Literal["ok", "info", "warn", "problem"]
 
@@ -114,12 +115,20 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
             )
     if model is not None and not facts.has_vector_table:
         add(Check("vector table", "problem", "entry_vectors is missing"))
-    elif facts.has_vector_table and facts.vector_table_dim != dim:
+    elif facts.has_vector_table and not facts.vector_layout_current:
         add(
             Check(
                 "vector table",
                 "problem",
-                f"entry_vectors holds {facts.vector_table_dim}-d vectors, the file says {dim}",
+                "entry_vectors has the layout of an older version: run `semcache migrate`",
+            )
+        )
+    elif facts.has_vector_table and facts.vector_table_dim != bit_width(int(dim or 0)):
+        add(
+            Check(
+                "vector table",
+                "problem",
+                f"entry_vectors holds {facts.vector_table_dim}-bit vectors, the file says {dim}-d",
             )
         )
     no_vector, no_entry = admin.orphan_counts()

@@ -105,6 +105,12 @@ class MigrationError(StorageError):
     """A schema migration failed; the file is left at the last good version."""
 
 
+class UpgradeRequiredError(StorageError):
+    """The file was written by an older version and this handle may not upgrade it
+    (opened read-only, or by an inspection command); open it once writable, or run
+    ``semcache migrate``."""
+
+
 class ReadOnlyError(StorageError):
     """The file (or its directory, needed for the WAL) cannot be written."""
 

@@ -3,17 +3,16 @@
 Tables (see migrations/ for the plain ones):
 
 - ``entries``: one row per cached answer, readable with the stock sqlite3 shell.
-- ``entry_vectors``: a sqlite-vec ``vec0`` table, ``rowid = entries.id``, cosine
-  distance, with ``namespace``, ``user_id`` and ``context_key`` as metadata
-  columns so scope filters run INSIDE the KNN scan (filtering after a top-k
-  would lose matches). It is created by :meth:`Store.bind_embedder`, because its
-  column type carries the dimension.
+- ``entry_embeddings`` (exact float32 vectors) and ``entry_vectors`` (a sqlite-vec
+  ``vec0`` bit index partitioned by namespace, scope filters INSIDE the KNN
+  scan): see ``vector_index.py``. The vec0 table is created by
+  :meth:`Store.bind_embedder`, because its column type carries the dimension.
 - ``cache_info``: key/value facts about the file (embedding model and dimension).
 - ``namespace_stats``: persisted hit/miss counters and latency sums.
 
-Invariant: an entry row and its vector row are inserted, replaced and deleted
-in the same transaction. sqlite-vec has no INSERT OR REPLACE, so a vector
-"update" is DELETE + INSERT inside that transaction.
+Invariant: an entry row and its two vector rows are inserted, replaced and
+deleted in the same transaction (``vector_index.put_vectors`` /
+``delete_vectors``).
 
 Lifecycle (TTL filters, eviction, purge, invalidation, vector-table rebuilds) is
 in ``store_lifecycle.py`` and re-embedding in ``store_reembed.py``, both mixed in.
@@ -36,19 +35,31 @@ from .errors import (
     NotACacheFileError,
     ReadOnlyError,
     StorageFullError,
+    UpgradeRequiredError,
     VersionConflictError,
 )
 from .lifecycle import UNSET, LifecycleConfig, OnDuplicate, Unset, check_on_duplicate
-from .store_lifecycle import (
-    MAX_K,
-    VECTOR_TABLE,
-    LifecycleStore,
-    has_vector_table,
-    vec_expiry,
-    vector_layout_current,
-)
+from .store_lifecycle import LifecycleStore
 from .store_reembed import ReembedStore
 from .validation import FloatVector
+from .vector_index import (
+    CANDIDATES_PER_RESULT,
+    DEFAULT_CANDIDATES,
+    EMBEDDING_TABLE,
+    MAX_K,
+    VECTOR_TABLE,
+    ScopeFilter,
+    candidate_ids,
+    cosine_similarities,
+    delete_vectors,
+    delete_vectors_where,
+    has_vector_table,
+    put_vectors,
+    scan_scope,
+    set_expiry,
+    vector_layout_current,
+    vector_row,
+)
 
 __all__ = ["MAX_K", "VECTOR_TABLE", "EntryRow", "NewEntry", "Scope", "Store"]
 
@@ -159,6 +170,10 @@ class Store(LifecycleStore, ReembedStore):
         self._clock = clock
         self.lifecycle = lifecycle if lifecycle is not None else LifecycleConfig()
         self.bound: tuple[str, int] | None = None  # (model, dim) this Store writes vectors of
+        #: Hamming-nearest candidates re-scored per lookup (see ``nearest``).
+        self.search_candidates = DEFAULT_CANDIDATES
+        #: Scan every exact vector instead of using the bit index.
+        self.exact_search = False
 
     # -- file facts --------------------------------------------------------------
 
@@ -191,6 +206,15 @@ class Store(LifecycleStore, ReembedStore):
             # Creates the vec0 table, or upgrades one written by the first schema.
             self.ensure_vector_layout(conn, dim)
         self.bound = (model_id, int(dim))
+
+    def upgrade_vector_layout(self) -> bool:
+        """Bring a bound file's vector index to this version's layout (True if rebuilt);
+        a file never bound to an embedder has none yet."""
+        dim = self.info().get("embedding_dim")
+        if dim is None or self._vector_layout_current():
+            return False
+        with self.db.transaction() as conn:
+            return self.ensure_vector_layout(conn, int(dim))
 
     def _vector_layout_current(self) -> bool:
         with self.db.reading() as conn:
@@ -308,13 +332,9 @@ class Store(LifecycleStore, ReembedStore):
                             ),
                         )
                         if vector is None:  # the stored vector stays; only its expiry moves
-                            conn.execute(
-                                f"UPDATE {VECTOR_TABLE} SET expires_at = ? WHERE rowid = ?",
-                                (vec_expiry(expires_at), entry_id),
-                            )
+                            set_expiry(conn, entry_id, expires_at)
                         else:
-                            conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
-                            self._insert_vector(conn, entry_id, entry, vector, expires_at)
+                            self._put_vector(conn, entry_id, entry, vector, expires_at, True)
                         written.add(entry_id)
                     ids.append(entry_id)
                 elif vector is None:
@@ -376,30 +396,22 @@ class Store(LifecycleStore, ReembedStore):
             ),
         )
         entry_id = int(cursor.lastrowid)
-        self._insert_vector(conn, entry_id, entry, vector, expires_at)
+        self._put_vector(conn, entry_id, entry, vector, expires_at)
         return entry_id
 
-    def _insert_vector(
-        self,
+    @staticmethod
+    def _put_vector(
         conn: Any,
         entry_id: int,
         entry: NewEntry,
         vector: FloatVector,
         expires_at: float | None = None,
+        replace: bool = False,
     ) -> None:
-        conn.execute(
-            f"INSERT INTO {VECTOR_TABLE} "
-            "(rowid, embedding, namespace, user_id, context_key, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                entry_id,
-                vector.tobytes(),
-                entry.namespace,
-                entry.user_id,
-                entry.context_key,
-                vec_expiry(expires_at),
-            ),
+        row = vector_row(
+            entry_id, entry.namespace, entry.user_id, entry.context_key, expires_at, vector
         )
+        put_vectors(conn, [row], replace=replace)
 
     def replace(
         self,
@@ -446,13 +458,9 @@ class Store(LifecycleStore, ReembedStore):
             )
             if vector is not None or expires_at != current.expires_at:
                 if vector is None:  # only the expiry moves: vec0 metadata can be updated
-                    conn.execute(
-                        f"UPDATE {VECTOR_TABLE} SET expires_at = ? WHERE rowid = ?",
-                        (vec_expiry(expires_at), entry_id),
-                    )
+                    set_expiry(conn, entry_id, expires_at)
                 else:
                     self._check_bound(conn)
-                    conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
                     scope = NewEntry(
                         current.namespace,
                         current.user_id,
@@ -462,12 +470,13 @@ class Store(LifecycleStore, ReembedStore):
                         current.response,
                         {},
                     )
-                    self._insert_vector(conn, entry_id, scope, vector, expires_at)
+                    self._put_vector(conn, entry_id, scope, vector, expires_at, True)
             return self._get(conn, entry_id)
 
     def delete(self, entry_id: int) -> bool:
         with self.db.transaction() as conn:
-            conn.execute(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", (entry_id,))
+            if has_vector_table(conn):
+                delete_vectors(conn, [entry_id])
             return int(conn.execute("DELETE FROM entries WHERE id = ?", (entry_id,)).rowcount) > 0
 
     def delete_where(self, namespace: str | None = None, user_id: str | None = None) -> int:
@@ -483,10 +492,7 @@ class Store(LifecycleStore, ReembedStore):
         with self.db.transaction() as conn:
             if not has_vector_table(conn):
                 return int(conn.execute(f"DELETE FROM entries {where}", params).rowcount)
-            conn.execute(
-                f"DELETE FROM {VECTOR_TABLE} WHERE rowid IN (SELECT id FROM entries {where})",
-                params,
-            )
+            delete_vectors_where(conn, where, params)
             return int(conn.execute(f"DELETE FROM entries {where}", params).rowcount)
 
     def record_lookup(
@@ -601,40 +607,92 @@ class Store(LifecycleStore, ReembedStore):
         return None if row is None else int(row[0])
 
     def nearest(
-        self, scope: Scope, vector: FloatVector, k: int = 1
+        self, scope: Scope, vector: FloatVector, k: int = 1, *, exact: bool | None = None
     ) -> list[tuple[EntryRow, float]]:
         """The k nearest entries in scope with their cosine distance, nearest first.
 
-        The scope filter and the expiry filter are part of the vec0 KNN query
-        itself, so they are applied during the scan, before the top-k is taken: an
-        expired neighbour can never hide a fresh one.
+        Fast path (the default): the bit index returns the Hamming-nearest
+        ``max(search_candidates, 4k)`` entries of the scope (scope and expiry
+        filtered inside the scan, so an expired or foreign neighbour never takes a
+        candidate's place), then their exact vectors are re-scored. ``exact=True``
+        (or ``Store.exact_search``) scans every exact vector of the scope instead:
+        O(entries), for checking the fast path or for embedders whose signs carry
+        little information.
         """
         k = max(1, min(int(k), MAX_K))
-        users = scope.visible_user_ids()
-        marks = ",".join("?" * len(users))
+        now = self.now()
         with self.db.reading() as conn:
             if not has_vector_table(conn):
                 return []
+            if not vector_layout_current(conn):
+                raise UpgradeRequiredError(
+                    f"{self.db.path}: its vector index has the layout of an older version; "
+                    "open it once with a writable SemanticCache, or run `semcache migrate`"
+                )
             self._check_bound(conn)
-            neighbours = conn.execute(
-                f"SELECT rowid, distance FROM {VECTOR_TABLE} WHERE embedding MATCH ? AND k = ? "
-                f"AND namespace = ? AND context_key = ? AND user_id IN ({marks}) "
-                "AND expires_at > ? ORDER BY distance",
-                (vector.tobytes(), k, scope.namespace, scope.context_key, *users, self.now()),
-            ).fetchall()
-            results = []
-            for rowid, distance in neighbours:
-                if distance is None or distance != distance:
-                    # A NaN vector ranks first with a NULL distance (DESIGN.md section 5);
-                    # validation keeps them out, so this is a damaged file: skip it.
-                    logger.warning("entry %s has an unusable vector (corrupt file?)", rowid)
-                    continue
-                row = conn.execute(
-                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (rowid,)
-                ).fetchone()
-                if row is not None:
-                    results.append((EntryRow.from_row(row), float(distance)))
-            return results
+            if self.exact_search if exact is None else exact:
+                ranked = self._exact_ranking(conn, scope, vector, k)
+            else:
+                wanted = min(MAX_K, max(self.search_candidates, CANDIDATES_PER_RESULT * k))
+                filt = ScopeFilter(scope.namespace, scope.context_key, scope.user_id)
+                ranked = [(i, None) for i in candidate_ids(conn, filt, vector, wanted, now)]
+            return self._rescored(conn, scope, vector, ranked, k, now)
+
+    @staticmethod
+    def _exact_ranking(
+        conn: Any, scope: Scope, vector: FloatVector, k: int
+    ) -> list[tuple[int, float | None]]:
+        """The ids of the ~k best entries of the scope by an exact scan (a few extra,
+        since expired ones are dropped after)."""
+        best: list[tuple[float, int]] = []
+        for ids, sims in scan_scope(
+            conn,
+            vector,
+            namespace=scope.namespace,
+            user_ids=scope.visible_user_ids(),
+            context_key=scope.context_key,
+        ):
+            best.extend((float(s), i) for i, s in zip(ids, sims, strict=True) if s == s)
+            best = sorted(best, key=lambda t: (-t[0], t[1]))[: k + 64]
+        return [(i, s) for s, i in best]
+
+    def _rescored(
+        self,
+        conn: Any,
+        scope: Scope,
+        vector: FloatVector,
+        ranked: Sequence[tuple[int, float | None]],
+        k: int,
+        now: float,
+    ) -> list[tuple[EntryRow, float]]:
+        """Entries (re-checked to be in scope and unexpired) by exact cosine distance."""
+        if not ranked:
+            return []
+        ids = [i for i, _ in ranked]
+        marks = ",".join("?" * len(ids))
+        rows = conn.execute(
+            f"SELECT {_ENTRY_COLUMNS}, (SELECT embedding FROM {EMBEDDING_TABLE} b "
+            f"WHERE b.id = entries.id) FROM entries WHERE id IN ({marks})",
+            ids,
+        ).fetchall()
+        visible = scope.visible_user_ids()
+        rows = [
+            r
+            for r in rows
+            if r[1] == scope.namespace
+            and r[3] == scope.context_key
+            and r[2] in visible
+            and (r[14] is None or float(r[14]) > now)
+        ]
+        sims = cosine_similarities([b"" if r[-1] is None else bytes(r[-1]) for r in rows], vector)
+        found: list[tuple[float, int, EntryRow]] = []
+        for row, sim in zip(rows, sims, strict=True):
+            if sim != sim:  # no exact vector, or a damaged one: skip it, loudly
+                logger.warning("entry %s has an unusable vector (corrupt file?)", row[0])
+                continue
+            found.append((1.0 - float(sim), int(row[0]), EntryRow.from_row(row[:-1])))
+        found.sort(key=lambda t: (t[0], t[1]))
+        return [(entry, distance) for distance, _, entry in found[:k]]
 
     def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
         """namespace -> (entries, hits, misses), for every namespace with entries or lookups."""
@@ -671,15 +729,23 @@ class Store(LifecycleStore, ReembedStore):
         }
 
     def orphan_counts(self) -> tuple[int, int]:
-        """(entries without a vector, vectors without an entry): both must be 0."""
+        """(entries without a vector, vectors without an entry): both must be 0.
+
+        An entry needs both its exact vector and its index row; an id with a row in
+        either vector table but no entry counts once.
+        """
         with self.db.reading() as conn:
             if not has_vector_table(conn):
                 return (int(conn.execute("SELECT count(*) FROM entries").fetchone()[0]), 0)
             no_vector = conn.execute(
-                f"SELECT count(*) FROM entries WHERE id NOT IN (SELECT rowid FROM {VECTOR_TABLE})"
+                "SELECT count(*) FROM entries WHERE "
+                f"id NOT IN (SELECT rowid FROM {VECTOR_TABLE}) "
+                f"OR id NOT IN (SELECT id FROM {EMBEDDING_TABLE})"
             ).fetchone()[0]
             no_entry = conn.execute(
-                f"SELECT count(*) FROM {VECTOR_TABLE} WHERE rowid NOT IN (SELECT id FROM entries)"
+                f"SELECT count(*) FROM (SELECT rowid AS id FROM {VECTOR_TABLE} "
+                f"UNION SELECT id FROM {EMBEDDING_TABLE}) "
+                "WHERE id NOT IN (SELECT id FROM entries)"
             ).fetchone()[0]
         return int(no_vector), int(no_entry)
 

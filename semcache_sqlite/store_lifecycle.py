@@ -4,16 +4,12 @@ Mixed into :class:`semcache_sqlite.store.Store` (which runs the ordinary writes 
 calls :meth:`LifecycleStore._after_write` inside each write transaction). The
 rules themselves (what a TTL or a limit means) live in ``lifecycle.py``.
 
-Facts about sqlite-vec 0.1.9 this module is built on (measured, see the README):
-
-- vec0 metadata columns cannot be NULL, so ``expires_at`` in the vector table
-  uses :data:`NEVER_EXPIRES` for "never"; ``entries.expires_at`` keeps NULL.
-- A deleted vector's slot is reused only when its whole chunk (1024 rows) is
-  empty; new rows always go to the newest chunk. Random deletes leave holes that
-  only a rebuild of the table (``vacuum()``) removes.
-- ``ALTER TABLE ... RENAME`` breaks vec0, so a table with a new layout or a new
-  dimension is built by DROP + CREATE under the same name inside one transaction,
-  filled from a plain table.
+The vector layout itself (exact vectors in ``entry_embeddings``, a bit index in
+the vec0 table ``entry_vectors``) lives in ``vector_index.py``. A fact about
+sqlite-vec 0.1.9 this module is built on (measured): a deleted vector's slot is
+reused only when its whole chunk (1024 rows) is empty; new rows always go to the
+newest chunk of their partition. Random deletes leave holes that only a rebuild
+of the index (``vacuum()``) removes.
 """
 
 from __future__ import annotations
@@ -36,15 +32,23 @@ from .lifecycle import (
     eviction_target,
 )
 from .validation import FloatVector
+from .vector_index import (
+    EMBEDDING_TABLE,
+    MAX_K,
+    VECTOR_TABLE,
+    ScopeFilter,
+    delete_vectors,
+    has_vector_table,
+    put_vectors,
+    rebuild_index,
+    scan_scope,
+    set_expiry,
+    vector_layout_current,
+    vector_rows,
+    vector_table_ddl,
+)
 
-VECTOR_TABLE = "entry_vectors"
-
-#: sqlite-vec caps k.
-MAX_K = 4096
-
-#: ``expires_at`` in the vec0 table for entries that never expire (vec0 rejects
-#: NULL): about the year 3e10, far beyond any clock.
-NEVER_EXPIRES = 1e18
+__all__ = ["MAX_K", "VECTOR_TABLE", "LifecycleStore", "ScopeFilter"]
 
 #: After an eviction batch, the rows of vec0 chunks at most this full are moved to
 #: the newest chunk, so the old chunk empties and sqlite-vec frees it (it never
@@ -67,35 +71,6 @@ _VICTIM_ORDER: dict[Eviction, str] = {
     "lfu": "hit_count, created_at, id",
     "fifo": "created_at, id",
 }
-
-
-def vector_table_ddl(dim: int) -> str:
-    """The vec0 table: scope and expiry as metadata columns, filtered inside the KNN."""
-    return (
-        f"CREATE VIRTUAL TABLE {VECTOR_TABLE} USING vec0("
-        f"embedding float[{int(dim)}] distance_metric=cosine, "
-        "namespace text, user_id text, context_key text, expires_at float)"
-    )
-
-
-def vec_expiry(expires_at: float | None) -> float:
-    """``entries.expires_at`` as the vec0 column holds it (a float, never NULL)."""
-    return NEVER_EXPIRES if expires_at is None else float(expires_at)
-
-
-def has_vector_table(conn: Any) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
-    ).fetchone()
-    return row is not None
-
-
-def vector_layout_current(conn: Any) -> bool:
-    """The vec0 table exists and has this schema's layout (an ``expires_at`` column)."""
-    row = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
-    ).fetchone()
-    return row is not None and "expires_at" in str(row[0])
 
 
 class LifecycleStore:
@@ -160,10 +135,9 @@ class LifecycleStore:
         """Delete entries and their vectors (caller's transaction); return entries deleted."""
         if not ids:
             return 0
-        params = [(int(i),) for i in ids]
         if has_vector_table(conn):
-            # One statement per rowid: vec0 answers `rowid IN (...)` with a full scan.
-            conn.executemany(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", params)
+            delete_vectors(conn, ids)
+        params = [(int(i),) for i in ids]
         return int(conn.executemany("DELETE FROM entries WHERE id = ?", params).rowcount)
 
     def _expired_ids(
@@ -210,34 +184,25 @@ class LifecycleStore:
     ) -> list[int]:
         """Delete every entry whose vector is within ``max_distance`` (cosine) of ``vector``.
 
-        The bound and the scope filters are part of the KNN query, so one query with
-        the largest k finds up to 4096 victims; it repeats until a query comes back
-        short, all inside one transaction. None for a filter means "any".
+        An exact scan of the exact vectors (of the namespace, when given), in one
+        transaction: every entry within the bound goes, however many there are,
+        which the quantized index alone could not promise. None for a filter
+        means "any".
         """
-        filters, params = "", []
-        for column, value in (
-            ("namespace", namespace),
-            ("user_id", user_id),
-            ("context_key", context_key),
-        ):
-            if value is not None:
-                filters += f" AND {column} = ?"
-                params.append(value)
-        deleted: list[int] = []
+        limit = 1.0 - float(max_distance)
         with self.db.transaction() as conn:
-            if not has_vector_table(conn):
-                return []
-            while True:
-                rows = conn.execute(
-                    f"SELECT rowid FROM {VECTOR_TABLE} WHERE embedding MATCH ? AND k = ? "
-                    f"AND distance <= ?{filters}",
-                    (vector.tobytes(), MAX_K, float(max_distance), *params),
-                ).fetchall()
-                ids = [int(r[0]) for r in rows]
-                self._delete_ids(conn, ids)
-                deleted.extend(ids)
-                if len(ids) < MAX_K:
-                    return deleted
+            ids: list[int] = []
+            for batch, sims in scan_scope(
+                conn,
+                vector,
+                namespace=namespace,
+                user_ids=None if user_id is None else (user_id,),
+                context_key=context_key,
+            ):
+                # The same float32 tolerance as a lookup's threshold comparison.
+                ids.extend(i for i, s in zip(batch, sims, strict=True) if s >= limit - 1e-6)
+            self._delete_ids(conn, ids)
+            return ids
 
     # -- limits, enforced inside the write that crosses them -----------------------
 
@@ -342,37 +307,42 @@ class LifecycleStore:
             return
         expires_at = now + float(row[0])
         conn.execute("UPDATE entries SET expires_at = ? WHERE id = ?", (expires_at, entry_id))
-        conn.execute(
-            f"UPDATE {VECTOR_TABLE} SET expires_at = ? WHERE rowid = ?", (expires_at, entry_id)
-        )
+        set_expiry(conn, entry_id, expires_at)
 
     # -- the vector table itself -----------------------------------------------------
 
     def _compact_sparse_chunks(self, conn: Any, budget: int) -> int:
-        """Move the rows of the emptiest vec0 chunks (all but the newest, at most
-        SPARSE_CHUNK_FILL full, whole chunks only, up to ``budget`` rows) to the newest
-        chunk; sqlite-vec then frees the emptied chunks. Returns the rows moved.
+        """Move the rows of the emptiest vec0 chunks (all but the newest of each
+        namespace's partition, at most SPARSE_CHUNK_FILL full, whole chunks only, up
+        to ``budget`` rows) to the newest chunk of their partition; sqlite-vec then
+        frees the emptied chunks. Returns the rows moved.
 
-        Reads sqlite-vec's own ``<table>_rowids`` map (rowid -> chunk); if a future
-        sqlite-vec lays its tables out differently, this does nothing.
+        Reads sqlite-vec's own ``<table>_chunks`` / ``<table>_rowids`` tables (chunk
+        -> partition, rowid -> chunk); if a future sqlite-vec lays its tables out
+        differently, this does nothing.
         """
         if not self.compact_chunks:
             return 0
         try:
-            counts = conn.execute(
-                f"SELECT chunk_id, count(*) FROM {VECTOR_TABLE}_rowids "
-                "WHERE chunk_id IS NOT NULL GROUP BY chunk_id"
+            chunks = conn.execute(
+                f"SELECT chunk_id, partition00, size FROM {VECTOR_TABLE}_chunks"
             ).fetchall()
-            capacity = conn.execute(f"SELECT max(size) FROM {VECTOR_TABLE}_chunks").fetchone()[0]
+            counts = dict(
+                conn.execute(
+                    f"SELECT chunk_id, count(*) FROM {VECTOR_TABLE}_rowids "
+                    "WHERE chunk_id IS NOT NULL GROUP BY chunk_id"
+                ).fetchall()
+            )
         except self.db.driver.OperationalError:  # no such table / column: another layout
             return 0
-        if len(counts) < 2 or not capacity:
-            return 0
-        newest = max(int(chunk) for chunk, _ in counts)
+        newest: dict[Any, int] = {}
+        for chunk, partition, _ in chunks:
+            newest[partition] = max(newest.get(partition, 0), int(chunk))
         sparse = sorted(
-            (int(n), int(chunk))
-            for chunk, n in counts
-            if int(chunk) != newest and int(n) <= int(capacity) * SPARSE_CHUNK_FILL
+            (int(counts.get(chunk, 0)), int(chunk))
+            for chunk, partition, size in chunks
+            if int(chunk) != newest[partition]
+            and int(counts.get(chunk, 0)) <= int(size) * SPARSE_CHUNK_FILL
         )
         ids: list[int] = []
         for rows, chunk in sparse:
@@ -386,78 +356,49 @@ class LifecycleStore:
             )
         if not ids:
             return 0
-        # Read every vector first: vec0 point reads interleaved with writes on one
-        # connection are several times slower (measured).
-        vectors = [
-            conn.execute(f"SELECT embedding FROM {VECTOR_TABLE} WHERE rowid = ?", (i,)).fetchone()
-            for i in ids
-        ]
-        scopes = [
-            conn.execute(
-                "SELECT namespace, user_id, context_key, expires_at FROM entries WHERE id = ?",
-                (i,),
-            ).fetchone()
-            for i in ids
-        ]
-        conn.executemany(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", [(i,) for i in ids])
-        conn.executemany(
-            f"INSERT INTO {VECTOR_TABLE} "
-            "(rowid, embedding, namespace, user_id, context_key, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (i, vector[0], scope[0], scope[1], scope[2], vec_expiry(scope[3]))
-                for i, vector, scope in zip(ids, vectors, scopes, strict=True)
-                if vector is not None and scope is not None  # an orphan vector just goes
-            ],
-        )
+        # The exact vectors are re-quantized: reading bits back out of vec0 is slow.
+        moved = vector_rows(conn, ids)
+        delete_vectors(conn, ids)  # an orphan vector (no entry) just goes
+        put_vectors(conn, moved)
         return len(ids)
 
     def ensure_vector_layout(self, conn: Any, dim: int) -> bool:
-        """Create the vec0 table, or upgrade one of the first layout (no ``expires_at``).
+        """Create the vector index, or upgrade a file written by an older version.
 
-        Part of opening a file (the caller's transaction): migration 0002 cannot do
-        it in SQL because the table's DDL carries the dimension. Returns True if
-        the table was (re)built.
+        Part of opening a file (the caller's transaction): a migration cannot do it
+        in SQL because the vec0 DDL carries the dimension. Older layouts kept the
+        float32 vectors inside the vec0 table: they are copied out to
+        ``entry_embeddings`` first. Returns True if the index was (re)built.
         """
-        if not has_vector_table(conn):
-            conn.execute(vector_table_ddl(dim))
-            return True
         if vector_layout_current(conn):
             return False
-        self._rebuild_vector_table(conn, dim)
+        if has_vector_table(conn) and not self._index_is_quantized(conn):
+            self._copy_vectors_out(conn)
+        if (
+            has_vector_table(conn)
+            or conn.execute(f"SELECT EXISTS (SELECT 1 FROM {EMBEDDING_TABLE})").fetchone()[0]
+        ):
+            rebuild_index(conn, dim)
+        else:
+            conn.execute(vector_table_ddl(dim))
         return True
 
-    def _rebuild_vector_table(self, conn: Any, dim: int) -> int:
-        """Re-create the vec0 table from its own vectors, in the caller's transaction.
-
-        Gives the current layout and packs the rows into as few chunks as possible
-        (no holes left by deletes). Vectors without an entry are dropped. Costs
-        about 40 us per 384-d row (read out ~19 us, insert ~23 us, measured).
-        """
-        conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS vector_rebuild "
-            "(id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)"
-        )
-        conn.execute("DELETE FROM temp.vector_rebuild")
-        self._copy_vectors_out(conn)
-        conn.execute(f"DROP TABLE {VECTOR_TABLE}")
-        conn.execute(vector_table_ddl(dim))
-        moved = conn.execute(
-            f"INSERT INTO {VECTOR_TABLE} "
-            "(rowid, embedding, namespace, user_id, context_key, expires_at) "
-            "SELECT e.id, r.embedding, e.namespace, e.user_id, e.context_key, "
-            "coalesce(e.expires_at, ?) FROM entries e JOIN temp.vector_rebuild r ON r.id = e.id",
-            (NEVER_EXPIRES,),
-        ).rowcount
-        conn.execute("DROP TABLE temp.vector_rebuild")
-        return int(moved)
+    @staticmethod
+    def _index_is_quantized(conn: Any) -> bool:
+        row = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
+        ).fetchone()
+        return row is not None and "bit[" in str(row[0])
 
     def _copy_vectors_out(self, conn: Any) -> None:
+        """Copy the float32 vectors of a pre-0005 vec0 table into ``entry_embeddings``."""
         select = f"SELECT rowid, embedding FROM {VECTOR_TABLE}"
-        insert = "INSERT INTO temp.vector_rebuild (id, embedding) VALUES (?, ?)"
+        insert = f"INSERT OR REPLACE INTO {EMBEDDING_TABLE} (id, embedding) VALUES (?, ?)"
         if self.db.path == ":memory:":  # no second connection can see this database
             conn.executemany(insert, conn.execute(select).fetchall())
             return
+        # Read through a second connection: vec0 reads interleaved with writes on
+        # one connection are several times slower (measured).
         with self.db.side_connection() as side:
             cursor = side.execute(select)
             while rows := cursor.fetchmany(1024):
@@ -480,11 +421,18 @@ class LifecycleStore:
         rebuilt = 0
         with self.db.transaction() as conn:
             self._delete_ids(conn, self._expired_ids(conn, self.now(), None))
-            if compact_vectors and has_vector_table(conn):
-                dim = conn.execute(
-                    "SELECT value FROM cache_info WHERE key = 'embedding_dim'"
-                ).fetchone()
-                rebuilt = self._rebuild_vector_table(conn, int(dim[0]))
+            dim = conn.execute(
+                "SELECT value FROM cache_info WHERE key = 'embedding_dim'"
+            ).fetchone()
+            if dim is not None and has_vector_table(conn):
+                # A file of an older layout is upgraded (which rebuilds the index) first.
+                upgraded = self.ensure_vector_layout(conn, int(dim[0]))
+                if upgraded or compact_vectors:
+                    rebuilt = int(
+                        conn.execute(f"SELECT count(*) FROM {EMBEDDING_TABLE}").fetchone()[0]
+                    )
+                if compact_vectors and not upgraded:
+                    rebuilt = rebuild_index(conn, int(dim[0]))
         with self.db.reading() as conn:
             conn.execute("VACUUM")  # outside any transaction, as SQLite requires
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

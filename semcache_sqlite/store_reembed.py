@@ -8,10 +8,10 @@ using the old vectors with the old embedder, and a crash or an exception leaves
 the staged batches in place for the next ``reembed()`` to continue from.
 
 The switch is ONE write transaction: embed whatever changed since it was staged,
-DROP the vec0 table, CREATE it again with the new dimension under the same name,
-fill it from the staged blobs, and record the new model. Measured (384-d,
-sqlite-vec 0.1.9): ~23 us per row to fill vec0 from a plain table, so the
-write lock is held ~0.5 s per 20k entries; readers are never blocked (WAL).
+replace the exact vectors (``entry_embeddings``) with the staged blobs, DROP the
+vec0 index, CREATE it again with the new dimension under the same name and fill
+it from the exact vectors (``vector_index.rebuild_index``), and record the new
+model. Readers are never blocked (WAL).
 
 Why not build a second vec0 table and point at it? ``ALTER TABLE RENAME``
 breaks vec0, so the live table's name would have to change with every model
@@ -30,8 +30,8 @@ import numpy as np
 
 from .db import Database
 from .errors import EmbedderMismatchError
-from .store_lifecycle import NEVER_EXPIRES, VECTOR_TABLE, has_vector_table, vector_table_ddl
 from .validation import FloatMatrix
+from .vector_index import EMBEDDING_TABLE, rebuild_index
 
 STAGING_TABLE = "reembed_vectors"
 
@@ -165,17 +165,12 @@ class ReembedStore:
             late = self._pending(conn, 0, None)
             if late:
                 self._save(conn, late, embed([query for _, query in late]))
-            if has_vector_table(conn):
-                conn.execute(f"DROP TABLE {VECTOR_TABLE}")
-            conn.execute(vector_table_ddl(dim))
+            conn.execute(f"DELETE FROM {EMBEDDING_TABLE}")
             converted = conn.execute(
-                f"INSERT INTO {VECTOR_TABLE} "
-                "(rowid, embedding, namespace, user_id, context_key, expires_at) "
-                "SELECT e.id, s.embedding, e.namespace, e.user_id, e.context_key, "
-                f"coalesce(e.expires_at, ?) FROM entries e JOIN {STAGING_TABLE} s "
-                "ON s.entry_id = e.id",
-                (NEVER_EXPIRES,),
+                f"INSERT INTO {EMBEDDING_TABLE} (id, embedding) SELECT e.id, s.embedding "
+                f"FROM entries e JOIN {STAGING_TABLE} s ON s.entry_id = e.id"
             ).rowcount
+            rebuild_index(conn, dim)
             conn.execute(
                 "UPDATE entries SET embedding_model = ?, embedding_dim = ?",
                 (model_id, int(dim)),

@@ -19,7 +19,7 @@ from semcache_sqlite import SemanticCache, cli_common, cli_maintenance
 from semcache_sqlite.db import Database
 from semcache_sqlite.embedders import Embedder
 from semcache_sqlite.errors import EmbedderError
-from semcache_sqlite.store_lifecycle import NEVER_EXPIRES
+from semcache_sqlite.vector_index import NEVER_EXPIRES
 
 
 def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:

@@ -11,8 +11,7 @@ import pytest
 from clock import FakeClock
 from fakes import FakeEmbedder
 
-from semcache_sqlite import EmbedderMismatchError, SemanticCache
-from semcache_sqlite import store_reembed as store_reembed_module
+from semcache_sqlite import EmbedderMismatchError, SemanticCache, vector_index
 
 
 def old_model() -> FakeEmbedder:
@@ -109,7 +108,7 @@ def test_failed_switch_rolls_back_to_the_old_vectors(
 ) -> None:
     with filled(db_path) as cache:
         # fails after the old vec0 table was dropped, inside the switch transaction
-        monkeypatch.setattr(store_reembed_module, "vector_table_ddl", lambda dim: "CREATE nonsense")
+        monkeypatch.setattr(vector_index, "vector_table_ddl", lambda dim: "CREATE nonsense")
         with pytest.raises(Exception, match="syntax"):
             cache.reembed(new_model(), batch_size=100)
         assert cache.embedder.model_id == "old-model"

@@ -16,6 +16,7 @@ from fakes import FakeEmbedder
 
 from semcache_sqlite import InvalidInputError, InvalidVectorError, SemanticCache
 from semcache_sqlite.db import select_driver
+from semcache_sqlite.vector_index import quantize
 
 
 def blob(values: Any) -> bytes:
@@ -59,7 +60,7 @@ def test_the_cache_refuses_nan_and_zero_vectors_and_skips_smuggled_ones(
     smuggled = cache.store("delta epsilon", None, "smuggled")
     with cache._db.transaction() as conn:  # what a damaged file or a foreign writer could do
         conn.execute(
-            "UPDATE entry_vectors SET embedding = ? WHERE rowid = ?",
+            "UPDATE entry_embeddings SET embedding = ? WHERE id = ?",
             (np.full(64, np.nan, dtype=np.float32).tobytes(), smuggled),
         )
     results = cache.search("alpha beta gamma", k=5)  # used to raise TypeError (NULL distance)
@@ -102,11 +103,11 @@ def test_null_metadata_is_rejected_so_the_cache_stores_empty_strings(
             "INSERT INTO v (rowid, embedding, ns) VALUES (1, ?, NULL)", (blob([1, 0, 0, 0]),)
         )
     entry_id = cache.store("shared entry without user or context", None, "r")
-    with cache._db.reading() as conn:
+    with cache._db.reading() as conn:  # no user, no context: hash 0 in the index
         row = conn.execute(
-            "SELECT user_id, context_key FROM entry_vectors WHERE rowid = ?", (entry_id,)
+            "SELECT namespace, owner, context FROM entry_vectors WHERE rowid = ?", (entry_id,)
         ).fetchone()
-    assert tuple(row) == ("", "")
+    assert tuple(row) == ("default", 0, 0)
 
 
 def test_text_metadata_is_compared_up_to_the_first_nul_in_raw_sqlite_vec(raw: Any) -> None:
@@ -150,7 +151,8 @@ def test_scope_filter_runs_inside_the_knn_not_after_top_k(
     assert [r.entry_id for r in cache.search(query, k=10, **mine)] == [target]
     with cache._db.reading() as conn:  # the same KNN without the filter: top 10 all theirs
         top = conn.execute(
-            "SELECT rowid FROM entry_vectors WHERE embedding MATCH ? AND k = 10",
-            (vector.tobytes(),),
+            "SELECT rowid FROM entry_vectors WHERE embedding MATCH vec_bit(?) AND k = 10 "
+            "AND namespace = ?",
+            (quantize(vector)[0], other["namespace"]),
         ).fetchall()
     assert target not in [r[0] for r in top]

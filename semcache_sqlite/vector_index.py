@@ -1,0 +1,374 @@
+"""Where a cache file keeps its vectors, and how the nearest entries are found.
+
+Two tables, always written and deleted together (in the caller's transaction):
+
+- ``entry_embeddings`` (plain): ``id -> embedding``, the exact float32 vector of
+  every entry (little-endian, ``embedding_dim`` values). Readable with the stock
+  sqlite3 shell; re-scoring, export, re-embedding and rebuilding read it.
+- ``entry_vectors`` (sqlite-vec ``vec0``): the same vectors quantized to one bit
+  per coordinate (its sign), partitioned by namespace, with the scope and expiry
+  as metadata columns, so the KNN runs inside SQLite as a Hamming scan of one
+  namespace.
+
+A lookup is a coarse scan plus an exact re-score: the Hamming KNN returns the
+``candidates`` entries of the scope whose bits are nearest, then their exact
+vectors are read from ``entry_embeddings`` and ranked by true cosine
+similarity. For the near-duplicates a cache serves (similarity >= ~0.75), the
+true nearest entry is among the 16 Hamming-nearest in all 2,000 QQP probes
+checked at 100k entries and in all but one of 1,246 at 1M (see
+benchmarks/README.md; the suite reports this "decision fidelity" on every run).
+
+Why this layout (measured with sqlite-vec 0.1.9, 384-d, on the build machine):
+
+- A float32 vec0 scan costs ~55 ms at 100k entries and ~525 ms at 1M, more
+  than numpy in RAM; the bit scan ~2.3 ms / ~26 ms.
+- The cost of a vec0 KNN grows with k (~0.09 ms per extra k at 100k) and with
+  every metadata filter (~0.4 ms each at 100k), so k stays small and a filter
+  that cannot exclude anything (no private entries in the namespace, no other
+  context, nothing that expires) is left out of the scan. The exact re-score
+  checks namespace, context, user and expiry again from ``entries`` anyway,
+  so leaving a filter out can cost recall only, never a wrong answer.
+- Namespace as the partition key: a lookup scans only its namespace's chunks
+  (0.2 ms instead of 3 ms at 100k entries over 1,000 namespaces). Each
+  namespace pre-allocates one chunk (1,024 rows, ~80 KB at 384-d).
+- Context and user are 64-bit hashes in INTEGER metadata columns: vec0 keeps
+  only a 12-byte prefix of a TEXT value in its chunk and looks longer values
+  (context keys are 32 characters) up row by row.
+- Reading vectors back out of a vec0 table is slow (0.1-0.3 ms per row), so the
+  exact vectors live in the plain table, which costs ~1.6 KB per 384-d entry.
+
+vec0 facts this relies on: metadata columns cannot be NULL (``expires_at`` uses
+:data:`NEVER_EXPIRES` for "never"); partition keys cannot be UPDATEd;
+``ALTER TABLE ... RENAME`` breaks vec0 (a new layout or dimension is a DROP +
+CREATE under the same name, refilled from ``entry_embeddings``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .validation import FloatVector
+
+logger = logging.getLogger("semcache_sqlite")
+
+VECTOR_TABLE = "entry_vectors"
+EMBEDDING_TABLE = "entry_embeddings"
+
+#: sqlite-vec caps k.
+MAX_K = 4096
+
+#: ``expires_at`` in the vec0 table for entries that never expire (vec0 rejects
+#: NULL): about the year 3e10, far beyond any clock.
+NEVER_EXPIRES = 1e18
+
+#: Hamming-nearest candidates re-scored per lookup, at least; a search for k
+#: results takes ``CANDIDATES_PER_RESULT * k`` if that is more.
+DEFAULT_CANDIDATES = 16
+CANDIDATES_PER_RESULT = 4
+
+#: Rows read per batch by the exact scan and the rebuild.
+_BATCH = 4096
+
+
+def vector_table_ddl(dim: int) -> str:
+    """The vec0 index: one bit per coordinate, one partition per namespace."""
+    return (
+        f"CREATE VIRTUAL TABLE {VECTOR_TABLE} USING vec0("
+        f"namespace text partition key, embedding bit[{bit_width(dim)}], "
+        "context integer, owner integer, expires_at float)"
+    )
+
+
+def bit_width(dim: int) -> int:
+    """vec0 bit vectors come in whole bytes: the dimension rounded up to 8."""
+    return (int(dim) + 7) // 8 * 8
+
+
+def quantize(vectors: np.ndarray[Any, Any]) -> list[bytes]:
+    """One bit per coordinate, set where it is > 0, least significant bit first
+    (the layout of sqlite-vec's ``vec_quantize_binary``); padded with 0 bits."""
+    matrix = np.atleast_2d(np.asarray(vectors))
+    packed = np.packbits(matrix > 0, axis=1, bitorder="little")
+    return [row.tobytes() for row in packed]
+
+
+def scope_hash(value: str) -> int:
+    """A context key or user id as a signed 64-bit integer; '' (none / shared) is 0."""
+    if not value:
+        return 0
+    digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True) or 1
+
+
+def vec_expiry(expires_at: float | None) -> float:
+    """``entries.expires_at`` as the vec0 column holds it (a float, never NULL)."""
+    return NEVER_EXPIRES if expires_at is None else float(expires_at)
+
+
+def _table_sql(conn: Any, name: str) -> str | None:
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def has_vector_table(conn: Any) -> bool:
+    return _table_sql(conn, VECTOR_TABLE) is not None
+
+
+def vector_layout_current(conn: Any) -> bool:
+    """The vec0 index exists with this layout (bits, namespace partitions) and the
+    exact vectors have their table."""
+    sql = _table_sql(conn, VECTOR_TABLE)
+    return (
+        sql is not None
+        and "bit[" in sql
+        and "partition key" in sql
+        and _table_sql(conn, EMBEDDING_TABLE) is not None
+    )
+
+
+@dataclass(frozen=True)
+class VectorRow:
+    """One entry's vector with the scope and expiry the index filters on."""
+
+    entry_id: int
+    namespace: str
+    user_id: str
+    context_key: str
+    expires_at: float | None
+    embedding: bytes  # float32, little-endian
+
+
+def vector_row(
+    entry_id: int,
+    namespace: str,
+    user_id: str,
+    context_key: str,
+    expires_at: float | None,
+    vector: FloatVector,
+) -> VectorRow:
+    blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+    return VectorRow(entry_id, namespace, user_id, context_key, expires_at, blob)
+
+
+def put_vectors(conn: Any, rows: Sequence[VectorRow], *, replace: bool = False) -> None:
+    """Write entries' exact vectors and their index rows (``replace``: they may exist)."""
+    if not rows:
+        return
+    if replace:
+        # vec0 supports neither INSERT OR REPLACE nor UPDATE of a partition key.
+        conn.executemany(
+            f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", [(r.entry_id,) for r in rows]
+        )
+    conn.executemany(
+        f"INSERT OR REPLACE INTO {EMBEDDING_TABLE} (id, embedding) VALUES (?, ?)",
+        [(r.entry_id, r.embedding) for r in rows],
+    )
+    _index(conn, rows)
+
+
+def _index(conn: Any, rows: Sequence[VectorRow]) -> None:
+    matrix = np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows])
+    conn.executemany(
+        f"INSERT INTO {VECTOR_TABLE} (rowid, namespace, embedding, context, owner, expires_at) "
+        "VALUES (?, ?, vec_bit(?), ?, ?, ?)",
+        [
+            (
+                r.entry_id,
+                r.namespace,
+                bits,
+                scope_hash(r.context_key),
+                scope_hash(r.user_id),
+                vec_expiry(r.expires_at),
+            )
+            for r, bits in zip(rows, quantize(matrix), strict=True)
+        ],
+    )
+
+
+def delete_vectors(conn: Any, ids: Iterable[int]) -> None:
+    """Delete the vectors of these entries (the entries themselves are the caller's)."""
+    params = [(int(i),) for i in ids]
+    if not params:
+        return
+    # One statement per rowid: vec0 answers `rowid IN (...)` with a full scan.
+    conn.executemany(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", params)
+    conn.executemany(f"DELETE FROM {EMBEDDING_TABLE} WHERE id = ?", params)
+
+
+def delete_vectors_where(conn: Any, where: str, params: Sequence[Any]) -> None:
+    """Delete the vectors of the entries ``SELECT id FROM entries {where}`` finds."""
+    for table, key in ((VECTOR_TABLE, "rowid"), (EMBEDDING_TABLE, "id")):
+        conn.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT id FROM entries {where})", params)
+
+
+def set_expiry(conn: Any, entry_id: int, expires_at: float | None) -> None:
+    conn.execute(
+        f"UPDATE {VECTOR_TABLE} SET expires_at = ? WHERE rowid = ?",
+        (vec_expiry(expires_at), int(entry_id)),
+    )
+
+
+def vector_rows(conn: Any, ids: Sequence[int]) -> list[VectorRow]:
+    """The stored vectors of these entries, with their scope (entries without one are left out)."""
+    rows: list[VectorRow] = []
+    for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+        part = [int(i) for i in ids[start : start + 500]]
+        marks = ",".join("?" * len(part))
+        rows.extend(
+            _row(r)
+            for r in conn.execute(
+                "SELECT e.id, e.namespace, e.user_id, e.context_key, e.expires_at, b.embedding "
+                f"FROM entries e JOIN {EMBEDDING_TABLE} b ON b.id = e.id WHERE e.id IN ({marks})",
+                part,
+            )
+        )
+    return rows
+
+
+def rebuild_index(conn: Any, dim: int) -> int:
+    """DROP and CREATE the vec0 index, filled from ``entry_embeddings`` (caller's
+    transaction); exact vectors without an entry are dropped. Returns rows indexed."""
+    conn.execute(f"DELETE FROM {EMBEDDING_TABLE} WHERE id NOT IN (SELECT id FROM entries)")
+    conn.execute(f"DROP TABLE IF EXISTS {VECTOR_TABLE}")
+    conn.execute(vector_table_ddl(dim))
+    # In id order: each namespace fills its own partition's chunks, whatever the order.
+    done = last = 0
+    while True:
+        rows = conn.execute(
+            "SELECT e.id, e.namespace, e.user_id, e.context_key, e.expires_at, b.embedding "
+            f"FROM entries e JOIN {EMBEDDING_TABLE} b ON b.id = e.id "
+            "WHERE e.id > ? ORDER BY e.id LIMIT ?",
+            (last, _BATCH),
+        ).fetchall()
+        if not rows:
+            return done
+        batch = [_row(r) for r in rows]
+        _index(conn, batch)
+        done += len(batch)
+        last = batch[-1].entry_id
+
+
+def _row(r: Sequence[Any]) -> VectorRow:
+    return VectorRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], bytes(r[5]))
+
+
+# -- finding the nearest entries ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScopeFilter:
+    """Which entries a KNN may return: one namespace and context, shared + own rows."""
+
+    namespace: str
+    context_key: str
+    user_id: str  # '' = anonymous: shared rows only
+
+
+def candidate_ids(
+    conn: Any, scope: ScopeFilter, vector: FloatVector, k: int, now: float
+) -> list[int]:
+    """Ids of the ``k`` entries of the scope whose bits are nearest (Hamming)."""
+    sql = (
+        f"SELECT rowid FROM {VECTOR_TABLE} WHERE embedding MATCH vec_bit(?) AND k = ? "
+        "AND namespace = ?"
+    )
+    params: list[Any] = [quantize(vector)[0], max(1, min(int(k), MAX_K)), scope.namespace]
+    if _other_contexts(conn, scope.namespace, scope.context_key):
+        sql += " AND context = ?"
+        params.append(scope_hash(scope.context_key))
+    if _private_rows(conn, scope.namespace):
+        if scope.user_id:
+            sql += " AND owner IN (0, ?)"
+            params.append(scope_hash(scope.user_id))
+        else:
+            sql += " AND owner = 0"
+    if _expiring_rows(conn):
+        sql += " AND expires_at > ?"
+        params.append(float(now))
+    return [int(r[0]) for r in conn.execute(sql, params)]
+
+
+def _other_contexts(conn: Any, namespace: str, context_key: str) -> bool:
+    # Two range probes of entries_by_exact_query; `context_key != ?` would walk
+    # every row of the namespace that has this context.
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM entries WHERE namespace = ? AND context_key < ?) "
+        "OR EXISTS (SELECT 1 FROM entries WHERE namespace = ? AND context_key > ?)",
+        (namespace, context_key, namespace, context_key),
+    ).fetchone()
+    return bool(row[0])
+
+
+def _private_rows(conn: Any, namespace: str) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM entries WHERE namespace = ? AND user_id > '')",
+        (namespace,),
+    ).fetchone()
+    return bool(row[0])
+
+
+def _expiring_rows(conn: Any) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM entries WHERE expires_at IS NOT NULL)"
+    ).fetchone()
+    return bool(row[0])
+
+
+def cosine_similarities(blobs: Sequence[bytes], vector: FloatVector) -> np.ndarray[Any, Any]:
+    """Exact cosine similarity of each stored float32 blob with ``vector`` (float64);
+    NaN for a blob of the wrong size or without a direction (a damaged file)."""
+    q = np.asarray(vector, dtype=np.float64)
+    out = np.full(len(blobs), np.nan)
+    width = q.shape[0] * 4
+    good = [i for i, b in enumerate(blobs) if len(b) == width]
+    if not good:
+        return out
+    matrix = np.frombuffer(b"".join(blobs[i] for i in good), dtype="<f4").reshape(len(good), -1)
+    norms = np.linalg.norm(matrix, axis=1) * np.linalg.norm(q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sims = (matrix @ q.astype(np.float32)).astype(np.float64) / norms
+    sims[~np.isfinite(sims)] = np.nan
+    out[good] = sims
+    return out
+
+
+def scan_scope(
+    conn: Any,
+    vector: FloatVector,
+    *,
+    namespace: str | None,
+    user_ids: Sequence[str] | None,
+    context_key: str | None,
+) -> Iterable[tuple[list[int], np.ndarray[Any, Any]]]:
+    """Exact scan: (ids, cosine similarities) batch by batch over every entry matching
+    the filters (None = any). O(entries); for maintenance, not for lookups."""
+    clauses, params = [], []
+    if namespace is not None:
+        clauses.append("e.namespace = ?")
+        params.append(namespace)
+    if context_key is not None:
+        clauses.append("e.context_key = ?")
+        params.append(context_key)
+    if user_ids is not None:
+        clauses.append(f"e.user_id IN ({','.join('?' * len(user_ids))})")
+        params.extend(user_ids)
+    where = "".join(f" AND {c}" for c in clauses)
+    last = 0
+    while True:
+        rows = conn.execute(
+            f"SELECT e.id, b.embedding FROM entries e JOIN {EMBEDDING_TABLE} b ON b.id = e.id "
+            f"WHERE e.id > ?{where} ORDER BY e.id LIMIT ?",
+            (last, *params, _BATCH),
+        ).fetchall()
+        if not rows:
+            return
+        yield [int(r[0]) for r in rows], cosine_similarities([bytes(r[1]) for r in rows], vector)
+        last = int(rows[-1][0])
