@@ -10,3 +10,9 @@ CREATE TABLE entry_embeddings (
     id        INTEGER PRIMARY KEY,  -- entries.id
     embedding BLOB    NOT NULL      -- float32 little-endian, entries.embedding_dim values
 );
+
+-- Entries per namespace (entry_counts) on insert: counted by the code that inserts,
+-- once per batch and namespace (store.py _NewRows.flush, admin.py import_rows), in
+-- the inserting transaction. The per-row trigger cost ~13 us per entry, 40% of a
+-- bulk insert (measured). Deletes and namespace moves keep their triggers.
+DROP TRIGGER entries_count_insert;

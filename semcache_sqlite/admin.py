@@ -20,6 +20,7 @@ from typing import Any, Literal
 from .db import Database
 from .migrate import schema_version
 from .store import _ENTRY_COLUMNS, VECTOR_TABLE, EntryRow, Store
+from .store_lifecycle import count_inserted
 from .timing import latency_figures
 from .validation import FloatVector
 from .vector_index import (
@@ -380,6 +381,7 @@ class Admin:
                     ),
                 )
                 entry_id = int(cursor.lastrowid)
+                count_inserted(conn, [row.namespace])
                 added += 1
             # The index row carries the entry's expiry (TTL filter inside the KNN).
             put_vectors(

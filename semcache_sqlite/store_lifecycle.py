@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -48,7 +49,7 @@ from .vector_index import (
     vector_table_ddl,
 )
 
-__all__ = ["MAX_K", "VECTOR_TABLE", "LifecycleStore", "ScopeFilter"]
+__all__ = ["MAX_K", "VECTOR_TABLE", "LifecycleStore", "ScopeFilter", "count_inserted"]
 
 #: After an eviction batch, the rows of vec0 chunks at most this full are moved to
 #: the newest chunk, so the old chunk empties and sqlite-vec frees it (it never
@@ -71,6 +72,17 @@ _VICTIM_ORDER: dict[Eviction, str] = {
     "lfu": "hit_count, created_at, id",
     "fifo": "created_at, id",
 }
+
+
+def count_inserted(conn: Any, namespaces: Iterable[str]) -> None:
+    """Add newly inserted entries (one namespace per entry) to ``entry_counts``, in the
+    inserting transaction (migration 0005 replaced the per-row trigger with this)."""
+    for namespace, added in Counter(namespaces).items():
+        conn.execute(
+            "INSERT INTO entry_counts (namespace, entries) VALUES (?, ?) "
+            "ON CONFLICT (namespace) DO UPDATE SET entries = entries + excluded.entries",
+            (namespace, added),
+        )
 
 
 class LifecycleStore:

@@ -136,6 +136,20 @@ def as_unit_matrix(vectors: Any, dim: int, expected_rows: int) -> FloatMatrix:
         raise InvalidInputError(f"got {len(rows)} embeddings for {expected_rows} queries")
     if expected_rows == 0:
         return np.zeros((0, dim), dtype=np.float32)
+    matrix = vectors if isinstance(vectors, np.ndarray) else None
+    numeric = matrix is not None and np.issubdtype(matrix.dtype, np.number)
+    real = matrix is not None and numeric and not np.iscomplexobj(matrix)
+    if matrix is not None and real and matrix.ndim == 2 and matrix.shape[1] == dim:
+        # float32 input stays float32 (it cannot hold the extremes float64 guards against).
+        work = np.float32 if matrix.dtype == np.float32 else np.float64
+        array = matrix.astype(work)
+        scale = np.max(np.abs(array), axis=1)
+        if np.all(np.isfinite(scale)) and np.all(scale > 0):
+            # The fast path of as_unit_vector for a well-formed matrix: same result.
+            array /= scale[:, None]
+            array /= np.linalg.norm(array, axis=1)[:, None]
+            return np.ascontiguousarray(array, dtype=np.float32)
+    # One row at a time: the error names what is wrong with the first bad row.
     return np.stack([as_unit_vector(row, dim) for row in rows])
 
 

@@ -49,6 +49,7 @@ import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,7 @@ def quantize(vectors: np.ndarray[Any, Any]) -> list[bytes]:
     return [row.tobytes() for row in packed]
 
 
+@lru_cache(maxsize=4096)  # a bulk load repeats the same few users and contexts
 def scope_hash(value: str) -> int:
     """A context key or user id as a signed 64-bit integer; '' (none / shared) is 0."""
     if not value:
@@ -175,7 +177,8 @@ def put_vectors(conn: Any, rows: Sequence[VectorRow], *, replace: bool = False) 
 
 
 def _index(conn: Any, rows: Sequence[VectorRow]) -> None:
-    matrix = np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows])
+    blob = b"".join(r.embedding for r in rows)
+    matrix = np.frombuffer(blob, dtype="<f4").reshape(len(rows), -1)
     conn.executemany(
         f"INSERT INTO {VECTOR_TABLE} (rowid, namespace, embedding, context, owner, expires_at) "
         "VALUES (?, ?, vec_bit(?), ?, ?, ?)",

@@ -284,6 +284,10 @@ def test_files_that_are_not_sqlite(tmp_path: Path) -> None:
     assert check_file(empty).ok
 
 
+#: ``damaged_copy`` offset meaning "the middle of the page".
+MIDDLE = -1
+
+
 @pytest.fixture(scope="module")
 def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[int]]]:
     """A closed cache file with 1,500 entries, and the pages of each table and index."""
@@ -325,13 +329,22 @@ def exercise(path: Path) -> list[str]:
     return errors
 
 
+def page_size(path: Path) -> int:
+    """From the SQLite header (bytes 16-17, big-endian; 1 means 65536)."""
+    value = int.from_bytes(path.read_bytes()[16:18], "big")
+    return 65536 if value == 1 else value
+
+
 def damaged_copy(base: Path, tmp_path: Path, page: int, offset: int, size: int = 64) -> Path:
+    """A copy with ``size`` bytes flipped at ``offset`` of ``page`` (MIDDLE: its middle)."""
     path = tmp_path / f"damaged-{page}-{offset}.db"
     shutil.copyfile(base, path)
+    page_bytes = page_size(base)
+    offset = page_bytes // 2 if offset == MIDDLE else offset
     with path.open("r+b") as f:
-        f.seek((page - 1) * 4096 + offset)
+        f.seek((page - 1) * page_bytes + offset)
         data = f.read(size)
-        f.seek((page - 1) * 4096 + offset)
+        f.seek((page - 1) * page_bytes + offset)
         f.write(bytes(b ^ 0xFF for b in data))
     return path
 
@@ -350,11 +363,12 @@ def test_truncated_file(big_file: tuple[Path, dict[str, list[int]]], tmp_path: P
 @pytest.mark.parametrize(
     ("table", "offset", "detected"),
     [
-        ("entries", 2048, True),  # record bytes: text that is not UTF-8
+        ("entries", MIDDLE, True),  # record bytes: text that is not UTF-8
         ("entries", 8, True),  # cell pointers: rows lost, integrity_check says so
-        ("entries_by_exact_query", 2048, True),
+        ("entries_by_exact_query", MIDDLE, True),
         ("sqlite_schema", 8, True),  # cell pointers of a schema page
-        ("entry_vectors_vector_chunks00", 2048, False),  # float bytes: SQLite cannot tell
+        ("entry_embeddings", MIDDLE, False),  # float bytes: SQLite cannot tell
+        ("entry_vectors_vector_chunks00", MIDDLE, False),  # index bits: SQLite cannot tell
     ],
 )
 def test_flipped_bytes_in_the_middle_of_a_page(
@@ -378,7 +392,7 @@ def test_flipped_bytes_in_the_middle_of_a_page(
 
 def test_middle_of_the_file(big_file: tuple[Path, dict[str, list[int]]], tmp_path: Path) -> None:
     base = big_file[0]
-    middle_page = base.stat().st_size // 4096 // 2
+    middle_page = base.stat().st_size // page_size(base) // 2
     for offset in (0, 8, 1000, 3000):
         exercise(damaged_copy(base, tmp_path, middle_page, offset))  # raises nothing else
 
