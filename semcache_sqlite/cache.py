@@ -75,6 +75,7 @@ from .validation import (
     check_threshold,
     query_hash,
 )
+from .vector_index import DEFAULT_CANDIDATES, check_candidates
 
 DEFAULT_PATH = "semcache.db"
 DEFAULT_NAMESPACE = "default"
@@ -110,6 +111,10 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     ``sliding_ttl``, ``max_entries`` (whole file), ``namespace_max_entries``,
     ``max_bytes``, ``eviction`` ("lru", "lfu", "fifo"), ``on_duplicate``
     ("replace", "keep", "keep_both"); ``configure_namespace`` overrides them.
+    Search (see vector_index.py): each lookup re-scores the ``search_candidates``
+    entries whose sign bits are nearest (Hamming) with their exact vectors;
+    ``exact_search=True`` scans every exact vector of the scope instead
+    (O(entries): for embedders whose coordinates are not centred on 0).
     """
 
     def __init__(
@@ -138,6 +143,8 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         max_bytes: int | None = None,
         eviction: Eviction = "lru",
         on_duplicate: OnDuplicate = "replace",
+        search_candidates: int = DEFAULT_CANDIDATES,
+        exact_search: bool = False,
     ) -> None:
         lifecycle = LifecycleConfig(
             ttl, sliding_ttl, max_entries, namespace_max_entries, max_bytes, eviction, on_duplicate
@@ -157,6 +164,8 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         self._db = Database(path, busy_timeout=busy_timeout, read_only=read_only)
         try:
             self._store = Store(self._db, clock=clock, lifecycle=lifecycle)
+            self._store.search_candidates = check_candidates(search_candidates)
+            self._store.exact_search = bool(exact_search)
             if read_only:
                 check_current(self._db)
                 self._store.check_embedder(self.embedder.model_id, self.embedder.dim)

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InvalidInputError
 from .validation import FloatVector
 
 logger = logging.getLogger("semcache_sqlite")
@@ -72,6 +73,14 @@ NEVER_EXPIRES = 1e18
 #: results takes ``CANDIDATES_PER_RESULT * k`` if that is more.
 DEFAULT_CANDIDATES = 16
 CANDIDATES_PER_RESULT = 4
+
+
+def check_candidates(value: object) -> int:
+    """``search_candidates``: a whole number from 1 to sqlite-vec's k limit."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_K:
+        raise InvalidInputError(f"search_candidates must be an int in [1, {MAX_K}], got {value!r}")
+    return value
+
 
 #: Rows read per batch by the exact scan and the rebuild.
 _BATCH = 4096

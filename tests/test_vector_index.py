@@ -1,0 +1,249 @@
+"""The search path: bit-quantized vec0 prefilter + exact re-score (vector_index.py).
+
+The fast path must give the answers of an exact scan: checked with the real local
+model on a cache full of near-duplicates, and with a fake embedder for the
+filters (scope, expiry), hash collisions, odd dimensions and the file layout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from clock import FakeClock
+from fakes import FakeEmbedder
+
+from semcache_sqlite import InvalidInputError, LocalEmbedder, SemanticCache
+from semcache_sqlite import vector_index as vector_index_module
+from semcache_sqlite.vector_index import bit_width, quantize, scope_hash
+
+SUBJECTS = [
+    "password",
+    "account",
+    "invoice",
+    "subscription",
+    "email address",
+    "phone number",
+    "order",
+    "refund",
+    "delivery date",
+    "shipping address",
+    "profile picture",
+    "username",
+    "credit card",
+    "two-factor authentication",
+    "newsletter",
+    "API key",
+    "billing plan",
+    "data export",
+    "team members",
+    "notification settings",
+]
+ACTIONS = ["change", "reset", "delete", "update", "cancel", "find", "recover", "verify"]
+CACHED_FORMS = [
+    "How do I {a} my {s}?",
+    "What is the way to {a} the {s}",
+    "Can I {a} my {s} from the mobile app?",
+]
+PROBE_FORMS = [
+    "how can i {a} my {s}",
+    "steps to {a} my {s}",
+    "is it possible to {a} my {s} on my phone",
+]
+UNRELATED = [
+    "what is the weather in paris tomorrow",
+    "who won the football world cup in 2014",
+    "recipe for a chocolate cake without eggs",
+    "how tall is the eiffel tower",
+    "best hiking trails near the alps",
+    "translate good morning into german",
+    "what time does the museum open on sunday",
+    "how many planets are in the solar system",
+]
+
+
+@pytest.fixture(scope="module")
+def near_duplicates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """480 cached support questions that differ by one word from dozens of others,
+    and 128 probes (paraphrases of cached ones and unrelated questions)."""
+    path = tmp_path_factory.mktemp("fidelity") / "cache.db"
+    cached = [
+        form.format(a=a, s=s) for form, a, s in itertools.product(CACHED_FORMS, ACTIONS, SUBJECTS)
+    ]
+    rng = random.Random(7)
+    pairs = rng.sample(list(itertools.product(ACTIONS, SUBJECTS)), 40)
+    probes = [rng.choice(PROBE_FORMS).format(a=a, s=s) for a, s in pairs for _ in range(3)]
+    probes = sorted(set(probes)) + UNRELATED
+    with SemanticCache(path, embedder=LocalEmbedder()) as cache:
+        cache.store_many(cached, [f"answer {i}" for i in range(len(cached))])
+    return path, probes
+
+
+@pytest.mark.parametrize("guards", [True, False])
+def test_fast_path_decides_like_an_exact_scan(
+    near_duplicates: tuple[Path, list[str]], guards: bool
+) -> None:
+    path, probes = near_duplicates
+    opts: dict[str, Any] = {"embedder": LocalEmbedder(), "read_only": True, "guards": guards}
+    with (
+        SemanticCache(path, **opts) as fast,
+        SemanticCache(path, exact_search=True, **opts) as exact,
+    ):
+        hits = 0
+        for probe in probes:
+            want, got = exact.lookup(probe), fast.lookup(probe)
+            assert (got is None) == (want is None), probe
+            if want is not None and got is not None:
+                hits += 1
+                assert got.entry_id == want.entry_id, probe
+                assert got.similarity == pytest.approx(want.similarity, abs=1e-6)
+                assert got.score == pytest.approx(want.score, abs=1e-6)
+            # The neighbours that can matter (the guards look 0.3 below the best) come
+            # in the same order; the ranking of distant entries is approximate.
+            near = [r.entry_id for r in exact.search(probe, k=4) if (r.similarity or 0) >= 0.5]
+            assert [r.entry_id for r in fast.search(probe, k=4)][: len(near)] == near, probe
+        assert hits >= 10  # the probes do reach the decisions that matter
+
+
+def test_one_candidate_is_not_enough_on_near_duplicates(
+    near_duplicates: tuple[Path, list[str]],
+) -> None:
+    """The comparison above can fail: with a single Hamming candidate the fast path
+    picks another entry than the exact scan for some probes."""
+    path, probes = near_duplicates
+    with (
+        SemanticCache(path, embedder=LocalEmbedder(), read_only=True, search_candidates=1) as one,
+        SemanticCache(path, embedder=LocalEmbedder(), read_only=True, exact_search=True) as exact,
+    ):
+        differ = sum(
+            one.search(p, k=1)[0].entry_id != exact.search(p, k=1)[0].entry_id for p in probes
+        )
+    assert differ > 0
+
+
+def test_search_candidates_is_checked(tmp_path: Path) -> None:
+    bad_values: list[Any] = [0, -1, 1.5, True, 5000]
+    for bad in bad_values:
+        with pytest.raises(InvalidInputError, match="search_candidates"):
+            SemanticCache(tmp_path / "c.db", embedder=FakeEmbedder(), search_candidates=bad)
+
+
+def test_quantize_matches_sqlite_vec(cache: SemanticCache) -> None:
+    vector = np.array([0.5, -1, 0, 2, 3, -4, 5, 6, 7, -8, 1e-9], dtype=np.float32)
+    with cache._db.reading() as conn:
+        theirs = conn.execute("SELECT vec_quantize_binary(?)", (vector[:8].tobytes(),)).fetchone()
+    assert quantize(vector[:8])[0] == bytes(theirs[0])
+    assert len(quantize(vector)[0]) == 2 and bit_width(11) == 16  # padded with zero bits
+
+
+@pytest.mark.parametrize("dim", [3, 5, 12, 64])
+def test_any_dimension_works(tmp_path: Path, dim: int) -> None:
+    """Bit vectors come in whole bytes: other dimensions are padded with zero bits."""
+    vectors = np.random.default_rng(dim).standard_normal((20, dim)).astype(np.float32)
+    with SemanticCache(tmp_path / "c.db", embedder=FakeEmbedder(dim=dim), guards=False) as cache:
+        ids = cache.store_many(
+            [f"entry {i}" for i in range(20)],
+            [f"answer {i}" for i in range(20)],
+            embeddings=vectors,
+        )
+        for i, vector in enumerate(vectors):
+            found = cache.find_similar(vector, threshold=0.999)
+            assert found is not None and found[0] == f"answer {i}"
+            assert found[1] == pytest.approx(1.0, abs=1e-6)
+            assert cache.search_vector(vector, k=1)[0].entry_id == ids[i]
+
+
+def test_hash_collisions_cost_recall_never_isolation(
+    db_path: Path, fake_embedder: FakeEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users and contexts are 64-bit hashes in the index; even if every one collided,
+    the re-score checks the real scope, so nobody sees another's entries."""
+    monkeypatch.setattr(vector_index_module, "scope_hash", lambda value: 7 if value else 0)
+    with SemanticCache(db_path, embedder=fake_embedder, guards=False) as cache:
+        cache.store("my account balance", None, "alice: 12 EUR", user_id="alice")
+        cache.store("my account balance", None, "bob: 3 EUR", user_id="bob")
+        cache.store("translate hello", None, "bonjour", context="fr")
+        cache.store("translate hello", None, "hallo", context="de")
+        for user in ("alice", "bob"):
+            hit = cache.lookup("my account balance now", user_id=user, threshold=0.5)
+            assert hit is not None and hit.response.startswith(user)
+        assert cache.lookup("my account balance now", threshold=0.5) is None  # anonymous
+        assert cache.lookup("my account balance now", user_id="carol", threshold=0.5) is None
+        hit = cache.lookup("translate hello please", context="de", threshold=0.5)
+        assert hit is not None and hit.response == "hallo"
+        assert cache.lookup("translate hello please", context="es", threshold=0.5) is None
+
+
+def test_filters_that_cannot_exclude_anything_are_left_out_until_they_can(
+    db_path: Path, fake_embedder: FakeEmbedder
+) -> None:
+    """A namespace of shared entries only is scanned without the owner filter; the
+    first private entry brings it back, so 40 private near-copies never hide the
+    one shared answer from an anonymous user (nor from another user)."""
+    with SemanticCache(db_path, embedder=fake_embedder, guards=False) as cache:
+        shared = cache.store("reset my password now please", None, "shared answer")
+        assert cache.lookup("reset my password", threshold=0.5) is not None
+        vector = fake_embedder.vector("reset my password")
+        cache.store_many(
+            [f"reset my password {i}" for i in range(40)],
+            ["private"] * 40,
+            embeddings=[vector] * 40,
+            user_id="alice",
+        )
+        for user in ("", "bob"):
+            hit = cache.lookup("reset my password", user_id=user, threshold=0.5)
+            assert hit is not None and hit.entry_id == shared
+        hit = cache.lookup("reset my password", user_id="alice", threshold=0.5)
+        assert hit is not None and hit.response == "private"
+
+
+def test_expired_near_copies_never_hide_a_fresh_entry(
+    db_path: Path, fake_embedder: FakeEmbedder
+) -> None:
+    clock = FakeClock()
+    with SemanticCache(db_path, embedder=fake_embedder, clock=clock, guards=False) as cache:
+        vector = fake_embedder.vector("opening hours")
+        cache.store_many(
+            [f"opening hours {i}" for i in range(40)],
+            ["old"] * 40,
+            embeddings=[vector] * 40,
+            ttl=60,
+        )
+        clock.advance(120)  # all 40 expired, none purged yet
+        fresh = cache.store("what are the opening hours today", None, "9 to 5")
+        hit = cache.lookup("opening hours", threshold=0.5)
+        assert hit is not None and hit.entry_id == fresh
+
+
+def test_layout_of_a_new_file(cache: SemanticCache) -> None:
+    entry_id = cache.store("alpha beta gamma", None, "a", user_id="alice", context="fr")
+    with cache._db.reading() as conn:
+        assert int(conn.execute("PRAGMA page_size").fetchone()[0]) == 8192
+        ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'entry_vectors'").fetchone()
+        assert "namespace text partition key" in ddl[0] and "bit[64]" in ddl[0]
+        row = conn.execute(
+            "SELECT namespace, owner, context, expires_at FROM entry_vectors WHERE rowid = ?",
+            (entry_id,),
+        ).fetchone()
+        blob = conn.execute(
+            "SELECT embedding FROM entry_embeddings WHERE id = ?", (entry_id,)
+        ).fetchone()[0]
+    assert tuple(row) == ("default", scope_hash("alice"), scope_hash(cache.context_key("fr")), 1e18)
+    stored = np.frombuffer(blob, dtype="<f4")
+    expected = cache.embedder.embed(["alpha beta gamma"])[0]
+    assert stored == pytest.approx(expected / np.linalg.norm(expected), abs=1e-6)
+
+
+def test_orphans_in_either_vector_table_are_found(cache: SemanticCache) -> None:
+    ids = cache.store_many(["alpha", "beta", "gamma"], ["a", "b", "c"])
+    assert cache._store.orphan_counts() == (0, 0)
+    with cache._db.transaction() as conn:
+        conn.execute("DELETE FROM entry_embeddings WHERE id = ?", (ids[0],))
+        conn.execute("DELETE FROM entry_vectors WHERE rowid = ?", (ids[1],))
+        conn.execute("DELETE FROM entries WHERE id = ?", (ids[2],))
+    assert cache._store.orphan_counts() == (2, 1)
+    assert [r.entry_id for r in cache.search("alpha", k=3)] == []  # no exact vector: skipped
