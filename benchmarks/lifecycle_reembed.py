@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from semcache_sqlite import SemanticCache
-from semcache_sqlite.store_lifecycle import VECTOR_TABLE
+from semcache_sqlite.vector_index import EMBEDDING_TABLE, VECTOR_TABLE
 
 
 class RandomEmbedder:
@@ -89,11 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({staging / args.entries * 1e6:.0f} us/entry, in short transactions), "
             f"switch {switch:.2f} s in one transaction ({switch / args.entries * 1e6:.0f} us/entry)"
         )
-        # Give the vec0 table the first schema's layout, as a 0.1 file would have it.
+        # Give the vectors the first schema's layout, as a 0.1 file would have them: the
+        # float32 vectors inside the vec0 table, none in entry_embeddings.
         with cache._store.db.transaction() as conn:
             conn.execute("CREATE TEMP TABLE keep (id INTEGER PRIMARY KEY, e BLOB)")
-            rows = conn.execute(f"SELECT rowid, embedding FROM {VECTOR_TABLE}").fetchall()
+            rows = conn.execute(f"SELECT id, embedding FROM {EMBEDDING_TABLE}").fetchall()
             conn.executemany("INSERT INTO temp.keep VALUES (?, ?)", rows)
+            conn.execute(f"DELETE FROM {EMBEDDING_TABLE}")
             conn.execute(f"DROP TABLE {VECTOR_TABLE}")
             conn.execute(
                 f"CREATE VIRTUAL TABLE {VECTOR_TABLE} USING vec0(embedding float[384] "

@@ -23,6 +23,7 @@ from perf_build import remove_db
 from perf_data import SINGLE_NAMESPACE, IntArray, Layout, Rows, Source, exact_nearest
 
 from semcache_sqlite import LLMError, LocalEmbedder, SemanticCache
+from semcache_sqlite.cache import GIVEN_VECTORS_BATCH
 from semcache_sqlite.validation import SIMILARITY_EPSILON, FloatMatrix, normalize_query, query_hash
 
 Floats = npt.NDArray[np.float64]
@@ -230,6 +231,32 @@ def _fidelity(
     }
 
 
+def measure_guarded_fidelity(path: Path | str, inp: SearchInputs, count: int) -> dict[str, Any]:
+    """The whole decision with the guards on (``find_similar`` at the cache's default
+    threshold): the fast path vs the same file opened with ``exact_search=True``
+    (every exact vector of the namespace scanned). Same hit/miss and the same entry."""
+    n = min(count, len(inp.probe_vectors))
+    agree = hits = 0
+    opts: dict[str, Any] = {"embedder": LocalEmbedder(), "read_only": True}
+    with (
+        SemanticCache(path, **opts) as fast,
+        SemanticCache(path, exact_search=True, **opts) as exact,
+    ):
+        for i in range(n):
+            name = inp.layout.names[int(inp.layout.probe_ns[i])]
+            ours = fast.find_similar(inp.probe_vectors[i], namespace=name)
+            want = exact.find_similar(inp.probe_vectors[i], namespace=name)
+            hits += want is not None
+            same_entry = ours is not None and want is not None and ours[0] == want[0]
+            agree += (ours is None and want is None) or same_entry
+    return {
+        "probes": n,
+        "agree": agree / n if n else 0.0,
+        "disagree": n - agree,
+        "exact_hit_rate": hits / n if n else 0.0,
+    }
+
+
 def measure_exact_repeat(
     cache: SemanticCache, rows: Rows, layout: Layout, count: int, seed: int
 ) -> dict[str, Any]:
@@ -311,10 +338,11 @@ def measure_e2e(
 def measure_bulk(workdir_file: Callable[[str], Path], rows: Rows, count: int) -> dict[str, Any]:
     """Entries/s into a fresh file, vectors given: public ``store_many`` (it checks each
     query for an existing duplicate) vs the private ``Store.insert_many`` (no check), both
-    256 entries per transaction (store_many's default batch)."""
+    GIVEN_VECTORS_BATCH entries per transaction (store_many's default batch when the
+    vectors are given)."""
     count = min(count, rows.size)
     texts, vectors, responses = rows.texts[:count], rows.vectors[:count], rows.responses(0, count)
-    out: dict[str, Any] = {"entries": count, "batch": 256}
+    out: dict[str, Any] = {"entries": count, "batch": GIVEN_VECTORS_BATCH}
     path = workdir_file("bulk-store_many.db")
     remove_db(path)
     with SemanticCache(path, embedder=LocalEmbedder()) as cache:
@@ -338,14 +366,15 @@ def measure_bulk(workdir_file: Callable[[str], Path], rows: Rows, count: int) ->
 def _insert_many_private(
     path: Path, texts: list[str], responses: list[str], vectors: FloatMatrix
 ) -> float:
-    """Seconds to bulk-load through the private ``Store.insert_many``, 256 per transaction."""
+    """Seconds to bulk-load through the private ``Store.insert_many``, as many per
+    transaction as store_many puts."""
     from semcache_sqlite.store import NewEntry  # private: imported here so a rename is caught
 
     with SemanticCache(path, embedder=LocalEmbedder()) as cache:
         store, model_id, context_key = cache._store, cache.embedder.model_id, cache.context_key()
         t0 = time.perf_counter()
-        for s in range(0, len(texts), 256):
-            e = min(len(texts), s + 256)
+        for s in range(0, len(texts), GIVEN_VECTORS_BATCH):
+            e = min(len(texts), s + GIVEN_VECTORS_BATCH)
             entries = [
                 NewEntry(SINGLE_NAMESPACE, "", context_key, t, query_hash(t), r, {})
                 for t, r in zip(texts[s:e], responses[s:e], strict=True)

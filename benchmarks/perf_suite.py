@@ -42,6 +42,7 @@ from perf_measure import (
     measure_e2e,
     measure_embedder,
     measure_exact_repeat,
+    measure_guarded_fidelity,
     measure_search,
 )
 from perf_report import compute_goals, print_report, ratios
@@ -69,6 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--probes-1m", type=int, default=50, help="probes per size > 200k")
     parser.add_argument("--loop-probes", type=int, default=50, help="probes for the Python loop")
     parser.add_argument("--exact-probes", type=int, default=500, help="exact-repeat lookups")
+    parser.add_argument(
+        "--guarded-probes",
+        type=int,
+        default=200,
+        help="probes whose guarded decision is compared with an exact scan's (slow: O(entries))",
+    )
     parser.add_argument("--e2e-probes", type=int, default=200, help="get_or_compute hits")
     parser.add_argument("--bulk-entries", type=int, default=50_000, help="bulk insert test")
     parser.add_argument("--open-repeats", type=int, default=3, help="subprocess runs per file")
@@ -205,20 +212,23 @@ def run_case(
     raw_db = Database(raw.path)
     try:
         with SemanticCache(lib.path, embedder=LocalEmbedder()) as cache:
-            search = measure_search(
-                SearchInputs(
-                    rows=rows,
-                    layout=layout,
-                    cache=cache,
-                    raw_conn=raw_db.connection(),
-                    raw_sql=raw_knn_sql(layout),
-                    probe_vectors=source.probe_vectors,
-                    probes=probes,
-                    loop_probes=min(args.loop_probes, probes),
-                    row_list=row_list,
-                )
+            inputs = SearchInputs(
+                rows=rows,
+                layout=layout,
+                cache=cache,
+                raw_conn=raw_db.connection(),
+                raw_sql=raw_knn_sql(layout),
+                probe_vectors=source.probe_vectors,
+                probes=probes,
+                loop_probes=min(args.loop_probes, probes),
+                row_list=row_list,
             )
+            search = measure_search(inputs)
             exact = measure_exact_repeat(cache, rows, layout, args.exact_probes, args.seed)
+        log(f"{rows.size:,} entries, {layout.label}: guarded decisions, fast vs exact scan")
+        guarded = min(probes, args.guarded_probes)
+        search["guarded_fidelity"] = measure_guarded_fidelity(lib.path, inputs, guarded)
+        with SemanticCache(lib.path, embedder=LocalEmbedder()) as cache:
             if rows.size == e2e_size(args.size_list):
                 log(f"{rows.size:,} entries, {layout.label}: end-to-end get_or_compute")
                 e2e.append(

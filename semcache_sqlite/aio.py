@@ -293,7 +293,7 @@ class AsyncCacheMixin:
         user_id: str | None = None,
         context: Context = None,
         metadata: Mapping[str, Any] | None = None,
-        batch_size: int = 256,
+        batch_size: int | None = None,
     ) -> list[int]:
         """Async ``store_many`` (in a worker thread); returns the entry ids."""
         cache = _as_cache(self)

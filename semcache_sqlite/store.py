@@ -174,6 +174,7 @@ class Store(LifecycleStore, ReembedStore):
         self.search_candidates = DEFAULT_CANDIDATES
         #: Scan every exact vector instead of using the bit index.
         self.exact_search = False
+        self._layout_known_current = False
 
     # -- file facts --------------------------------------------------------------
 
@@ -626,16 +627,19 @@ class Store(LifecycleStore, ReembedStore):
         k = max(1, min(int(k), MAX_K))
         now = self.now()
         with self.db.reading() as conn:
-            if not has_vector_table(conn):
-                return []
-            if not vector_layout_current(conn):
-                raise UpgradeRequiredError(
-                    f"{self.db.path}: its vector index has the layout of an older version; "
-                    "open it once with a writable SemanticCache, or run `semcache migrate`"
-                )
+            if not self._layout_known_current:
+                if not has_vector_table(conn):
+                    return []
+                if not vector_layout_current(conn):
+                    raise UpgradeRequiredError(
+                        f"{self.db.path}: its vector index has the layout of an older version; "
+                        "open it once with a writable SemanticCache, or run `semcache migrate`"
+                    )
+                # A layout is never downgraded (a re-embed rebuilds it in one transaction).
+                self._layout_known_current = True
             self._check_bound(conn)
             if self.exact_search if exact is None else exact:
-                ranked = self._exact_ranking(conn, scope, vector, k)
+                ranked = self._exact_ranking(conn, scope, vector, k, now)
             else:
                 wanted = min(MAX_K, max(self.search_candidates, CANDIDATES_PER_RESULT * k))
                 filt = ScopeFilter(scope.namespace, scope.context_key, scope.user_id)
@@ -644,10 +648,9 @@ class Store(LifecycleStore, ReembedStore):
 
     @staticmethod
     def _exact_ranking(
-        conn: Any, scope: Scope, vector: FloatVector, k: int
+        conn: Any, scope: Scope, vector: FloatVector, k: int, now: float
     ) -> list[tuple[int, float | None]]:
-        """The ids of the ~k best entries of the scope by an exact scan (a few extra,
-        since expired ones are dropped after)."""
+        """The ids of the k best unexpired entries of the scope, by an exact scan."""
         best: list[tuple[float, int]] = []
         for ids, sims in scan_scope(
             conn,
@@ -655,9 +658,10 @@ class Store(LifecycleStore, ReembedStore):
             namespace=scope.namespace,
             user_ids=scope.visible_user_ids(),
             context_key=scope.context_key,
+            unexpired_at=now,
         ):
             best.extend((float(s), i) for i, s in zip(ids, sims, strict=True) if s == s)
-            best = sorted(best, key=lambda t: (-t[0], t[1]))[: k + 64]
+            best = sorted(best, key=lambda t: (-t[0], t[1]))[:k]
         return [(i, s) for s, i in best]
 
     def _rescored(
@@ -669,14 +673,15 @@ class Store(LifecycleStore, ReembedStore):
         k: int,
         now: float,
     ) -> list[tuple[EntryRow, float]]:
-        """Entries (re-checked to be in scope and unexpired) by exact cosine distance."""
+        """Entries (re-checked to be in scope and unexpired) by exact cosine distance:
+        the candidates' scope and exact vectors first, whole rows for the best k only."""
         if not ranked:
             return []
         ids = [i for i, _ in ranked]
         marks = ",".join("?" * len(ids))
         rows = conn.execute(
-            f"SELECT {_ENTRY_COLUMNS}, (SELECT embedding FROM {EMBEDDING_TABLE} b "
-            f"WHERE b.id = entries.id) FROM entries WHERE id IN ({marks})",
+            "SELECT e.id, e.namespace, e.user_id, e.context_key, e.expires_at, b.embedding "
+            f"FROM entries e LEFT JOIN {EMBEDDING_TABLE} b ON b.id = e.id WHERE e.id IN ({marks})",
             ids,
         ).fetchall()
         visible = scope.visible_user_ids()
@@ -686,17 +691,27 @@ class Store(LifecycleStore, ReembedStore):
             if r[1] == scope.namespace
             and r[3] == scope.context_key
             and r[2] in visible
-            and (r[14] is None or float(r[14]) > now)
+            and (r[4] is None or float(r[4]) > now)
         ]
-        sims = cosine_similarities([b"" if r[-1] is None else bytes(r[-1]) for r in rows], vector)
-        found: list[tuple[float, int, EntryRow]] = []
+        sims = cosine_similarities([b"" if r[5] is None else bytes(r[5]) for r in rows], vector)
+        found: list[tuple[float, int]] = []
         for row, sim in zip(rows, sims, strict=True):
             if sim != sim:  # no exact vector, or a damaged one: skip it, loudly
                 logger.warning("entry %s has an unusable vector (corrupt file?)", row[0])
                 continue
-            found.append((1.0 - float(sim), int(row[0]), EntryRow.from_row(row[:-1])))
-        found.sort(key=lambda t: (t[0], t[1]))
-        return [(entry, distance) for distance, _, entry in found[:k]]
+            found.append((1.0 - float(sim), int(row[0])))
+        best = sorted(found)[:k]
+        if not best:
+            return []
+        marks = ",".join("?" * len(best))
+        full = {
+            int(r[0]): EntryRow.from_row(r)
+            for r in conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id IN ({marks})",
+                [entry_id for _, entry_id in best],
+            )
+        }
+        return [(full[entry_id], distance) for distance, entry_id in best if entry_id in full]
 
     def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
         """namespace -> (entries, hits, misses), for every namespace with entries or lookups."""

@@ -359,10 +359,16 @@ def scan_scope(
     namespace: str | None,
     user_ids: Sequence[str] | None,
     context_key: str | None,
+    unexpired_at: float | None = None,
 ) -> Iterable[tuple[list[int], np.ndarray[Any, Any]]]:
     """Exact scan: (ids, cosine similarities) batch by batch over every entry matching
-    the filters (None = any). O(entries); for maintenance, not for lookups."""
-    clauses, params = [], []
+    the filters (None = any; ``unexpired_at``: only entries alive then). O(entries):
+    for maintenance and ``exact_search``, not for the default lookups."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if unexpired_at is not None:
+        clauses.append("(e.expires_at IS NULL OR e.expires_at > ?)")
+        params.append(float(unexpired_at))
     if namespace is not None:
         clauses.append("e.namespace = ?")
         params.append(namespace)
