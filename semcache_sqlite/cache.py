@@ -314,7 +314,11 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         user_id: str | None = None,
         context: Context = None,
     ) -> list[LookupResult]:
-        """The k nearest entries in scope whatever their similarity (not counted in stats)."""
+        """The k nearest entries in scope whatever their similarity (not counted in stats).
+
+        Near entries come exactly; the order of distant ones (similarity far below any
+        useful threshold) is approximate unless the cache has ``exact_search=True``
+        (see vector_index.py)."""
         check_query(query, max_chars=self.max_query_chars)
         return self.search_vector(
             self._embed_one(query), k, namespace=namespace, user_id=user_id, context=context
@@ -329,7 +333,8 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         user_id: str | None = None,
         context: Context = None,
     ) -> list[LookupResult]:
-        """The k nearest entries in scope to an embedding (not counted in stats)."""
+        """The k nearest entries in scope to an embedding (not counted in stats); see
+        ``search`` about distant entries."""
         vector = as_unit_vector(query_embedding, self.embedder.dim)
         scope = self._scope(namespace, user_id, context, self.llm)
         return [
