@@ -469,16 +469,9 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         """Upsert one batch: handle queries already stored in this exact scope as
         ``on_duplicate`` says, embed and insert the rest (re-checked inside the write
         transaction)."""
+        shared = dict(metadata or {})  # one copy for the batch: entries never mutate it
         entries = [
-            NewEntry(
-                scope.namespace,
-                scope.user_id,
-                scope.context_key,
-                q,
-                query_hash(q),
-                r,
-                dict(metadata or {}),
-            )
+            NewEntry(scope.namespace, scope.user_id, scope.context_key, q, query_hash(q), r, shared)
             for q, r in zip(queries, responses, strict=True)
         ]
         given: list[FloatVector | None] = (

@@ -783,6 +783,14 @@ class Store(LifecycleStore, ReembedStore):
             last = int(rows[-1][0])
 
 
+def _dumped(memo: dict[int, str], metadata: dict[str, Any]) -> str:
+    """json.dumps(metadata), once per dict object of a batch."""
+    text = memo.get(id(metadata))
+    if text is None:
+        text = memo[id(metadata)] = json.dumps(metadata)
+    return text
+
+
 class _NewRows:
     """New entries of one write transaction, inserted together (a few statements per
     batch instead of several per entry: bulk loads are ~3x faster)."""
@@ -806,6 +814,7 @@ class _NewRows:
         if not self.rows:
             return
         now = self.now
+        dumped: dict[int, str] = {}  # a batch usually shares one metadata dict
         conn.executemany(
             "INSERT INTO entries (id, namespace, user_id, context_key, query, query_hash, "
             "response, created_at, updated_at, embedding_model, embedding_dim, metadata, "
@@ -823,7 +832,7 @@ class _NewRows:
                     now,
                     self.model_id,
                     int(vector.shape[0]),
-                    json.dumps(e.metadata),
+                    _dumped(dumped, e.metadata),
                     None if expires_at is None else expires_at - now,
                     expires_at,
                 )

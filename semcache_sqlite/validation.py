@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import math
 import unicodedata
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -131,26 +130,35 @@ def as_unit_vector(vector: Any, dim: int) -> FloatVector:
 
 def as_unit_matrix(vectors: Any, dim: int, expected_rows: int) -> FloatMatrix:
     """Validate a batch of embeddings (rows) and L2-normalise each row."""
-    rows: Sequence[Any] = vectors if not isinstance(vectors, np.ndarray) else list(vectors)
-    if len(rows) != expected_rows:
-        raise InvalidInputError(f"got {len(rows)} embeddings for {expected_rows} queries")
+    count = len(vectors)
+    if count != expected_rows:
+        raise InvalidInputError(f"got {count} embeddings for {expected_rows} queries")
     if expected_rows == 0:
         return np.zeros((0, dim), dtype=np.float32)
-    matrix = vectors if isinstance(vectors, np.ndarray) else None
-    numeric = matrix is not None and np.issubdtype(matrix.dtype, np.number)
-    real = matrix is not None and numeric and not np.iscomplexobj(matrix)
-    if matrix is not None and real and matrix.ndim == 2 and matrix.shape[1] == dim:
-        # float32 input stays float32 (it cannot hold the extremes float64 guards against).
-        work = np.float32 if matrix.dtype == np.float32 else np.float64
-        array = matrix.astype(work)
-        scale = np.max(np.abs(array), axis=1)
-        if np.all(np.isfinite(scale)) and np.all(scale > 0):
-            # The fast path of as_unit_vector for a well-formed matrix: same result.
-            array /= scale[:, None]
-            array /= np.linalg.norm(array, axis=1)[:, None]
-            return np.ascontiguousarray(array, dtype=np.float32)
+    if isinstance(vectors, np.ndarray) and vectors.ndim == 2 and vectors.shape[1] == dim:
+        real = np.issubdtype(vectors.dtype, np.number) and not np.iscomplexobj(vectors)
+        fast = _unit_rows(vectors) if real else None
+        if fast is not None:
+            return fast
     # One row at a time: the error names what is wrong with the first bad row.
-    return np.stack([as_unit_vector(row, dim) for row in rows])
+    return np.stack([as_unit_vector(row, dim) for row in vectors])
+
+
+def _unit_rows(matrix: np.ndarray[Any, Any]) -> FloatMatrix | None:
+    """Every row over its norm in one pass (bulk loads: ~10x faster than row by row),
+    or None when some row needs as_unit_vector's care (NaN, inf, all zeros, a norm
+    beyond float64's range) or its error message."""
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))
+    if not (np.all(np.isfinite(norms)) and np.all(norms > 0)):
+        return None
+    inverse = 1.0 / norms
+    if matrix.dtype == np.float32:
+        with np.errstate(over="ignore"):
+            scale = inverse.astype(np.float32)
+        if not np.all(np.isfinite(scale)):  # a norm below float32's range
+            return None
+        return np.ascontiguousarray(matrix * scale[:, None])
+    return np.ascontiguousarray(matrix.astype(np.float64) * inverse[:, None], dtype=np.float32)
 
 
 def similarity_hits(similarity: float, threshold: float) -> bool:

@@ -17,8 +17,15 @@ import pytest
 from clock import FakeClock
 from fakes import FakeEmbedder
 
-from semcache_sqlite import InvalidInputError, LocalEmbedder, SemanticCache
+from semcache_sqlite import (
+    DimensionMismatchError,
+    InvalidInputError,
+    InvalidVectorError,
+    LocalEmbedder,
+    SemanticCache,
+)
 from semcache_sqlite import vector_index as vector_index_module
+from semcache_sqlite.validation import as_unit_matrix, as_unit_vector
 from semcache_sqlite.vector_index import bit_width, quantize, scope_hash
 
 SUBJECTS = [
@@ -247,3 +254,24 @@ def test_orphans_in_either_vector_table_are_found(cache: SemanticCache) -> None:
         conn.execute("DELETE FROM entries WHERE id = ?", (ids[2],))
     assert cache._store.orphan_counts() == (2, 1)
     assert [r.entry_id for r in cache.search("alpha", k=3)] == []  # no exact vector: skipped
+
+
+def test_a_batch_of_vectors_is_validated_like_single_ones() -> None:
+    """store_many normalises a well-formed matrix in one pass; the result equals the
+    row-by-row path, and any bad row still gets that path's error."""
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64, np.int64):
+        matrix = (rng.standard_normal((40, 12)) * 7).astype(dtype)
+        batch = as_unit_matrix(matrix, 12, 40)
+        rows = np.stack([as_unit_vector(row, 12) for row in matrix])
+        assert batch.dtype == np.float32
+        assert np.abs(batch - rows).max() <= 1e-7
+    for extreme in (np.full((2, 4), 1e200), np.full((2, 4), 1e-42, dtype=np.float32)):
+        assert as_unit_matrix(extreme, 4, 2) == pytest.approx(np.full((2, 4), 0.5))
+    for bad, message in (([np.nan] * 12, "NaN"), ([0] * 12, "all zeros"), ([np.inf] * 12, "NaN")):
+        matrix = rng.standard_normal((5, 12))
+        matrix[3] = bad
+        with pytest.raises(InvalidVectorError, match=message):
+            as_unit_matrix(matrix, 12, 5)
+    with pytest.raises(DimensionMismatchError):
+        as_unit_matrix(rng.standard_normal((5, 11)), 12, 5)
