@@ -27,6 +27,7 @@ from .vector_index import (
     EMBEDDING_TABLE,
     delete_vectors,
     delete_vectors_where,
+    exact_vector_source,
     has_vector_table,
     put_vectors,
     vector_layout_current,
@@ -273,11 +274,13 @@ class Admin:
         if not ids:
             return {}
         with self.db.reading() as conn:
-            if not has_vector_table(conn):
+            source = exact_vector_source(conn)
+            if source is None:
                 return {}
+            table, key = source
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
-                f"SELECT id, embedding FROM {EMBEDDING_TABLE} WHERE id IN ({marks})",
+                f"SELECT {key}, embedding FROM {table} WHERE {key} IN ({marks})",
                 [int(i) for i in ids],
             ).fetchall()
         return {int(r[0]): bytes(r[1]) for r in rows}
@@ -403,13 +406,19 @@ class Admin:
     def _id_free(conn: Any, entry_id: int | None) -> bool:
         if entry_id is None or entry_id < 1:
             return False
-        taken = conn.execute("SELECT 1 FROM entries WHERE id = ?", (entry_id,)).fetchone()
-        if taken is not None:
+        # Ids are never reused: only an id above every id this file ever gave out is
+        # free (a fresh file keeps the exported ids), and no vector row may hold it.
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+        if seq is not None and entry_id <= int(seq[0]):
             return False
-        return (
-            conn.execute(f"SELECT 1 FROM {EMBEDDING_TABLE} WHERE id = ?", (entry_id,)).fetchone()
-            is None
-        )
+        for sql in (
+            "SELECT 1 FROM entries WHERE id = ?",
+            f"SELECT 1 FROM {EMBEDDING_TABLE} WHERE id = ?",
+            f"SELECT 1 FROM {VECTOR_TABLE} WHERE rowid = ?",
+        ):
+            if conn.execute(sql, (entry_id,)).fetchone() is not None:
+                return False
+        return True
 
     # -- health ------------------------------------------------------------------
 

@@ -172,6 +172,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
             if read_only:
                 check_current(self._db)
                 self._store.check_embedder(self.embedder.model_id, self.embedder.dim)
+                self._store.check_vector_layout()
             else:
                 migrate(self._db)
                 self._store.bind_embedder(self.embedder.model_id, self.embedder.dim)

@@ -161,6 +161,7 @@ def open_existing(path: str, *, upgrade: bool = False) -> Database:
                 )
         if upgrade:
             migrate(db)
+            Store(db).upgrade_vector_layout()
     except BaseException:
         db.close()
         raise

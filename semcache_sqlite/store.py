@@ -208,6 +208,17 @@ class Store(LifecycleStore, ReembedStore):
             self.ensure_vector_layout(conn, dim)
         self.bound = (model_id, int(dim))
 
+    def check_vector_layout(self) -> None:
+        """For a file opened read-only: refuse an index of an older layout up front
+        (lookups could not use it, and a read-only file cannot be upgraded)."""
+        with self.db.reading() as conn:
+            if has_vector_table(conn) and not vector_layout_current(conn):
+                raise UpgradeRequiredError(
+                    f"{self.db.path}: its vector index has the layout of an older version "
+                    "and a read-only file cannot be upgraded; open it once writable, or "
+                    "run `semcache migrate`"
+                )
+
     def upgrade_vector_layout(self) -> bool:
         """Bring a bound file's vector index to this version's layout (True if rebuilt);
         a file never bound to an embedder has none yet."""
@@ -678,12 +689,17 @@ class Store(LifecycleStore, ReembedStore):
         if not ranked:
             return []
         ids = [i for i, _ in ranked]
-        marks = ",".join("?" * len(ids))
-        rows = conn.execute(
-            "SELECT e.id, e.namespace, e.user_id, e.context_key, e.expires_at, b.embedding "
-            f"FROM entries e LEFT JOIN {EMBEDDING_TABLE} b ON b.id = e.id WHERE e.id IN ({marks})",
-            ids,
-        ).fetchall()
+        rows = []
+        for start in range(0, len(ids), 500):  # under old SQLite's 999-parameter limit
+            part = ids[start : start + 500]
+            rows.extend(
+                conn.execute(
+                    "SELECT e.id, e.namespace, e.user_id, e.context_key, e.expires_at, "
+                    f"b.embedding FROM entries e LEFT JOIN {EMBEDDING_TABLE} b ON b.id = e.id "
+                    f"WHERE e.id IN ({','.join('?' * len(part))})",
+                    part,
+                )
+            )
         visible = scope.visible_user_ids()
         rows = [
             r
@@ -756,6 +772,8 @@ class Store(LifecycleStore, ReembedStore):
         with self.db.reading() as conn:
             if not has_vector_table(conn):
                 return (int(conn.execute("SELECT count(*) FROM entries").fetchone()[0]), 0)
+            if not vector_layout_current(conn):  # an older file: the vec0 table only
+                return self._legacy_orphan_counts(conn)
             no_vector = conn.execute(
                 "SELECT count(*) FROM entries WHERE "
                 f"id NOT IN (SELECT rowid FROM {VECTOR_TABLE}) "
@@ -766,6 +784,16 @@ class Store(LifecycleStore, ReembedStore):
                 f"UNION SELECT id FROM {EMBEDDING_TABLE}) "
                 "WHERE id NOT IN (SELECT id FROM entries)"
             ).fetchone()[0]
+        return int(no_vector), int(no_entry)
+
+    @staticmethod
+    def _legacy_orphan_counts(conn: Any) -> tuple[int, int]:
+        no_vector = conn.execute(
+            f"SELECT count(*) FROM entries WHERE id NOT IN (SELECT rowid FROM {VECTOR_TABLE})"
+        ).fetchone()[0]
+        no_entry = conn.execute(
+            f"SELECT count(*) FROM {VECTOR_TABLE} WHERE rowid NOT IN (SELECT id FROM entries)"
+        ).fetchone()[0]
         return int(no_vector), int(no_entry)
 
     def iter_entries(self, batch: int = 1000) -> Iterable[EntryRow]:

@@ -370,9 +370,16 @@ class LifecycleStore:
             return 0
         # The exact vectors are re-quantized: reading bits back out of vec0 is slow.
         moved = vector_rows(conn, ids)
-        delete_vectors(conn, ids)  # an orphan vector (no entry) just goes
+        kept = {r.entry_id for r in moved}
+        marks = ",".join("?" * len(ids))
+        alive = {
+            int(r[0]) for r in conn.execute(f"SELECT id FROM entries WHERE id IN ({marks})", ids)
+        }
+        # An index row without an entry just goes; one whose entry lost its exact vector
+        # stays where it is (doctor reports the entry) rather than vanish silently.
+        delete_vectors(conn, kept | (set(ids) - alive))
         put_vectors(conn, moved)
-        return len(ids)
+        return len(kept)
 
     def ensure_vector_layout(self, conn: Any, dim: int) -> bool:
         """Create the vector index, or upgrade a file written by an older version.

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -147,6 +148,18 @@ def vector_layout_current(conn: Any) -> bool:
     )
 
 
+def exact_vector_source(conn: Any) -> tuple[str, str] | None:
+    """(table, id column) holding the exact float32 vectors: ``entry_embeddings``, or
+    the vec0 table itself in a file of an older layout not upgraded yet (read-only
+    inspection); None when the file has no vectors yet."""
+    if vector_layout_current(conn):
+        return EMBEDDING_TABLE, "id"
+    sql = _table_sql(conn, VECTOR_TABLE)
+    if sql is not None and "float[" in sql:
+        return VECTOR_TABLE, "rowid"
+    return None
+
+
 @dataclass(frozen=True)
 class VectorRow:
     """One entry's vector with the scope and expiry the index filters on."""
@@ -188,6 +201,15 @@ def put_vectors(conn: Any, rows: Sequence[VectorRow], *, replace: bool = False) 
 
 
 def _index(conn: Any, rows: Sequence[VectorRow]) -> None:
+    # All vectors of a file have one size; a blob of another is damage: left out of
+    # the index (so never returned) and reported, instead of failing the whole write.
+    width = Counter(len(r.embedding) for r in rows).most_common(1)[0][0]
+    damaged = [r.entry_id for r in rows if len(r.embedding) != width]
+    if damaged or width % 4:
+        logger.warning("entries %s have unusable vectors (corrupt file?)", damaged or rows)
+        rows = [r for r in rows if len(r.embedding) == width and width % 4 == 0]
+        if not rows:
+            return
     blob = b"".join(r.embedding for r in rows)
     matrix = np.frombuffer(blob, dtype="<f4").reshape(len(rows), -1)
     conn.executemany(
