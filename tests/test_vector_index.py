@@ -266,6 +266,8 @@ def test_a_batch_of_vectors_is_validated_like_single_ones() -> None:
         rows = np.stack([as_unit_vector(row, 12) for row in matrix])
         assert batch.dtype == np.float32
         assert np.abs(batch - rows).max() <= 1e-7
+    unit = rows.astype(np.float32)  # rows of norm 1 (float32) pass through unchanged
+    assert np.array_equal(as_unit_matrix(unit, 12, 40), unit)
     for extreme in (np.full((2, 4), 1e200), np.full((2, 4), 1e-42, dtype=np.float32)):
         assert as_unit_matrix(extreme, 4, 2) == pytest.approx(np.full((2, 4), 0.5))
     for bad, message in (([np.nan] * 12, "NaN"), ([0] * 12, "all zeros"), ([np.inf] * 12, "NaN")):
