@@ -151,9 +151,9 @@ def _unit_rows(matrix: np.ndarray[Any, Any]) -> FloatMatrix | None:
     norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))
     if not (np.all(np.isfinite(norms)) and np.all(norms > 0)):
         return None
-    if matrix.dtype == np.float32 and matrix.flags.c_contiguous:
-        if np.all(np.abs(norms - 1.0) <= 1e-6):
-            return matrix  # unit rows already (most embedders): no copy of a large batch
+    unit = bool(np.all(np.abs(norms - 1.0) <= 1e-6))
+    if unit and matrix.dtype == np.float32 and matrix.flags.c_contiguous:
+        return matrix  # unit rows already (most embedders): no copy of a large batch
     inverse = 1.0 / norms
     if matrix.dtype == np.float32:
         with np.errstate(over="ignore"):
