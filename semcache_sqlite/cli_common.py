@@ -160,12 +160,18 @@ def open_existing(path: str, *, upgrade: bool = False) -> Database:
                     "(`semcache migrate` turns it into an empty cache)"
                 )
         if upgrade:
-            migrate(db)
-            Store(db).upgrade_vector_layout()
+            upgrade_file(db)
     except BaseException:
         db.close()
         raise
     return db
+
+
+def upgrade_file(db: Database) -> None:
+    """Bring a file opened for writing up to this version: its schema, then its vector
+    index (whose layout needs the dimension, so no SQL migration can build it)."""
+    migrate(db)
+    Store(db).upgrade_vector_layout()
 
 
 def open_or_create(path: str) -> Database:
@@ -176,8 +182,7 @@ def open_or_create(path: str) -> Database:
         raise CliError(f"{path}: directory {parent} does not exist", EXIT_ERROR)
     db = Database(path)
     try:
-        migrate(db)
-        Store(db).upgrade_vector_layout()
+        upgrade_file(db)
     except BaseException:
         db.close()
         raise

@@ -33,12 +33,12 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_vec
 
@@ -460,6 +460,19 @@ class Database:
             sqlite_version = conn.execute("SELECT sqlite_version()").fetchone()[0]
             vec_version = conn.execute("SELECT vec_version()").fetchone()[0]
         return DriverInfo(self.driver.__name__, str(sqlite_version), str(vec_version))
+
+
+T = TypeVar("T")
+
+#: Values bound per ``IN (...)`` list: SQLite before 3.32 allows 999 parameters.
+IN_LIST_BATCH = 500
+
+
+def in_batches(values: Sequence[T]) -> Iterator[tuple[Sequence[T], str]]:
+    """``values`` in slices small enough to bind, each with its ``?,?,...`` marks."""
+    for start in range(0, len(values), IN_LIST_BATCH):
+        part = values[start : start + IN_LIST_BATCH]
+        yield part, ",".join("?" * len(part))
 
 
 def split_sql_script(script: str, complete_statement: Any) -> list[str]:

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass
 from typing import Any
 
-from .db import Database
+from .db import Database, in_batches
 from .errors import (
     CacheTimeoutError,
     EmbedderMismatchError,
@@ -48,7 +48,6 @@ from .vector_index import (
     EMBEDDING_TABLE,
     MAX_K,
     VECTOR_TABLE,
-    ScopeFilter,
     candidate_ids,
     cosine_similarities,
     delete_vectors,
@@ -59,6 +58,7 @@ from .vector_index import (
     set_expiry,
     vector_layout_current,
     vector_row,
+    vector_sources,
 )
 
 __all__ = ["MAX_K", "VECTOR_TABLE", "EntryRow", "NewEntry", "Scope", "Store"]
@@ -212,12 +212,24 @@ class Store(LifecycleStore, ReembedStore):
         """For a file opened read-only: refuse an index of an older layout up front
         (lookups could not use it, and a read-only file cannot be upgraded)."""
         with self.db.reading() as conn:
-            if has_vector_table(conn) and not vector_layout_current(conn):
-                raise UpgradeRequiredError(
-                    f"{self.db.path}: its vector index has the layout of an older version "
-                    "and a read-only file cannot be upgraded; open it once writable, or "
-                    "run `semcache migrate`"
-                )
+            self._usable_index(conn)
+
+    def _usable_index(self, conn: Any) -> bool:
+        """True if the file has a vector index lookups can use, False if it has none
+        yet; an index of an older layout raises UpgradeRequiredError."""
+        if self._layout_known_current:
+            return True
+        if not has_vector_table(conn):
+            return False
+        if not vector_layout_current(conn):
+            raise UpgradeRequiredError(
+                f"{self.db.path}: its vector index has the layout of an older version, which "
+                "this handle may not upgrade (read-only or inspection); open it once with a "
+                "writable SemanticCache, or run `semcache migrate`"
+            )
+        # A layout is never downgraded (a re-embed rebuilds it in one transaction).
+        self._layout_known_current = True
+        return True
 
     def upgrade_vector_layout(self) -> bool:
         """Bring a bound file's vector index to this version's layout (True if rebuilt);
@@ -389,10 +401,7 @@ class Store(LifecycleStore, ReembedStore):
         """query_hash -> (id, expires_at) of the newest entry stored under exactly this
         namespace, user and context with that normalised query."""
         found: dict[str, tuple[int, float | None]] = {}
-        hashes = sorted({e.query_hash for e in entries})
-        for start in range(0, len(hashes), 500):  # under SQLite's bound-parameter limit
-            part = hashes[start : start + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in in_batches(sorted({e.query_hash for e in entries})):
             # `+user_id`: keeps the planner on entries_by_exact_query (namespace,
             # context_key, query_hash); by entries_by_scope it would walk the namespace.
             rows = conn.execute(
@@ -638,29 +647,28 @@ class Store(LifecycleStore, ReembedStore):
         k = max(1, min(int(k), MAX_K))
         now = self.now()
         with self.db.reading() as conn:
-            if not self._layout_known_current:
-                if not has_vector_table(conn):
-                    return []
-                if not vector_layout_current(conn):
-                    raise UpgradeRequiredError(
-                        f"{self.db.path}: its vector index has the layout of an older version; "
-                        "open it once with a writable SemanticCache, or run `semcache migrate`"
-                    )
-                # A layout is never downgraded (a re-embed rebuilds it in one transaction).
-                self._layout_known_current = True
+            if not self._usable_index(conn):
+                return []
             self._check_bound(conn)
             if self.exact_search if exact is None else exact:
-                ranked = self._exact_ranking(conn, scope, vector, k, now)
+                ids = self._exact_ranking(conn, scope, vector, k, now)
             else:
                 wanted = min(MAX_K, max(self.search_candidates, CANDIDATES_PER_RESULT * k))
-                filt = ScopeFilter(scope.namespace, scope.context_key, scope.user_id)
-                ranked = [(i, None) for i in candidate_ids(conn, filt, vector, wanted, now)]
-            return self._rescored(conn, scope, vector, ranked, k, now)
+                ids = candidate_ids(
+                    conn,
+                    vector,
+                    wanted,
+                    now,
+                    namespace=scope.namespace,
+                    context_key=scope.context_key,
+                    user_id=scope.user_id,
+                )
+            return self._rescored(conn, scope, vector, ids, k, now)
 
     @staticmethod
     def _exact_ranking(
         conn: Any, scope: Scope, vector: FloatVector, k: int, now: float
-    ) -> list[tuple[int, float | None]]:
+    ) -> list[int]:
         """The ids of the k best unexpired entries of the scope, by an exact scan."""
         best: list[tuple[float, int]] = []
         for ids, sims in scan_scope(
@@ -673,30 +681,26 @@ class Store(LifecycleStore, ReembedStore):
         ):
             best.extend((float(s), i) for i, s in zip(ids, sims, strict=True) if s == s)
             best = sorted(best, key=lambda t: (-t[0], t[1]))[:k]
-        return [(i, s) for s, i in best]
+        return [i for _, i in best]
 
     def _rescored(
         self,
         conn: Any,
         scope: Scope,
         vector: FloatVector,
-        ranked: Sequence[tuple[int, float | None]],
+        ids: Sequence[int],
         k: int,
         now: float,
     ) -> list[tuple[EntryRow, float]]:
         """Entries (re-checked to be in scope and unexpired) by exact cosine distance:
         the candidates' scope and exact vectors first, whole rows for the best k only."""
-        if not ranked:
-            return []
-        ids = [i for i, _ in ranked]
         rows = []
-        for start in range(0, len(ids), 500):  # under old SQLite's 999-parameter limit
-            part = ids[start : start + 500]
+        for part, marks in in_batches(ids):
             rows.extend(
                 conn.execute(
                     "SELECT e.id, e.namespace, e.user_id, e.context_key, e.expires_at, "
                     f"b.embedding FROM entries e LEFT JOIN {EMBEDDING_TABLE} b ON b.id = e.id "
-                    f"WHERE e.id IN ({','.join('?' * len(part))})",
+                    f"WHERE e.id IN ({marks})",
                     part,
                 )
             )
@@ -770,30 +774,15 @@ class Store(LifecycleStore, ReembedStore):
         either vector table but no entry counts once.
         """
         with self.db.reading() as conn:
-            if not has_vector_table(conn):
+            sources = vector_sources(conn)  # the vec0 table only in an older layout
+            if not sources:
                 return (int(conn.execute("SELECT count(*) FROM entries").fetchone()[0]), 0)
-            if not vector_layout_current(conn):  # an older file: the vec0 table only
-                return self._legacy_orphan_counts(conn)
-            no_vector = conn.execute(
-                "SELECT count(*) FROM entries WHERE "
-                f"id NOT IN (SELECT rowid FROM {VECTOR_TABLE}) "
-                f"OR id NOT IN (SELECT id FROM {EMBEDDING_TABLE})"
-            ).fetchone()[0]
+            missing = " OR ".join(f"id NOT IN (SELECT {key} FROM {t})" for t, key in sources)
+            held = " UNION ".join(f"SELECT {key} AS id FROM {t}" for t, key in sources)
+            no_vector = conn.execute(f"SELECT count(*) FROM entries WHERE {missing}").fetchone()[0]
             no_entry = conn.execute(
-                f"SELECT count(*) FROM (SELECT rowid AS id FROM {VECTOR_TABLE} "
-                f"UNION SELECT id FROM {EMBEDDING_TABLE}) "
-                "WHERE id NOT IN (SELECT id FROM entries)"
+                f"SELECT count(*) FROM ({held}) WHERE id NOT IN (SELECT id FROM entries)"
             ).fetchone()[0]
-        return int(no_vector), int(no_entry)
-
-    @staticmethod
-    def _legacy_orphan_counts(conn: Any) -> tuple[int, int]:
-        no_vector = conn.execute(
-            f"SELECT count(*) FROM entries WHERE id NOT IN (SELECT rowid FROM {VECTOR_TABLE})"
-        ).fetchone()[0]
-        no_entry = conn.execute(
-            f"SELECT count(*) FROM {VECTOR_TABLE} WHERE rowid NOT IN (SELECT id FROM entries)"
-        ).fetchone()[0]
         return int(no_vector), int(no_entry)
 
     def iter_entries(self, batch: int = 1000) -> Iterable[EntryRow]:

@@ -35,10 +35,9 @@ from .lifecycle import (
 from .validation import FloatVector
 from .vector_index import (
     EMBEDDING_TABLE,
-    MAX_K,
     VECTOR_TABLE,
-    ScopeFilter,
     delete_vectors,
+    has_float_index,
     has_vector_table,
     put_vectors,
     rebuild_index,
@@ -46,10 +45,9 @@ from .vector_index import (
     set_expiry,
     vector_layout_current,
     vector_rows,
-    vector_table_ddl,
 )
 
-__all__ = ["MAX_K", "VECTOR_TABLE", "LifecycleStore", "ScopeFilter", "count_inserted"]
+__all__ = ["LifecycleStore", "count_inserted"]
 
 #: After an eviction batch, the rows of vec0 chunks at most this full are moved to
 #: the newest chunk, so the old chunk empties and sqlite-vec frees it (it never
@@ -391,23 +389,10 @@ class LifecycleStore:
         """
         if vector_layout_current(conn):
             return False
-        if has_vector_table(conn) and not self._index_is_quantized(conn):
+        if has_float_index(conn):
             self._copy_vectors_out(conn)
-        if (
-            has_vector_table(conn)
-            or conn.execute(f"SELECT EXISTS (SELECT 1 FROM {EMBEDDING_TABLE})").fetchone()[0]
-        ):
-            rebuild_index(conn, dim)
-        else:
-            conn.execute(vector_table_ddl(dim))
+        rebuild_index(conn, dim)  # an empty index when there are no vectors yet
         return True
-
-    @staticmethod
-    def _index_is_quantized(conn: Any) -> bool:
-        row = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (VECTOR_TABLE,)
-        ).fetchone()
-        return row is not None and "bit[" in str(row[0])
 
     def _copy_vectors_out(self, conn: Any) -> None:
         """Copy the float32 vectors of a pre-0005 vec0 table into ``entry_embeddings``."""
@@ -444,13 +429,11 @@ class LifecycleStore:
                 "SELECT value FROM cache_info WHERE key = 'embedding_dim'"
             ).fetchone()
             if dim is not None and has_vector_table(conn):
-                # A file of an older layout is upgraded (which rebuilds the index) first.
-                upgraded = self.ensure_vector_layout(conn, int(dim[0]))
-                if upgraded or compact_vectors:
+                if self.ensure_vector_layout(conn, int(dim[0])):  # upgrading rebuilds it
                     rebuilt = int(
-                        conn.execute(f"SELECT count(*) FROM {EMBEDDING_TABLE}").fetchone()[0]
+                        conn.execute(f"SELECT count(*) FROM {VECTOR_TABLE}").fetchone()[0]
                     )
-                if compact_vectors and not upgraded:
+                elif compact_vectors:
                     rebuilt = rebuild_index(conn, int(dim[0]))
         with self.db.reading() as conn:
             conn.execute("VACUUM")  # outside any transaction, as SQLite requires

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from .db import in_batches
 from .errors import InvalidInputError
 from .validation import FloatVector
 
@@ -148,16 +149,31 @@ def vector_layout_current(conn: Any) -> bool:
     )
 
 
+def has_float_index(conn: Any) -> bool:
+    """The vec0 table is of a layout before migration 0005: it holds the float32
+    vectors themselves (there is no ``entry_embeddings`` content yet)."""
+    sql = _table_sql(conn, VECTOR_TABLE)
+    return sql is not None and "float[" in sql
+
+
 def exact_vector_source(conn: Any) -> tuple[str, str] | None:
     """(table, id column) holding the exact float32 vectors: ``entry_embeddings``, or
     the vec0 table itself in a file of an older layout not upgraded yet (read-only
     inspection); None when the file has no vectors yet."""
     if vector_layout_current(conn):
         return EMBEDDING_TABLE, "id"
-    sql = _table_sql(conn, VECTOR_TABLE)
-    if sql is not None and "float[" in sql:
+    if has_float_index(conn):
         return VECTOR_TABLE, "rowid"
     return None
+
+
+def vector_sources(conn: Any) -> list[tuple[str, str]]:
+    """(table, id column) of every table holding a vector row per entry."""
+    if not has_vector_table(conn):
+        return []
+    if vector_layout_current(conn):
+        return [(VECTOR_TABLE, "rowid"), (EMBEDDING_TABLE, "id")]
+    return [(VECTOR_TABLE, "rowid")]  # an older layout: the vec0 table only
 
 
 @dataclass(frozen=True)
@@ -200,16 +216,18 @@ def put_vectors(conn: Any, rows: Sequence[VectorRow], *, replace: bool = False) 
     _index(conn, rows)
 
 
-def _index(conn: Any, rows: Sequence[VectorRow]) -> None:
-    # All vectors of a file have one size; a blob of another is damage: left out of
-    # the index (so never returned) and reported, instead of failing the whole write.
+def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
+    """Insert the index rows of these vectors; return how many were indexed.
+
+    All vectors of a file have one size; a blob of another is damage: left out of
+    the index (so never returned) and reported, instead of failing the whole write."""
     width = Counter(len(r.embedding) for r in rows).most_common(1)[0][0]
     damaged = [r.entry_id for r in rows if len(r.embedding) != width]
     if damaged or width % 4:
         logger.warning("entries %s have unusable vectors (corrupt file?)", damaged or rows)
         rows = [r for r in rows if len(r.embedding) == width and width % 4 == 0]
         if not rows:
-            return
+            return 0
     blob = b"".join(r.embedding for r in rows)
     matrix = np.frombuffer(blob, dtype="<f4").reshape(len(rows), -1)
     conn.executemany(
@@ -227,6 +245,7 @@ def _index(conn: Any, rows: Sequence[VectorRow]) -> None:
             for r, bits in zip(rows, quantize(matrix), strict=True)
         ],
     )
+    return len(rows)
 
 
 def delete_vectors(conn: Any, ids: Iterable[int]) -> None:
@@ -252,19 +271,19 @@ def set_expiry(conn: Any, entry_id: int, expires_at: float | None) -> None:
     )
 
 
+#: An entry's scope, expiry and exact vector: the columns of a VectorRow.
+_VECTOR_ROW_SELECT = (
+    "SELECT e.id, e.namespace, e.user_id, e.context_key, e.expires_at, b.embedding "
+    f"FROM entries e JOIN {EMBEDDING_TABLE} b ON b.id = e.id"
+)
+
+
 def vector_rows(conn: Any, ids: Sequence[int]) -> list[VectorRow]:
     """The stored vectors of these entries, with their scope (entries without one are left out)."""
     rows: list[VectorRow] = []
-    for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-        part = [int(i) for i in ids[start : start + 500]]
-        marks = ",".join("?" * len(part))
+    for part, marks in in_batches([int(i) for i in ids]):
         rows.extend(
-            _row(r)
-            for r in conn.execute(
-                "SELECT e.id, e.namespace, e.user_id, e.context_key, e.expires_at, b.embedding "
-                f"FROM entries e JOIN {EMBEDDING_TABLE} b ON b.id = e.id WHERE e.id IN ({marks})",
-                part,
-            )
+            _row(r) for r in conn.execute(f"{_VECTOR_ROW_SELECT} WHERE e.id IN ({marks})", part)
         )
     return rows
 
@@ -279,16 +298,12 @@ def rebuild_index(conn: Any, dim: int) -> int:
     done = last = 0
     while True:
         rows = conn.execute(
-            "SELECT e.id, e.namespace, e.user_id, e.context_key, e.expires_at, b.embedding "
-            f"FROM entries e JOIN {EMBEDDING_TABLE} b ON b.id = e.id "
-            "WHERE e.id > ? ORDER BY e.id LIMIT ?",
-            (last, _BATCH),
+            f"{_VECTOR_ROW_SELECT} WHERE e.id > ? ORDER BY e.id LIMIT ?", (last, _BATCH)
         ).fetchall()
         if not rows:
             return done
         batch = [_row(r) for r in rows]
-        _index(conn, batch)
-        done += len(batch)
+        done += _index(conn, batch)
         last = batch[-1].entry_id
 
 
@@ -299,31 +314,30 @@ def _row(r: Sequence[Any]) -> VectorRow:
 # -- finding the nearest entries ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ScopeFilter:
-    """Which entries a KNN may return: one namespace and context, shared + own rows."""
-
-    namespace: str
-    context_key: str
-    user_id: str  # '' = anonymous: shared rows only
-
-
 def candidate_ids(
-    conn: Any, scope: ScopeFilter, vector: FloatVector, k: int, now: float
+    conn: Any,
+    vector: FloatVector,
+    k: int,
+    now: float,
+    *,
+    namespace: str,
+    context_key: str,
+    user_id: str,
 ) -> list[int]:
-    """Ids of the ``k`` entries of the scope whose bits are nearest (Hamming)."""
+    """Ids of the ``k`` entries of one namespace and context, shared or ``user_id``'s
+    own ('' = shared only), unexpired at ``now``, whose bits are nearest (Hamming)."""
     sql = (
         f"SELECT rowid FROM {VECTOR_TABLE} WHERE embedding MATCH vec_bit(?) AND k = ? "
         "AND namespace = ?"
     )
-    params: list[Any] = [quantize(vector)[0], max(1, min(int(k), MAX_K)), scope.namespace]
-    if _other_contexts(conn, scope.namespace, scope.context_key):
+    params: list[Any] = [quantize(vector)[0], max(1, min(int(k), MAX_K)), namespace]
+    if _other_contexts(conn, namespace, context_key):
         sql += " AND context = ?"
-        params.append(scope_hash(scope.context_key))
-    if _private_rows(conn, scope.namespace):
-        if scope.user_id:
+        params.append(scope_hash(context_key))
+    if _private_rows(conn, namespace):
+        if user_id:
             sql += " AND owner IN (0, ?)"
-            params.append(scope_hash(scope.user_id))
+            params.append(scope_hash(user_id))
         else:
             sql += " AND owner = 0"
     if _expiring_rows(conn):

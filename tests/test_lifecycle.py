@@ -12,7 +12,7 @@ from clock import FakeClock
 from fakes import FakeEmbedder
 
 from semcache_sqlite import InvalidInputError, SemanticCache, VersionConflictError
-from semcache_sqlite import store_lifecycle as store_lifecycle_module
+from semcache_sqlite import vector_index as vector_index_module
 
 
 @pytest.fixture
@@ -403,8 +403,8 @@ def test_forget_similar_removes_near_duplicates_in_scope(
         far = cache.store("weather today in paris", None, "sunny")
         elsewhere = cache.store("reset my password", None, "ok", namespace="other")
         other_context = cache.store("reset my password", None, "ok", context={"model": "m2"})
-        # a tiny k proves the KNN is repeated until it comes back short
-        monkeypatch.setattr(store_lifecycle_module, "MAX_K", 2)
+        # tiny batches prove the exact scan goes through all of them
+        monkeypatch.setattr(vector_index_module, "_BATCH", 2)
         deleted = cache.forget_similar(
             "reset my password", min_similarity=0.8, namespace="default", context=None
         )
