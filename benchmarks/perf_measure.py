@@ -231,15 +231,18 @@ def _fidelity(
     }
 
 
-def measure_guarded_fidelity(path: Path | str, inp: SearchInputs, count: int) -> dict[str, Any]:
+def measure_guarded_fidelity(
+    path: Path | str, inp: SearchInputs, count: int, candidates: int
+) -> dict[str, Any]:
     """The whole decision with the guards on (``find_similar`` at the cache's default
-    threshold): the fast path vs the same file opened with ``exact_search=True``
-    (every exact vector of the namespace scanned). Same hit/miss and the same entry."""
+    threshold): the fast path (re-scoring ``candidates``) vs the same file opened with
+    ``exact_search=True`` (every exact vector of the namespace scanned). Same hit/miss
+    and the same entry."""
     n = min(count, len(inp.probe_vectors))
     agree = hits = 0
     opts: dict[str, Any] = {"embedder": LocalEmbedder(), "read_only": True}
     with (
-        SemanticCache(path, **opts) as fast,
+        SemanticCache(path, search_candidates=candidates, **opts) as fast,
         SemanticCache(path, exact_search=True, **opts) as exact,
     ):
         for i in range(n):

@@ -83,7 +83,8 @@ def print_report(results: dict[str, Any]) -> None:
     print(
         f"machine: {meta['cpus']} CPUs, {meta['platform']}; Python {meta['python']}; "
         f"SQLite {meta['sqlite_version']} ({meta['driver']}), sqlite-vec {meta['sqlite_vec']}, "
-        f"numpy {meta['numpy']}; semcache-sqlite {meta['library_version']}"
+        f"numpy {meta['numpy']}; semcache-sqlite {meta['library_version']} "
+        f"(fast path: {meta.get('search_candidates', '?')} candidates re-scored per lookup)"
     )
     blas = meta.get("blas", {})
     print(

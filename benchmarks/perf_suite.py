@@ -51,6 +51,7 @@ from qqp_data import add_data_arguments
 import semcache_sqlite
 from semcache_sqlite import LocalEmbedder, SemanticCache
 from semcache_sqlite.db import Database
+from semcache_sqlite.vector_index import DEFAULT_CANDIDATES
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "perf_child.py"
@@ -87,6 +88,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="qqp: real data (embeds it if not cached); auto: qqp if its embeddings are "
         "cached, else synthetic (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=DEFAULT_CANDIDATES,
+        help="SemanticCache(search_candidates=...) of the fast path: Hamming-nearest "
+        "entries re-scored per lookup (default: %(default)s, the library's)",
     )
     parser.add_argument("--workdir", default="/tmp/semcache-perf", help="where files are built")
     parser.add_argument("--reuse", action="store_true", help="reuse unchanged built files")
@@ -211,7 +219,10 @@ def run_case(
     log(f"{rows.size:,} entries, {layout.label}: search latency over {probes} probes")
     raw_db = Database(raw.path)
     try:
-        with SemanticCache(lib.path, embedder=LocalEmbedder()) as cache:
+        candidates = args.candidates
+        with SemanticCache(
+            lib.path, embedder=LocalEmbedder(), search_candidates=candidates
+        ) as cache:
             inputs = SearchInputs(
                 rows=rows,
                 layout=layout,
@@ -227,8 +238,10 @@ def run_case(
             exact = measure_exact_repeat(cache, rows, layout, args.exact_probes, args.seed)
         log(f"{rows.size:,} entries, {layout.label}: guarded decisions, fast vs exact scan")
         guarded = min(probes, args.guarded_probes)
-        search["guarded_fidelity"] = measure_guarded_fidelity(lib.path, inputs, guarded)
-        with SemanticCache(lib.path, embedder=LocalEmbedder()) as cache:
+        search["guarded_fidelity"] = measure_guarded_fidelity(lib.path, inputs, guarded, candidates)
+        with SemanticCache(
+            lib.path, embedder=LocalEmbedder(), search_candidates=candidates
+        ) as cache:
             if rows.size == e2e_size(args.size_list):
                 log(f"{rows.size:,} entries, {layout.label}: end-to-end get_or_compute")
                 e2e.append(
@@ -292,6 +305,7 @@ def meta(args: argparse.Namespace, source: Source) -> dict[str, Any]:
         "library_code_sha256": library_code_hash(),
         "workdir": str(Path(args.workdir).expanduser()),
         "load_average_start": load_average(),
+        "search_candidates": args.candidates,
     }
 
 

@@ -132,3 +132,21 @@ def test_probes_are_asked_where_their_anchor_lives() -> None:
     layout = make_layout(source, rows, 4, seed=0)
     assert int(layout.offsets[-1]) == 25
     assert layout.namespace_of_row(rows.row_of_text["q3"]) == layout.probe_ns[0]
+
+
+def test_suite_records_its_candidates(results: dict[str, Any]) -> None:
+    assert results["meta"]["search_candidates"] == 16
+
+
+def test_knn_floor_runs_on_a_small_table(tmp_path: Path) -> None:
+    from knn_floor import CANDIDATES, KS, SMALL_CHUNKS, WIDTHS
+    from knn_floor import main as knn_floor
+
+    out = knn_floor(["--entries", "3000", "--probes", "5", "--workdir", str(tmp_path)])
+    queries = out["queries"]
+    assert {f"bit[{w}] k={k}" for w in WIDTHS for k in KS} <= set(queries)
+    assert f"bit[384] k={CANDIDATES}, distance <= 100 (no row)" in queries
+    assert all(ms > 0 for ms in queries.values()) and out["numpy_ms"] > 0
+    sizes = [out["namespace_bytes"][c] for c in (*SMALL_CHUNKS, 1024)]
+    assert sizes == sorted(sizes) and sizes[0] > 0  # a bigger chunk pre-allocates more
+    assert list(tmp_path.iterdir()) == []  # its file is removed
