@@ -639,7 +639,8 @@ class Store(LifecycleStore, ReembedStore):
         Fast path (the default): the bit index returns the Hamming-nearest
         ``max(search_candidates, 4k)`` entries of the scope (scope and expiry
         filtered inside the scan, so an expired or foreign neighbour never takes a
-        candidate's place), then their exact vectors are re-scored. ``exact=True``
+        candidate's place; every entry of a tie, see ``candidate_ids``), then their
+        exact vectors are re-scored. ``exact=True``
         (or ``Store.exact_search``) scans every exact vector of the scope instead:
         O(entries), for checking the fast path or for embedders whose signs carry
         little information.
@@ -650,9 +651,8 @@ class Store(LifecycleStore, ReembedStore):
             if not self._usable_index(conn):
                 return []
             self._check_bound(conn)
-            if self.exact_search if exact is None else exact:
-                ids = self._exact_ranking(conn, scope, vector, k, now)
-            else:
+            ids = None
+            if not (self.exact_search if exact is None else exact):
                 wanted = min(MAX_K, max(self.search_candidates, CANDIDATES_PER_RESULT * k))
                 ids = candidate_ids(
                     conn,
@@ -663,6 +663,8 @@ class Store(LifecycleStore, ReembedStore):
                     context_key=scope.context_key,
                     user_id=scope.user_id,
                 )
+            if ids is None:  # asked for, or the bits could not tell the candidates apart
+                ids = self._exact_ranking(conn, scope, vector, k, now)
             return self._rescored(conn, scope, vector, ids, k, now)
 
     @staticmethod

@@ -323,14 +323,23 @@ def candidate_ids(
     namespace: str,
     context_key: str,
     user_id: str,
-) -> list[int]:
+) -> list[int] | None:
     """Ids of the ``k`` entries of one namespace and context, shared or ``user_id``'s
-    own ('' = shared only), unexpired at ``now``, whose bits are nearest (Hamming)."""
+    own ('' = shared only), unexpired at ``now``, whose bits are nearest (Hamming).
+
+    When all ``k`` are as far as the first, more entries may tie than came back,
+    and which ones did is arbitrary: then every entry at that distance is returned
+    (near-identical queries, like one template with different numbers, can share
+    their bits). None when there are more than :data:`MAX_K` of them, i.e. the bits
+    cannot tell the entries apart (an embedder whose coordinates share their sign,
+    say): the caller then ranks by an exact scan.
+    """
     sql = (
-        f"SELECT rowid FROM {VECTOR_TABLE} WHERE embedding MATCH vec_bit(?) AND k = ? "
-        "AND namespace = ?"
+        f"SELECT rowid, distance FROM {VECTOR_TABLE} WHERE embedding MATCH vec_bit(?) "
+        "AND k = ? AND namespace = ?"
     )
-    params: list[Any] = [quantize(vector)[0], max(1, min(int(k), MAX_K)), namespace]
+    k = max(1, min(int(k), MAX_K))
+    params: list[Any] = [quantize(vector)[0], k, namespace]
     if _other_contexts(conn, namespace, context_key):
         sql += " AND context = ?"
         params.append(scope_hash(context_key))
@@ -343,7 +352,13 @@ def candidate_ids(
     if _expiring_rows(conn):
         sql += " AND expires_at > ?"
         params.append(float(now))
-    return [int(r[0]) for r in conn.execute(sql, params)]
+    rows = conn.execute(sql, params).fetchall()
+    if k > 1 and len(rows) == k and rows[0][1] == rows[-1][1]:
+        params[1] = MAX_K
+        rows = conn.execute(f"{sql} AND distance <= ?", (*params, rows[0][1])).fetchall()
+        if len(rows) == MAX_K:
+            return None
+    return [int(r[0]) for r in rows]
 
 
 def _other_contexts(conn: Any, namespace: str, context_key: str) -> bool:

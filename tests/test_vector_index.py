@@ -25,6 +25,7 @@ from semcache_sqlite import (
     SemanticCache,
 )
 from semcache_sqlite import vector_index as vector_index_module
+from semcache_sqlite.store import Store
 from semcache_sqlite.validation import as_unit_matrix, as_unit_vector
 from semcache_sqlite.vector_index import bit_width, quantize, scope_hash
 
@@ -277,3 +278,34 @@ def test_a_batch_of_vectors_is_validated_like_single_ones() -> None:
             as_unit_matrix(matrix, 12, 5)
     with pytest.raises(DimensionMismatchError):
         as_unit_matrix(rng.standard_normal((5, 11)), 12, 5)
+
+
+@pytest.mark.parametrize("max_k", [None, 32])
+def test_candidates_that_all_tie_are_widened_then_scanned_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_k: int | None
+) -> None:
+    """All coordinates positive (some embedders, or a server's odd model): every entry
+    has the same sign bits, so the 16 Hamming-nearest are an arbitrary 16. The lookup
+    then takes every entry at that distance; if there are more than sqlite-vec's k cap
+    (lowered to 32 here), it scans the exact vectors instead of guessing."""
+    exact_scans = []
+    real_exact_ranking = Store._exact_ranking
+
+    def counted(*args: Any) -> list[int]:
+        exact_scans.append(1)
+        return real_exact_ranking(*args)
+
+    monkeypatch.setattr(Store, "_exact_ranking", staticmethod(counted))
+    if max_k is not None:
+        monkeypatch.setattr(vector_index_module, "MAX_K", max_k)
+    rng = np.random.default_rng(3)
+    vectors = np.abs(rng.standard_normal((60, 32))).astype(np.float32) + 0.1
+    with SemanticCache(tmp_path / "c.db", embedder=FakeEmbedder(dim=32), guards=False) as cache:
+        texts = [f"entry {i}" for i in range(60)]
+        ids = cache.store_many(texts, [f"answer {i}" for i in range(60)], embeddings=vectors)
+        for i in (59, 40, 17):
+            probe = vectors[i] + np.float32(0.01) * rng.standard_normal(32).astype(np.float32)
+            assert cache.search_vector(probe, k=1)[0].entry_id == ids[i]
+            found = cache.find_similar(probe, threshold=0.99)
+            assert found is not None and found[0] == f"answer {i}"
+    assert len(exact_scans) == (0 if max_k is None else 6)
