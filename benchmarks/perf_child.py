@@ -62,7 +62,9 @@ def open_and_search(spec: dict[str, Any]) -> dict[str, Any]:
     probes = np.load(spec["probes"])
     namespaces: list[str] = spec["namespaces"]
     t2 = time.perf_counter()
-    cache = SemanticCache(spec["path"], embedder=LocalEmbedder())
+    cache = SemanticCache(
+        spec["path"], embedder=LocalEmbedder(), search_candidates=spec["candidates"]
+    )
     t3 = time.perf_counter()
     first = cache.search_vector(probes[0], k=1, namespace=namespaces[0])
     t4 = time.perf_counter()

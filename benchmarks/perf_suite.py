@@ -146,7 +146,12 @@ def measure_open(
     probes_file = workdir.file(f"probes-{tag}.npy")
     np.save(probes_file, source.probe_vectors[:count])
     names = [layout.names[int(ns)] for ns in layout.probe_ns[:count]]
-    spec = {"path": path, "probes": str(probes_file), "namespaces": names}
+    spec = {
+        "path": path,
+        "probes": str(probes_file),
+        "namespaces": names,
+        "candidates": args.candidates,
+    }
     first_only = {**spec, "namespaces": names[:1]}
     np.save(workdir.file(f"probes-{tag}-1.npy"), source.probe_vectors[:1])
     first_only["probes"] = str(workdir.file(f"probes-{tag}-1.npy"))

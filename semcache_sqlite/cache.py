@@ -117,8 +117,9 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     Search (see vector_index.py): each lookup re-scores the ``search_candidates``
     entries whose sign bits are nearest (Hamming) with their exact vectors;
     ``exact_search=True`` scans every exact vector of the scope instead
-    (O(entries): for embedders whose signs carry little information; a lookup
-    whose candidates all tie does so by itself).
+    (O(entries): for embedders whose signs carry little information, e.g. all
+    coordinates positive; the fast path scans so too, but only after its
+    candidates all tied).
     """
 
     def __init__(

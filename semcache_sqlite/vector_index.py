@@ -32,7 +32,7 @@ Why this layout (measured with sqlite-vec 0.1.9, 384-d, on the build machine):
   so leaving a filter out can cost recall only, never a wrong answer.
 - Namespace as the partition key: a lookup scans only its namespace's chunks
   (0.2 ms instead of 3 ms at 100k entries over 1,000 namespaces). Each
-  namespace pre-allocates one chunk (1,024 rows, ~80 KB at 384-d).
+  namespace pre-allocates one chunk (1,024 rows, ~85 KiB at 384-d).
 - Context and user are 64-bit hashes in INTEGER metadata columns: vec0 keeps
   only a 12-byte prefix of a TEXT value in its chunk and looks longer values
   (context keys are 32 characters) up row by row.
@@ -77,6 +77,10 @@ NEVER_EXPIRES = 1e18
 #: results takes ``CANDIDATES_PER_RESULT * k`` if that is more.
 DEFAULT_CANDIDATES = 16
 CANDIDATES_PER_RESULT = 4
+
+#: When every candidate ties with the first, up to this many times as many entries
+#: at that distance are re-scored before the lookup falls back to an exact scan.
+TIE_WIDENING = 4
 
 
 def check_candidates(value: object) -> int:
@@ -328,11 +332,12 @@ def candidate_ids(
     own ('' = shared only), unexpired at ``now``, whose bits are nearest (Hamming).
 
     When all ``k`` are as far as the first, more entries may tie than came back,
-    and which ones did is arbitrary: then every entry at that distance is returned
-    (near-identical queries, like one template with different numbers, can share
-    their bits). None when there are more than :data:`MAX_K` of them, i.e. the bits
-    cannot tell the entries apart (an embedder whose coordinates share their sign,
-    say): the caller then ranks by an exact scan.
+    and which ones did is arbitrary (many stored copies of one query share their
+    bits). Then every entry at that distance is returned, if there are fewer than
+    :data:`TIE_WIDENING` times ``k``. Otherwise None: the bits cannot tell the
+    entries apart (an embedder whose coordinates share their sign, say), and the
+    caller ranks by an exact scan. The cap bounds the widening query, since
+    sqlite-vec makes one pass over each chunk per row it returns.
     """
     sql = (
         f"SELECT rowid, distance FROM {VECTOR_TABLE} WHERE embedding MATCH vec_bit(?) "
@@ -354,9 +359,9 @@ def candidate_ids(
         params.append(float(now))
     rows = conn.execute(sql, params).fetchall()
     if k > 1 and len(rows) == k and rows[0][1] == rows[-1][1]:
-        params[1] = MAX_K
+        params[1] = wider = min(MAX_K, TIE_WIDENING * k)
         rows = conn.execute(f"{sql} AND distance <= ?", (*params, rows[0][1])).fetchall()
-        if len(rows) == MAX_K:
+        if len(rows) == wider:
             return None
     return [int(r[0]) for r in rows]
 

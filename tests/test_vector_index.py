@@ -280,14 +280,14 @@ def test_a_batch_of_vectors_is_validated_like_single_ones() -> None:
         as_unit_matrix(rng.standard_normal((5, 11)), 12, 5)
 
 
-@pytest.mark.parametrize("max_k", [None, 32])
+@pytest.mark.parametrize("widening", [4, 2])
 def test_candidates_that_all_tie_are_widened_then_scanned_exactly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_k: int | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, widening: int
 ) -> None:
     """All coordinates positive (some embedders, or a server's odd model): every entry
     has the same sign bits, so the 16 Hamming-nearest are an arbitrary 16. The lookup
-    then takes every entry at that distance; if there are more than sqlite-vec's k cap
-    (lowered to 32 here), it scans the exact vectors instead of guessing."""
+    then takes every entry at that distance (all 60, under 4 x 16); when there are
+    more than the widening allows (2 x 16), it scans the exact vectors instead."""
     exact_scans = []
     real_exact_ranking = Store._exact_ranking
 
@@ -296,8 +296,7 @@ def test_candidates_that_all_tie_are_widened_then_scanned_exactly(
         return real_exact_ranking(*args)
 
     monkeypatch.setattr(Store, "_exact_ranking", staticmethod(counted))
-    if max_k is not None:
-        monkeypatch.setattr(vector_index_module, "MAX_K", max_k)
+    monkeypatch.setattr(vector_index_module, "TIE_WIDENING", widening)
     rng = np.random.default_rng(3)
     vectors = np.abs(rng.standard_normal((60, 32))).astype(np.float32) + 0.1
     with SemanticCache(tmp_path / "c.db", embedder=FakeEmbedder(dim=32), guards=False) as cache:
@@ -308,4 +307,35 @@ def test_candidates_that_all_tie_are_widened_then_scanned_exactly(
             assert cache.search_vector(probe, k=1)[0].entry_id == ids[i]
             found = cache.find_similar(probe, threshold=0.99)
             assert found is not None and found[0] == f"answer {i}"
-    assert len(exact_scans) == (0 if max_k is None else 6)
+    assert len(exact_scans) == (0 if widening == 4 else 6)
+
+
+def test_a_widened_tie_keeps_the_scope_and_expiry_filters(tmp_path: Path) -> None:
+    """The widening query filters like the first: of 80 entries with the same bits,
+    only the 30 shared, unexpired ones of this context come back."""
+    clock = FakeClock()
+    vector = np.ones(16, dtype=np.float32)
+    with SemanticCache(
+        tmp_path / "c.db", embedder=FakeEmbedder(dim=16), clock=clock, guards=False
+    ) as cache:
+
+        def put(n: int, tag: str, **scope: Any) -> list[int]:
+            texts = [f"{tag} {i}" for i in range(n)]
+            return cache.store_many(texts, texts, embeddings=[vector] * n, **scope)
+
+        wanted = put(30, "shared")
+        put(20, "private", user_id="alice")
+        put(20, "other context", context="fr")
+        put(10, "expiring", ttl=60)
+        clock.advance(120)
+        with cache._db.reading() as conn:
+            found = vector_index_module.candidate_ids(
+                conn,
+                vector,
+                16,
+                clock(),
+                namespace="default",
+                context_key=cache.context_key(),
+                user_id="",
+            )
+        assert found is not None and sorted(found) == wanted
