@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .db import Database
+import numpy as np
+
+from .db import Database, in_batches
 from .migrate import schema_version
 from .store import _ENTRY_COLUMNS, VECTOR_TABLE, EntryRow, Store
 from .store_lifecycle import count_inserted
 from .timing import latency_figures
-from .validation import FloatVector
+from .validation import FloatMatrix, FloatVector
 from .vector_index import (
     EMBEDDING_TABLE,
     delete_vectors,
@@ -278,12 +281,35 @@ class Admin:
             if source is None:
                 return {}
             table, key = source
-            marks = ",".join("?" * len(ids))
-            rows = conn.execute(
-                f"SELECT {key}, embedding FROM {table} WHERE {key} IN ({marks})",
-                [int(i) for i in ids],
-            ).fetchall()
+            rows = []
+            for part, marks in in_batches([int(i) for i in ids]):
+                rows.extend(
+                    conn.execute(
+                        f"SELECT {key}, embedding FROM {table} WHERE {key} IN ({marks})", part
+                    )
+                )
         return {int(r[0]): bytes(r[1]) for r in rows}
+
+    def sample_vectors(self, count: int, seed: int = 0) -> FloatMatrix:
+        """Up to ``count`` stored exact vectors, picked by random ids (a sample without
+        reading the whole table); blobs of another size than the file's are left out."""
+        with self.db.reading() as conn:
+            source = exact_vector_source(conn)
+            if source is None:
+                return np.empty((0, 0), dtype=np.float32)
+            table, key = source
+            low, high = conn.execute(f"SELECT min({key}), max({key}) FROM {table}").fetchone()
+        if low is None:
+            return np.empty((0, 0), dtype=np.float32)
+        rng = np.random.default_rng(seed)
+        span = int(high) - int(low) + 1
+        ids = rng.choice(span, size=min(span, 4 * count), replace=False) + int(low)
+        blobs = list(self.vectors([int(i) for i in ids]).values())[:count]
+        width = Counter(len(b) for b in blobs).most_common(1)[0][0] if blobs else 0
+        good = [b for b in blobs if len(b) == width and width % 4 == 0]
+        if not good:
+            return np.empty((0, 0), dtype=np.float32)
+        return np.frombuffer(b"".join(good), dtype="<f4").reshape(len(good), -1)
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

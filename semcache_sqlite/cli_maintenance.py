@@ -51,12 +51,20 @@ from .migrate import APPLICATION_ID, latest_version, schema_version
 from .reembed import run_reembed
 from .store import Store
 from .validation import check_scope_name
-from .vector_index import bit_width
+from .vector_index import bit_width, sign_bit_information
 
 Status = Literal["ok", "info", "warn", "problem"]
 
 #: A WAL bigger than this means checkpoints are not keeping up (a reader held open?).
 LARGE_WAL_BYTES = 64 * 1024 * 1024
+
+#: The index-bits check samples this many stored vectors, and judges from 100 or more.
+INDEX_SAMPLE = 2000
+INDEX_SAMPLE_MIN = 100
+#: Fewer bits of information than this (or half the dimension) draw a warning: 256
+#: bits already lose the nearest entry among 16 candidates more often than the local
+#: model's 384 (benchmarks/bit_recall.py).
+INDEX_BITS_WANTED = 192
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,8 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
                 f"entry_vectors holds {facts.vector_table_dim}-bit vectors, the file says {dim}-d",
             )
         )
+    if model is not None and entries:
+        add(index_bits_check(admin, int(dim or 0)))
     no_vector, no_entry = admin.orphan_counts()
     if no_vector or no_entry:
         add(
@@ -167,14 +177,35 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
     return checks
 
 
+def index_bits_check(admin: Admin, dim: int) -> Check:
+    """Whether the sign bits of the stored vectors can tell entries apart: a lookup
+    re-scores only the 16 entries whose bits are nearest. Warns (a heuristic) below
+    half the dimension, or 192 bits, of information per vector."""
+    sample = admin.sample_vectors(INDEX_SAMPLE)
+    if len(sample) < INDEX_SAMPLE_MIN:
+        return Check("index bits", "info", f"not judged: {len(sample)} vectors sampled")
+    bits = sign_bit_information(sample)
+    detail = f"sign bits carry ~{bits:.0f} of {dim} bits per vector ({len(sample)} sampled)"
+    if bits < min(INDEX_BITS_WANTED, dim / 2):
+        return Check(
+            "index bits",
+            "warn",
+            f"{detail}: this embedder's signs barely vary, so lookups may miss near "
+            "neighbours; open the cache with exact_search=True",
+        )
+    return Check("index bits", "ok", detail)
+
+
 @click.command(short_help="Check integrity, orphans, schema, WAL (exit 4 on problems).")
 @click.argument("db", metavar="DB")
 @json_option
 @pass_state
 def doctor(state: CliState, db: str, as_json: bool) -> None:
     """Check a cache file: SQLite driver and sqlite-vec versions, schema version,
-    PRAGMA integrity_check, entries and vectors in step (no orphans either way),
-    embedding model, WAL state and free space.
+    PRAGMA integrity_check, embedding model, whether the sign bits of a sample of
+    vectors tell entries apart (the fast path's index; a warning suggests
+    exact_search), entries and vectors in step (no orphans either way), WAL state
+    and free space.
 
     Exits with 4 if a problem is found (5 if the file cannot be opened at all).
 

@@ -392,6 +392,19 @@ def _expiring_rows(conn: Any) -> bool:
     return bool(row[0])
 
 
+def sign_bit_information(matrix: np.ndarray[Any, Any]) -> float:
+    """At most how many bits of information the index's sign bits carry per vector,
+    judged from ``matrix`` (a sample of stored vectors, one per row): the sum over
+    coordinates of the binary entropy of the share of vectors positive there. The
+    dimension when every sign splits the sample in half; 0 when all vectors share
+    their signs, so the Hamming KNN cannot tell entries apart."""
+    share = (np.atleast_2d(np.asarray(matrix)) > 0).mean(axis=0)
+    p = np.clip(share, 1e-12, 1 - 1e-12)
+    entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    entropy[(share == 0) | (share == 1)] = 0.0
+    return float(entropy.sum())
+
+
 def cosine_similarities(blobs: Sequence[bytes], vector: FloatVector) -> np.ndarray[Any, Any]:
     """Exact cosine similarity of each stored float32 blob with ``vector`` (float64);
     NaN for a blob of the wrong size or without a direction (a damaged file)."""

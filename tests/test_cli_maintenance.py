@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from clitools import FAQ, fake_cli, write_jsonl
+from fakes import FakeEmbedder
 
+from semcache_sqlite import SemanticCache
 from semcache_sqlite.db import Database
 from semcache_sqlite.migrate import latest_version
 
@@ -40,6 +43,7 @@ def test_doctor_healthy_file(db: Path) -> None:
     assert checks["journal mode"]["detail"] == "wal"
     assert "fake-bow-64 (64-d)" in checks["embedding model"]["detail"]
     assert checks["schema version"]["status"] == "ok"
+    assert checks["index bits"]["detail"] == "not judged: 5 vectors sampled"
     text = fake_cli().run("doctor", db).stdout
     assert "no problems found" in text and "sqlite driver" in text
 
@@ -59,6 +63,30 @@ def test_doctor_finds_entries_of_another_model(db: Path) -> None:
     assert [c["detail"] for c in report["checks"] if c["status"] == "problem"] == [
         "1 entries recorded with another model/dim"
     ]
+
+
+@pytest.mark.parametrize("signs", ["balanced", "all positive"])
+def test_doctor_judges_whether_the_index_bits_tell_entries_apart(
+    tmp_path: Path, signs: str
+) -> None:
+    """The fast path re-scores the 16 entries with the nearest sign bits: an embedder
+    whose coordinates are all positive gets a warning to use exact_search."""
+    vectors = np.random.default_rng(1).standard_normal((300, 32)).astype(np.float32)
+    if signs == "all positive":
+        vectors = np.abs(vectors) + np.float32(0.01)
+    path = tmp_path / "c.db"
+    with SemanticCache(path, embedder=FakeEmbedder(dim=32)) as cache:
+        texts = [f"question {i}" for i in range(300)]
+        cache.store_many(texts, texts, embeddings=vectors)
+    report = fake_cli().json("doctor", path)
+    check = {c["name"]: c for c in report["checks"]}["index bits"]
+    assert report["ok"] is True  # a warning, not a problem
+    if signs == "balanced":
+        assert check["status"] == "ok" and "of 32 bits per vector (300 sampled)" in check["detail"]
+        assert float(check["detail"].split("~")[1].split()[0]) > 28
+    else:
+        assert check["status"] == "warn" and "exact_search=True" in check["detail"]
+        assert check["detail"].startswith("sign bits carry ~0 of 32 bits")
 
 
 def test_migrate_creates_reports_and_is_idempotent(tmp_path: Path) -> None:

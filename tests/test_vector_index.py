@@ -339,3 +339,17 @@ def test_a_widened_tie_keeps_the_scope_and_expiry_filters(tmp_path: Path) -> Non
                 user_id="",
             )
         assert found is not None and sorted(found) == wanted
+
+
+def test_sign_bit_information() -> None:
+    """Bits of information the sign bits carry: one per coordinate whose sign splits
+    the vectors in half, none for one they all share."""
+    rng = np.random.default_rng(2)
+    balanced = rng.standard_normal((4000, 16))
+    assert vector_index_module.sign_bit_information(balanced) == pytest.approx(16, abs=0.05)
+    assert vector_index_module.sign_bit_information(np.abs(balanced)) == 0.0
+    half = np.abs(balanced)
+    half[:, 0] = balanced[:, 0]  # one coordinate keeps its sign: 1 bit
+    assert vector_index_module.sign_bit_information(half) == pytest.approx(1, abs=0.01)
+    skewed = np.where(rng.random((4000, 1)) < 0.1, -1.0, 1.0)  # 10% negative: 0.47 bits
+    assert vector_index_module.sign_bit_information(skewed) == pytest.approx(0.469, abs=0.02)
