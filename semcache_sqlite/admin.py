@@ -53,6 +53,10 @@ def _casefold(value: Any) -> Any:
     return value.casefold() if isinstance(value, str) else value
 
 
+#: ``Admin.sample_vectors`` reads this many runs of consecutive ids.
+SAMPLE_RUNS = 20
+
+
 @dataclass(frozen=True)
 class EntryFilter:
     """Which entries an admin operation touches; every field None = no condition."""
@@ -291,20 +295,28 @@ class Admin:
         return {int(r[0]): bytes(r[1]) for r in rows}
 
     def sample_vectors(self, count: int, seed: int = 0) -> FloatMatrix:
-        """Up to ``count`` stored exact vectors, picked by random ids (a sample without
-        reading the whole table); blobs of another size than the file's are left out."""
+        """Up to ``count`` stored exact vectors: runs of consecutive ids from
+        :data:`SAMPLE_RUNS` random starting points (a sample without reading the whole
+        table, whether ids are dense or thinned by deletes). Blobs of another size than
+        the most common one are left out."""
+        rng = np.random.default_rng(seed)
+        found: dict[int, bytes] = {}
         with self.db.reading() as conn:
             source = exact_vector_source(conn)
             if source is None:
                 return np.empty((0, 0), dtype=np.float32)
             table, key = source
             low, high = conn.execute(f"SELECT min({key}), max({key}) FROM {table}").fetchone()
-        if low is None:
-            return np.empty((0, 0), dtype=np.float32)
-        rng = np.random.default_rng(seed)
-        span = int(high) - int(low) + 1
-        ids = rng.choice(span, size=min(span, 4 * count), replace=False) + int(low)
-        blobs = list(self.vectors([int(i) for i in ids]).values())[:count]
+            if low is None:
+                return np.empty((0, 0), dtype=np.float32)
+            run = max(1, count // SAMPLE_RUNS)
+            for start in sorted(rng.integers(int(low), int(high) + 1, size=SAMPLE_RUNS)):
+                rows = conn.execute(
+                    f"SELECT {key}, embedding FROM {table} WHERE {key} >= ? ORDER BY {key} LIMIT ?",
+                    (int(start), run),
+                ).fetchall()
+                found.update((int(r[0]), bytes(r[1])) for r in rows)  # runs may overlap
+        blobs = list(found.values())
         width = Counter(len(b) for b in blobs).most_common(1)[0][0] if blobs else 0
         good = [b for b in blobs if len(b) == width and width % 4 == 0]
         if not good:
