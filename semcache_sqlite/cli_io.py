@@ -289,9 +289,10 @@ def import_command(state: CliState, db: str, file: Path, reembed: bool, batch_si
         else f"{needs_embedding} embedded with {model}"
     )
     skipped = f", {result.expired} expired (not imported)" if result.expired else ""
+    evicted = f"; then {result.evicted} evicted by the namespaces' limits" if result.evicted else ""
     click.echo(
         f"imported {entries(plan.rows - result.expired)} into {db}: {result.added} added, "
-        f"{result.replaced} replaced{skipped} ({how})"
+        f"{result.replaced} replaced{skipped} ({how}){evicted}"
     )
 
 

@@ -135,6 +135,12 @@ class LifecycleStore:
         with self.db.reading() as conn:
             return self._policy(conn, namespace)
 
+    def enforce_limits(self, conn: Any, namespaces: Collection[str], now: float) -> int:
+        """Apply the limits to entries written by another path than a lookup's store
+        (an import), inside its transaction ``conn``: each namespace's policy, then
+        this store's whole-file limits. Returns how many entries went."""
+        return sum(self._after_write(conn, namespace, now, ()) for namespace in sorted(namespaces))
+
     def _policy(self, conn: Any, namespace: str) -> NamespacePolicy:
         return self.lifecycle.for_namespace(self._overrides(conn, namespace))
 

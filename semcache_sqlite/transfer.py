@@ -149,11 +149,13 @@ class ExportHeader:
 @dataclass(frozen=True)
 class ImportResult:
     """What ``import_entries`` wrote: entries added, replaced, and left out because
-    they had expired (``expires_at`` at or before the import)."""
+    they had expired (``expires_at`` at or before the import); and entries the
+    namespaces' limits then evicted (imported ones or not) or purged as expired."""
 
     added: int
     replaced: int
     expired: int
+    evicted: int = 0
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,7 @@ def import_entries(
     with db.transaction() as conn:
         store.bind_embedder(model_id, dim)
         batch: list[tuple[ImportRow, FloatVector | None]] = []
+        namespaces: set[str] = set()
 
         def flush() -> None:
             nonlocal added, replaced, loaded
@@ -365,8 +368,11 @@ def import_entries(
                 advance(1)
                 continue
             batch.append(item)
+            namespaces.add(item[0].namespace)
             if len(batch) >= max(1, batch_size):
                 flush()
         if batch:
             flush()
-    return ImportResult(added, replaced, expired)
+        # Limits hold for imported entries too (a restored backup may exceed them).
+        evicted = store.enforce_limits(conn, namespaces, cutoff)
+    return ImportResult(added, replaced, expired, evicted)

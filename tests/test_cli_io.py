@@ -326,3 +326,23 @@ def test_export_output_file_is_atomic(source: Path, tmp_path: Path) -> None:
     fake_cli().run("export", source, "-o", out)
     assert len(out.read_text().splitlines()) == 6
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_import_keeps_a_namespace_within_its_entry_limit(tmp_path: Path) -> None:
+    """A namespace's max_entries (stored in the file) holds for imported entries too:
+    the import evicts by the namespace's policy, in its own transaction."""
+    target = tmp_path / "t.db"
+    with SemanticCache(target, embedder=FakeEmbedder()) as cache:
+        cache.configure_namespace("support", max_entries=10)
+        cache.store("an entry from before", None, "old", namespace="support")
+        cache.store("another namespace", None, "kept", namespace="other")
+    rows = [
+        {"query": f"support question {i}", "response": f"answer {i}", "namespace": "support"}
+        for i in range(30)
+    ]
+    result = fake_cli().run("import", target, write_jsonl(tmp_path / "d.jsonl", rows))
+    assert "30 added" in result.stdout and "evicted" in result.stdout
+    with SemanticCache(target, embedder=FakeEmbedder()) as cache:
+        assert cache.stats(namespace="support")["cached_entries"] <= 10
+        assert cache.stats(namespace="other")["cached_entries"] == 1
+    assert fake_cli().json("doctor", target)["ok"]
