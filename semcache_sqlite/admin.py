@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .vector_index import (
     exact_vector_source,
     has_vector_table,
     put_vectors,
+    uniform_blobs,
     vector_layout_current,
     vector_row,
 )
@@ -316,12 +316,8 @@ class Admin:
                     (int(start), run),
                 ).fetchall()
                 found.update((int(r[0]), bytes(r[1])) for r in rows)  # runs may overlap
-        blobs = list(found.values())
-        width = Counter(len(b) for b in blobs).most_common(1)[0][0] if blobs else 0
-        good = [b for b in blobs if len(b) == width and width % 4 == 0]
-        if not good:
-            return np.empty((0, 0), dtype=np.float32)
-        return np.frombuffer(b"".join(good), dtype="<f4").reshape(len(good), -1)
+        matrix: FloatMatrix = uniform_blobs(list(found.values()))[1]
+        return matrix
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -220,20 +220,31 @@ def put_vectors(conn: Any, rows: Sequence[VectorRow], *, replace: bool = False) 
     _index(conn, rows)
 
 
+def uniform_blobs(blobs: Sequence[bytes]) -> tuple[list[int], np.ndarray[Any, Any]]:
+    """The positions of the blobs that have the file's vector size (the most common
+    size, a whole number of float32 values) and those blobs as a float32 matrix, one
+    row each. A blob of another size is damage, left out."""
+    width = Counter(len(b) for b in blobs).most_common(1)[0][0] if blobs else 0
+    good = [i for i, b in enumerate(blobs) if len(b) == width and width % 4 == 0]
+    if not good:
+        return [], np.empty((0, 0), dtype=np.float32)
+    joined = b"".join(blobs[i] for i in good)
+    return good, np.frombuffer(joined, dtype="<f4").reshape(len(good), -1)
+
+
 def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
     """Insert the index rows of these vectors; return how many were indexed.
 
     All vectors of a file have one size; a blob of another is damage: left out of
     the index (so never returned) and reported, instead of failing the whole write."""
-    width = Counter(len(r.embedding) for r in rows).most_common(1)[0][0]
-    damaged = [r.entry_id for r in rows if len(r.embedding) != width]
-    if damaged or width % 4:
-        logger.warning("entries %s have unusable vectors (corrupt file?)", damaged or rows)
-        rows = [r for r in rows if len(r.embedding) == width and width % 4 == 0]
+    good, matrix = uniform_blobs([r.embedding for r in rows])
+    if len(good) < len(rows):
+        kept = set(good)
+        damaged = [r.entry_id for i, r in enumerate(rows) if i not in kept]
+        logger.warning("entries %s have unusable vectors (corrupt file?)", damaged)
+        rows = [rows[i] for i in good]
         if not rows:
             return 0
-    blob = b"".join(r.embedding for r in rows)
-    matrix = np.frombuffer(blob, dtype="<f4").reshape(len(rows), -1)
     conn.executemany(
         f"INSERT INTO {VECTOR_TABLE} (rowid, namespace, embedding, context, owner, expires_at) "
         "VALUES (?, ?, vec_bit(?), ?, ?, ?)",
