@@ -55,6 +55,7 @@ from .vector_index import (
     has_vector_table,
     put_vectors,
     scan_scope,
+    scope_conditions,
     set_expiry,
     vector_layout_current,
     vector_row,
@@ -506,13 +507,9 @@ class Store(LifecycleStore, ReembedStore):
 
     def delete_where(self, namespace: str | None = None, user_id: str | None = None) -> int:
         """Delete every entry (and vector) matching the given scope filters; None = any."""
-        clauses, params = [], []
-        if namespace is not None:
-            clauses.append("namespace = ?")
-            params.append(namespace)
-        if user_id is not None:
-            clauses.append("user_id = ?")
-            params.append(user_id)
+        clauses, params = scope_conditions(
+            "", namespace=namespace, user_ids=None if user_id is None else (user_id,)
+        )
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.transaction() as conn:
             if not has_vector_table(conn):

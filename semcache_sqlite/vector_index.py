@@ -434,6 +434,33 @@ def cosine_similarities(blobs: Sequence[bytes], vector: FloatVector) -> np.ndarr
     return out
 
 
+def scope_conditions(
+    prefix: str,
+    *,
+    namespace: str | None,
+    user_ids: Sequence[str] | None,
+    context_key: str | None = None,
+    unexpired_at: float | None = None,
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions on ``entries`` (columns named ``prefix`` + name) and their
+    parameters for the given filters; None = any. ``unexpired_at``: alive then."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if unexpired_at is not None:
+        clauses.append(f"({prefix}expires_at IS NULL OR {prefix}expires_at > ?)")
+        params.append(float(unexpired_at))
+    if namespace is not None:
+        clauses.append(f"{prefix}namespace = ?")
+        params.append(namespace)
+    if context_key is not None:
+        clauses.append(f"{prefix}context_key = ?")
+        params.append(context_key)
+    if user_ids is not None:
+        clauses.append(f"{prefix}user_id IN ({','.join('?' * len(user_ids))})")
+        params.extend(user_ids)
+    return clauses, params
+
+
 def scan_scope(
     conn: Any,
     vector: FloatVector,
@@ -446,20 +473,13 @@ def scan_scope(
     """Exact scan: (ids, cosine similarities) batch by batch over every entry matching
     the filters (None = any; ``unexpired_at``: only entries alive then). O(entries):
     for maintenance and ``exact_search``, not for the default lookups."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if unexpired_at is not None:
-        clauses.append("(e.expires_at IS NULL OR e.expires_at > ?)")
-        params.append(float(unexpired_at))
-    if namespace is not None:
-        clauses.append("e.namespace = ?")
-        params.append(namespace)
-    if context_key is not None:
-        clauses.append("e.context_key = ?")
-        params.append(context_key)
-    if user_ids is not None:
-        clauses.append(f"e.user_id IN ({','.join('?' * len(user_ids))})")
-        params.extend(user_ids)
+    clauses, params = scope_conditions(
+        "e.",
+        namespace=namespace,
+        user_ids=user_ids,
+        context_key=context_key,
+        unexpired_at=unexpired_at,
+    )
     where = "".join(f" AND {c}" for c in clauses)
     last = 0
     while True:
