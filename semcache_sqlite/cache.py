@@ -75,7 +75,8 @@ from .validation import (
     check_threshold,
     query_hash,
 )
-from .vector_index import DEFAULT_CANDIDATES, check_candidates
+from .vector_cells import PROBED_CELLS
+from .vector_index import DEFAULT_CANDIDATES, check_candidates, check_cells
 
 DEFAULT_PATH = "semcache.db"
 #: store_many's batch (one transaction each) when it embeds, and when vectors are given.
@@ -115,7 +116,9 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     ``max_bytes``, ``eviction`` ("lru", "lfu", "fifo"), ``on_duplicate``
     ("replace", "keep", "keep_both"); ``configure_namespace`` overrides them.
     Search (see vector_index.py): each lookup re-scores the ``search_candidates``
-    entries whose sign bits are nearest (Hamming) with their exact vectors;
+    entries whose sign bits are nearest (Hamming) with their exact vectors; in a
+    namespace large enough to have cells (vector_cells.py), it looks only in the
+    ``search_cells`` cells whose centroids are nearest the query;
     ``exact_search=True`` scans every exact vector of the scope instead
     (O(entries): for embedders whose signs carry little information, e.g. all
     coordinates positive; the fast path scans so too, but only after its
@@ -149,6 +152,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         eviction: Eviction = "lru",
         on_duplicate: OnDuplicate = "replace",
         search_candidates: int = DEFAULT_CANDIDATES,
+        search_cells: int = PROBED_CELLS,
         exact_search: bool = False,
     ) -> None:
         lifecycle = LifecycleConfig(
@@ -170,6 +174,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         try:
             self._store = Store(self._db, clock=clock, lifecycle=lifecycle)
             self._store.search_candidates = check_candidates(search_candidates)
+            self._store.search_cells = check_cells(search_cells)
             self._store.exact_search = bool(exact_search)
             if read_only:
                 check_current(self._db)

@@ -42,6 +42,7 @@ from .lifecycle import UNSET, LifecycleConfig, OnDuplicate, Unset, check_on_dupl
 from .store_lifecycle import LifecycleStore, count_inserted
 from .store_reembed import ReembedStore
 from .validation import FloatVector
+from .vector_cells import PROBED_CELLS
 from .vector_index import (
     CANDIDATES_PER_RESULT,
     DEFAULT_CANDIDATES,
@@ -53,6 +54,7 @@ from .vector_index import (
     delete_vectors,
     delete_vectors_where,
     has_vector_table,
+    probe_cells,
     put_vectors,
     scan_scope,
     scope_conditions,
@@ -173,6 +175,8 @@ class Store(LifecycleStore, ReembedStore):
         self.bound: tuple[str, int] | None = None  # (model, dim) this Store writes vectors of
         #: Hamming-nearest candidates re-scored per lookup (see ``nearest``).
         self.search_candidates = DEFAULT_CANDIDATES
+        #: Cells scanned per lookup in a namespace that has cells (see ``nearest``).
+        self.search_cells = PROBED_CELLS
         #: Scan every exact vector instead of using the bit index.
         self.exact_search = False
         self._layout_known_current = False
@@ -634,7 +638,8 @@ class Store(LifecycleStore, ReembedStore):
         """The k nearest entries in scope with their cosine distance, nearest first.
 
         Fast path (the default): the bit index returns the Hamming-nearest
-        ``max(search_candidates, 4k)`` entries of the scope (scope and expiry
+        ``max(search_candidates, 4k)`` entries of the scope, in the
+        ``search_cells`` cells nearest the vector if the namespace has cells (scope and expiry
         filtered inside the scan, so an expired or foreign neighbour never takes a
         candidate's place; every entry of a tie, see ``candidate_ids``), then their
         exact vectors are re-scored. ``exact=True``
@@ -659,6 +664,7 @@ class Store(LifecycleStore, ReembedStore):
                     namespace=scope.namespace,
                     context_key=scope.context_key,
                     user_id=scope.user_id,
+                    cells=probe_cells(conn, scope.namespace, vector, self.search_cells),
                 )
             if ids is None:  # asked for, or the bits could not tell the candidates apart
                 ids = self._exact_ranking(conn, scope, vector, k, now)
@@ -855,6 +861,8 @@ class _NewRows:
                 for entry_id, e, vector, expires_at in self.rows
             ],
         )
+        # Counted first: indexing gives a namespace cells when its count reaches the mark.
+        count_inserted(conn, (e.namespace for _, e, _, _ in self.rows))
         put_vectors(
             conn,
             [
@@ -862,6 +870,5 @@ class _NewRows:
                 for entry_id, e, vector, expires_at in self.rows
             ],
         )
-        count_inserted(conn, (e.namespace for _, e, _, _ in self.rows))
         self.rows.clear()
         self.hashes.clear()

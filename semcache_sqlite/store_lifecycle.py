@@ -329,7 +329,7 @@ class LifecycleStore:
 
     def _compact_sparse_chunks(self, conn: Any, budget: int) -> int:
         """Move the rows of the emptiest vec0 chunks (all but the newest of each
-        namespace's partition, at most SPARSE_CHUNK_FILL full, whole chunks only, up
+        partition, one per namespace and cell, at most SPARSE_CHUNK_FILL full, whole chunks only, up
         to ``budget`` rows) to the newest chunk of their partition; sqlite-vec then
         frees the emptied chunks. Returns the rows moved.
 
@@ -340,9 +340,13 @@ class LifecycleStore:
         if not self.compact_chunks:
             return 0
         try:
-            chunks = conn.execute(
-                f"SELECT chunk_id, partition00, size FROM {VECTOR_TABLE}_chunks"
-            ).fetchall()
+            # A partition is a (namespace, cell) pair: the layout's two partition keys.
+            chunks = [
+                (chunk, (namespace, cell), size)
+                for chunk, namespace, cell, size in conn.execute(
+                    f"SELECT chunk_id, partition00, partition01, size FROM {VECTOR_TABLE}_chunks"
+                )
+            ]
             counts = dict(
                 conn.execute(
                     f"SELECT chunk_id, count(*) FROM {VECTOR_TABLE}_rowids "

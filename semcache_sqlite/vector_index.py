@@ -57,9 +57,12 @@ from typing import Any
 
 import numpy as np
 
+from . import vector_cells
 from .db import in_batches
 from .errors import InvalidInputError
 from .validation import FloatVector
+
+Matrix = np.ndarray[Any, Any]
 
 logger = logging.getLogger("semcache_sqlite")
 
@@ -90,16 +93,26 @@ def check_candidates(value: object) -> int:
     return value
 
 
+def check_cells(value: object) -> int:
+    """``search_cells``: a whole number from 1 up (more than a namespace has: all of them)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_K:
+        raise InvalidInputError(f"search_cells must be an int in [1, {MAX_K}], got {value!r}")
+    return value
+
+
 #: Rows read per batch by the exact scan and the rebuild.
 _BATCH = 4096
 
 
+CELLS_TABLE = "vector_cells"
+
+
 def vector_table_ddl(dim: int) -> str:
-    """The vec0 index: one bit per coordinate, one partition per namespace."""
+    """The vec0 index: one bit per coordinate, one partition per namespace and cell."""
     return (
         f"CREATE VIRTUAL TABLE {VECTOR_TABLE} USING vec0("
-        f"namespace text partition key, embedding bit[{bit_width(dim)}], "
-        "context integer, owner integer, expires_at float)"
+        "namespace text partition key, cell integer partition key, "
+        f"embedding bit[{bit_width(dim)}], context integer, owner integer, expires_at float)"
     )
 
 
@@ -142,13 +155,13 @@ def has_vector_table(conn: Any) -> bool:
 
 
 def vector_layout_current(conn: Any) -> bool:
-    """The vec0 index exists with this layout (bits, namespace partitions) and the
-    exact vectors have their table."""
+    """The vec0 index exists with this layout (bits, namespace and cell partitions)
+    and the exact vectors have their table."""
     sql = _table_sql(conn, VECTOR_TABLE)
     return (
         sql is not None
         and "bit[" in sql
-        and "partition key" in sql
+        and "cell integer partition key" in sql
         and _table_sql(conn, EMBEDDING_TABLE) is not None
     )
 
@@ -233,10 +246,27 @@ def uniform_blobs(blobs: Sequence[bytes]) -> tuple[list[int], np.ndarray[Any, An
 
 
 def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
-    """Insert the index rows of these vectors; return how many were indexed.
+    """Insert the index rows of these vectors, each in its namespace's nearest cell;
+    return how many were indexed. A namespace without cells that has reached
+    :data:`~.vector_cells.CLUSTER_AT` entries gets them now (``train_namespace_cells``):
+    its later entries go to cells, the ones it has stay in its unclustered partition.
 
     All vectors of a file have one size; a blob of another is damage: left out of
     the index (so never returned) and reported, instead of failing the whole write."""
+    indexed = _insert_index_rows(conn, rows)
+    for namespace in {r.namespace for r in rows}:
+        if namespace_centroids(conn, namespace) is None and _entry_count(conn, namespace) >= (
+            vector_cells.CLUSTER_AT
+        ):
+            train_namespace_cells(conn, namespace, _namespace_ids(conn, namespace))
+    return indexed
+
+
+def _insert_index_rows(
+    conn: Any, rows: Sequence[VectorRow], centroids: dict[str, Matrix | None] | None = None
+) -> int:
+    """Insert index rows (no clustering); ``centroids``: of the rows' namespaces, where
+    the caller already has them."""
     good, matrix = uniform_blobs([r.embedding for r in rows])
     if len(good) < len(rows):
         kept = set(good)
@@ -245,22 +275,100 @@ def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
         rows = [rows[i] for i in good]
         if not rows:
             return 0
+    known = dict(centroids or {})
+    cells = [vector_cells.NO_CELL] * len(rows)
+    for namespace in {r.namespace for r in rows}:
+        if namespace not in known:
+            known[namespace] = namespace_centroids(conn, namespace)
+        centres = known[namespace]
+        if centres is None or centres.shape[1] != matrix.shape[1]:
+            continue
+        where = [i for i, r in enumerate(rows) if r.namespace == namespace]
+        for i, cell in zip(where, vector_cells.nearest_cells(centres, matrix[where]), strict=True):
+            cells[i] = cell
+    values = [
+        (
+            r.entry_id,
+            r.namespace,
+            cell,
+            bits,
+            scope_hash(r.context_key),
+            scope_hash(r.user_id),
+            vec_expiry(r.expires_at),
+        )
+        for r, cell, bits in zip(rows, cells, quantize(matrix), strict=True)
+    ]
+    # Partition by partition: vec0 finds a partition's chunk again for every row
+    # that follows one of another partition (inserts ~25% faster in 64 cells).
+    values.sort(key=lambda v: (v[1], v[2]))
     conn.executemany(
-        f"INSERT INTO {VECTOR_TABLE} (rowid, namespace, embedding, context, owner, expires_at) "
-        "VALUES (?, ?, vec_bit(?), ?, ?, ?)",
-        [
-            (
-                r.entry_id,
-                r.namespace,
-                bits,
-                scope_hash(r.context_key),
-                scope_hash(r.user_id),
-                vec_expiry(r.expires_at),
-            )
-            for r, bits in zip(rows, quantize(matrix), strict=True)
-        ],
+        f"INSERT INTO {VECTOR_TABLE} "
+        "(rowid, namespace, cell, embedding, context, owner, expires_at) "
+        "VALUES (?, ?, ?, vec_bit(?), ?, ?, ?)",
+        values,
     )
     return len(rows)
+
+
+def _entry_count(conn: Any, namespace: str) -> int:
+    row = conn.execute(
+        "SELECT entries FROM entry_counts WHERE namespace = ?", (namespace,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+# -- cells (see vector_cells.py) ---------------------------------------------------
+
+
+def namespace_centroids(conn: Any, namespace: str) -> Matrix | None:
+    """The centroids of a namespace's cells, one unit row each; None if it has none."""
+    row = conn.execute(
+        f"SELECT centroids, cells FROM {CELLS_TABLE} WHERE namespace = ?", (namespace,)
+    ).fetchone()
+    if row is None or not row[1]:
+        return None
+    blob = bytes(row[0])
+    return vector_cells.centroids_from_blob(blob, len(blob) // 4 // int(row[1]))
+
+
+def probe_cells(conn: Any, namespace: str, vector: FloatVector, count: int) -> list[int] | None:
+    """The partitions of a namespace a lookup of ``vector`` scans: the ``count`` cells
+    nearest it and the unclustered partition (the entries the namespace had when it
+    got its cells, until a rebuild sorts them into cells); None when the namespace
+    has no cells (the lookup scans all of it)."""
+    centroids = namespace_centroids(conn, namespace)
+    if centroids is None or centroids.shape[1] != len(vector):
+        return None
+    return [*vector_cells.cells_to_probe(centroids, vector, count), vector_cells.NO_CELL]
+
+
+def _namespace_ids(conn: Any, namespace: str) -> list[int]:
+    return [
+        int(r[0]) for r in conn.execute("SELECT id FROM entries WHERE namespace = ?", (namespace,))
+    ]
+
+
+def train_namespace_cells(conn: Any, namespace: str, ids: Sequence[int]) -> Matrix | None:
+    """Train and store the centroids of a namespace from (a sample of) its entries'
+    exact vectors; None (and nothing stored) if none of them has a usable vector."""
+    seed = int.from_bytes(
+        hashlib.blake2b(namespace.encode("utf-8"), digest_size=8).digest(), "little"
+    )
+    rng = np.random.default_rng(seed)
+    sample = list(ids)
+    if len(sample) > vector_cells.TRAINING_SAMPLE:
+        picked = rng.choice(len(sample), vector_cells.TRAINING_SAMPLE, replace=False)
+        sample = [sample[int(i)] for i in np.sort(picked)]
+    _, matrix = uniform_blobs([r.embedding for r in vector_rows(conn, sample)])
+    if not len(matrix):
+        return None
+    centroids = vector_cells.train_centroids(matrix, vector_cells.CELLS, seed)
+    conn.execute(
+        f"INSERT OR REPLACE INTO {CELLS_TABLE} (namespace, cells, trained_on, centroids) "
+        "VALUES (?, ?, ?, ?)",
+        (namespace, len(centroids), len(ids), vector_cells.centroids_blob(centroids)),
+    )
+    return centroids
 
 
 def delete_vectors(conn: Any, ids: Iterable[int]) -> None:
@@ -309,7 +417,15 @@ def rebuild_index(conn: Any, dim: int) -> int:
     conn.execute(f"DELETE FROM {EMBEDDING_TABLE} WHERE id NOT IN (SELECT id FROM entries)")
     conn.execute(f"DROP TABLE IF EXISTS {VECTOR_TABLE}")
     conn.execute(vector_table_ddl(dim))
-    # In id order: each namespace fills its own partition's chunks, whatever the order.
+    # Cells trained on the namespaces as they are now, before their rows go in.
+    conn.execute(f"DELETE FROM {CELLS_TABLE}")
+    large = conn.execute(
+        "SELECT namespace FROM entries GROUP BY namespace HAVING count(*) >= ?",
+        (vector_cells.CLUSTER_AT,),
+    ).fetchall()
+    for (namespace,) in large:
+        train_namespace_cells(conn, str(namespace), _namespace_ids(conn, str(namespace)))
+    # In id order: each partition fills its own chunks, whatever the order.
     done = last = 0
     while True:
         rows = conn.execute(
@@ -318,7 +434,7 @@ def rebuild_index(conn: Any, dim: int) -> int:
         if not rows:
             return done
         batch = [_row(r) for r in rows]
-        done += _index(conn, batch)
+        done += _insert_index_rows(conn, batch)  # large namespaces have their cells
         last = batch[-1].entry_id
 
 
@@ -338,16 +454,21 @@ def candidate_ids(
     namespace: str,
     context_key: str,
     user_id: str,
+    cells: Sequence[int] | None = None,
 ) -> list[int] | None:
     """Ids of the ``k`` entries of one namespace and context, shared or ``user_id``'s
-    own ('' = shared only), unexpired at ``now``, whose bits are nearest (Hamming).
+    own ('' = shared only), unexpired at ``now``, whose bits are nearest (Hamming),
+    among the given ``cells`` of the namespace (None: all of it).
+
+    Each cell is one KNN query (a partition each; sqlite-vec answers
+    ``cell IN (...)`` with one query per value anyway), merged by distance here.
 
     When all ``k`` are as far as the first, more entries may tie than came back,
     and which ones did is arbitrary (many stored copies of one query share their
-    bits). Then every entry at that distance is returned, if there are fewer than
-    :data:`TIE_WIDENING` times ``k``. Otherwise None: the bits cannot tell the
-    entries apart (an embedder whose coordinates share their sign, say), and the
-    caller ranks by an exact scan. The cap bounds the widening query, since
+    bits). Then every entry at that distance is returned, if no query finds
+    :data:`TIE_WIDENING` times ``k`` of them. Otherwise None: the bits cannot tell
+    the entries apart (an embedder whose coordinates share their sign, say), and
+    the caller ranks by an exact scan. The cap bounds the widening query, since
     sqlite-vec makes one pass over each chunk per row it returns.
     """
     sql = (
@@ -368,12 +489,21 @@ def candidate_ids(
     if _expiring_rows(conn):
         sql += " AND expires_at > ?"
         params.append(float(now))
-    rows = conn.execute(sql, params).fetchall()
+    scans: list[tuple[str, list[Any]]] = (
+        [(sql, [])] if cells is None else [(f"{sql} AND cell = ?", [int(c)]) for c in cells]
+    )
+    per_scan = [conn.execute(q, [*params, *extra]).fetchall() for q, extra in scans]
+    rows = sorted((r for found in per_scan for r in found), key=lambda r: float(r[1]))[:k]
     if k > 1 and len(rows) == k and rows[0][1] == rows[-1][1]:
         params[1] = wider = min(MAX_K, TIE_WIDENING * k)
-        rows = conn.execute(f"{sql} AND distance <= ?", (*params, rows[0][1])).fetchall()
-        if len(rows) == wider:
+        bound = rows[0][1]
+        per_scan = [
+            conn.execute(f"{q} AND distance <= ?", [*params, *extra, bound]).fetchall()
+            for q, extra in scans
+        ]
+        if any(len(found) == wider for found in per_scan):
             return None
+        rows = [r for found in per_scan for r in found]
     return [int(r[0]) for r in rows]
 
 

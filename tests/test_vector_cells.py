@@ -1,0 +1,277 @@
+"""Cells: large namespaces partitioned by nearest centroid (vector_cells.py, vector_index.py).
+
+The thresholds are lowered (a namespace gets 8 cells at 300 entries) so that a fast
+test crosses them; the vectors are unit directions around 8 well-separated topics,
+in 64 dimensions, stored with ``store_many(embeddings=...)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from clock import FakeClock
+from fakes import FakeEmbedder
+
+from semcache_sqlite import (
+    InvalidInputError,
+    ReadOnlyError,
+    SemanticCache,
+    vector_cells,
+    vector_index,
+)
+from semcache_sqlite.vector_cells import NO_CELL, cells_to_probe, train_centroids
+
+DIM = 64
+TOPICS = 8
+CLUSTER_AT = 300
+
+
+def topic_vectors(count: int, seed: int, noise: float = 0.35) -> np.ndarray[Any, Any]:
+    """``count`` unit vectors, each near one of TOPICS fixed directions (in turn)."""
+    topics = np.random.default_rng(99).standard_normal((TOPICS, DIM))
+    rng = np.random.default_rng(seed)
+    vectors = topics[np.arange(count) % TOPICS] + noise * rng.standard_normal((count, DIM))
+    unit: np.ndarray[Any, Any] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit.astype(np.float32)
+
+
+@pytest.fixture
+def small_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vector_cells, "CLUSTER_AT", CLUSTER_AT)
+    monkeypatch.setattr(vector_cells, "CELLS", TOPICS)
+    monkeypatch.setattr(vector_cells, "TRAINING_SAMPLE", 200)  # a sample, not all
+
+
+def open_cache(path: Path, **options: Any) -> SemanticCache:
+    return SemanticCache(path, embedder=FakeEmbedder(dim=DIM), guards=False, **options)
+
+
+def store(cache: SemanticCache, vectors: np.ndarray[Any, Any], tag: str, **scope: Any) -> list[int]:
+    texts = [f"{tag} {i}" for i in range(len(vectors))]
+    return cache.store_many(texts, [f"answer {t}" for t in texts], embeddings=vectors, **scope)
+
+
+def index_cells(cache: SemanticCache, namespace: str) -> dict[int, int]:
+    with cache._db.reading() as conn:
+        return {
+            int(r[0]): int(r[1])
+            for r in conn.execute(
+                "SELECT rowid, cell FROM entry_vectors WHERE namespace = ?", (namespace,)
+            )
+        }
+
+
+def centroids(cache: SemanticCache, namespace: str) -> np.ndarray[Any, Any] | None:
+    with cache._db.reading() as conn:
+        return vector_index.namespace_centroids(conn, namespace)
+
+
+# -- training ------------------------------------------------------------------
+
+
+def test_training_finds_the_topics_and_is_deterministic() -> None:
+    vectors = topic_vectors(400, seed=1)
+    trained = train_centroids(vectors, TOPICS, seed=5)
+    assert trained.shape == (TOPICS, DIM)
+    assert np.linalg.norm(trained, axis=1) == pytest.approx(np.ones(TOPICS), abs=1e-5)
+    cells = vector_cells.nearest_cells(trained, vectors)
+    for topic in range(TOPICS):  # every topic lands in exactly one cell, its own
+        assert len({cells[i] for i in range(topic, 400, TOPICS)}) == 1
+    assert len(set(cells)) == TOPICS
+    assert np.array_equal(trained, train_centroids(vectors, TOPICS, seed=5))
+
+
+def test_training_with_fewer_distinct_vectors_than_cells() -> None:
+    vectors = np.repeat(topic_vectors(3, seed=2), 50, axis=0)
+    trained = train_centroids(vectors, TOPICS, seed=0)
+    assert len(trained) == 3  # no empty or duplicate cells
+    assert len(set(vector_cells.nearest_cells(trained, vectors))) == 3
+
+
+def test_cells_to_probe_are_the_most_similar_centroids() -> None:
+    trained = train_centroids(topic_vectors(400, seed=1), TOPICS, seed=5)
+    query = topic_vectors(1, seed=9)[0]
+    order = list(np.argsort(-(trained @ query)))
+    assert sorted(cells_to_probe(trained, query, 3)) == sorted(order[:3])
+    assert cells_to_probe(trained, query, 1) == [order[0]]
+    assert sorted(cells_to_probe(trained, query, 50)) == list(range(TOPICS))
+
+
+def test_search_cells_is_checked(tmp_path: Path) -> None:
+    for bad in (0, -1, 1.5, True, 10**6):
+        with pytest.raises(InvalidInputError, match="search_cells"):
+            open_cache(tmp_path / "c.db", search_cells=bad)
+
+
+# -- a namespace gets cells -------------------------------------------------------
+
+
+@pytest.mark.usefixtures("small_cells")
+def test_a_namespace_gets_cells_when_it_reaches_the_threshold(tmp_path: Path) -> None:
+    """The write that brings a namespace to CLUSTER_AT entries trains its cells on
+    them and leaves them in the unclustered partition; later entries go to their
+    nearest cell. Another namespace is untouched."""
+    vectors = topic_vectors(CLUSTER_AT + 40, seed=3)
+    with open_cache(tmp_path / "c.db") as cache:
+        store(cache, topic_vectors(20, seed=4), "small", namespace="small")
+        first = store(cache, vectors[: CLUSTER_AT - 10], "big", namespace="big")
+        assert centroids(cache, "big") is None
+        crossing = store(cache, vectors[CLUSTER_AT - 10 : CLUSTER_AT], "cross", namespace="big")
+        trained = centroids(cache, "big")
+        assert trained is not None and trained.shape == (TOPICS, DIM)
+        with cache._db.reading() as conn:
+            assert conn.execute(
+                "SELECT cells, trained_on FROM vector_cells WHERE namespace = 'big'"
+            ).fetchone() == (TOPICS, CLUSTER_AT)
+        cells = index_cells(cache, "big")
+        assert sorted(cells) == sorted(first + crossing)
+        assert set(cells.values()) == {NO_CELL}
+        later = store(cache, vectors[CLUSTER_AT:], "later", namespace="big")
+        cells = index_cells(cache, "big")
+        expected = vector_cells.nearest_cells(trained, vectors[CLUSTER_AT:])
+        assert [cells[i] for i in later] == expected
+        assert len(set(expected)) > 1
+        assert centroids(cache, "small") is None
+        assert set(index_cells(cache, "small").values()) == {NO_CELL}
+
+
+@pytest.mark.usefixtures("small_cells")
+def test_a_lookup_scans_only_the_probed_cells_and_the_unclustered_partition(
+    tmp_path: Path,
+) -> None:
+    """With one cell probed, a near-copy of an entry stored after the namespace got
+    its cells is found whenever the cell nearest the probe holds it (nearly always on
+    separable topics), and missed otherwise; with every cell probed it is always
+    found. Entries stored before the cells (unclustered) are always found. The KNN
+    of a cell returns that cell's rows only."""
+    vectors = topic_vectors(CLUSTER_AT + 300, seed=6)
+    rng = np.random.default_rng(7)
+    with (
+        open_cache(tmp_path / "c.db", search_cells=1) as one_cell,
+        open_cache(tmp_path / "c.db", search_cells=TOPICS) as all_cells,
+    ):
+        ids = store(one_cell, vectors[:CLUSTER_AT], "before")
+        ids += store(one_cell, vectors[CLUSTER_AT:], "after")
+        trained = centroids(one_cell, "default")
+        assert trained is not None
+        cells = index_cells(one_cell, "default")
+        in_probed_cell = missed = 0
+        for i in rng.choice(len(vectors), 80, replace=False):
+            probe = vectors[i] + np.float32(0.005) * rng.standard_normal(DIM).astype(np.float32)
+            assert all_cells.search_vector(probe, k=1)[0].entry_id == ids[i]
+            found = one_cell.search_vector(probe, k=1)[0].entry_id
+            if cells[ids[i]] == NO_CELL or cells_to_probe(trained, probe, 1) == [cells[ids[i]]]:
+                in_probed_cell += 1
+                assert found == ids[i]
+            else:
+                missed += 1
+                assert found != ids[i]
+        assert in_probed_cell >= 72
+        with one_cell._db.reading() as conn:
+            for cell in range(TOPICS):
+                in_cell = vector_index.candidate_ids(
+                    conn,
+                    vectors[0],
+                    16,
+                    0.0,
+                    namespace="default",
+                    context_key=one_cell.context_key(),
+                    user_id="",
+                    cells=[cell],
+                )
+                assert in_cell and {cells[i] for i in in_cell} == {cell}
+
+
+@pytest.mark.usefixtures("small_cells")
+def test_scope_and_expiry_filters_hold_in_a_namespace_with_cells(tmp_path: Path) -> None:
+    """Private and expired near-copies, in the same cells, never hide the shared,
+    fresh answer; other users never see alice's."""
+    clock = FakeClock()
+    base = topic_vectors(CLUSTER_AT, seed=8)
+    target = topic_vectors(1, seed=10)[0]
+    with open_cache(tmp_path / "c.db", clock=clock, search_cells=2) as cache:
+        store(cache, base, "filler")
+        assert centroids(cache, "default") is not None  # the entries below go to cells
+        store(cache, np.repeat(target[None], 30, axis=0), "private", user_id="alice")
+        store(cache, np.repeat(target[None], 30, axis=0), "expiring", ttl=60)
+        shared = store(cache, target[None], "shared")[0]
+        clock.advance(120)
+        for user in ("", "bob"):
+            hit = cache.search_vector(target, k=1, user_id=user)
+            assert hit[0].entry_id == shared
+        assert cache.search_vector(target, k=1, user_id="alice")[0].response.startswith(
+            "answer private"
+        )
+
+
+@pytest.mark.usefixtures("small_cells")
+def test_a_rebuild_trains_cells_for_the_namespaces_large_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vacuum (a rebuild) trains cells for a namespace that grew past the threshold
+    while the threshold was higher, and drops those of one that shrank below it."""
+    path = tmp_path / "c.db"
+    monkeypatch.setattr(vector_cells, "CLUSTER_AT", 10**6)
+    with open_cache(path) as cache:
+        grew = store(cache, topic_vectors(CLUSTER_AT, seed=11), "grew", namespace="grew")
+    monkeypatch.setattr(vector_cells, "CLUSTER_AT", CLUSTER_AT)
+    with open_cache(path) as cache:
+        shrank = store(cache, topic_vectors(CLUSTER_AT, seed=12), "shrank", namespace="shrank")
+        assert centroids(cache, "grew") is None and centroids(cache, "shrank") is not None
+        for entry_id in shrank[: CLUSTER_AT // 2]:
+            cache.delete(entry_id)
+        cache.vacuum()
+        assert centroids(cache, "shrank") is None
+        assert set(index_cells(cache, "shrank").values()) == {NO_CELL}
+        trained = centroids(cache, "grew")
+        assert trained is not None
+        cells = index_cells(cache, "grew")
+        assert sorted(cells) == sorted(grew) and NO_CELL not in cells.values()
+        vectors = topic_vectors(CLUSTER_AT, seed=11)
+        assert [cells[i] for i in grew] == vector_cells.nearest_cells(trained, vectors)
+        for i in (0, 17, 123):
+            assert cache.search_vector(vectors[i], k=1, namespace="grew")[0].entry_id == grew[i]
+
+
+# -- files of the previous layout -------------------------------------------------
+
+
+def make_previous_layout(path: Path, vectors: np.ndarray[Any, Any]) -> list[int]:
+    """A file as the version before cells wrote it: schema 5, a vec0 index without
+    the ``cell`` partition key, no vector_cells table."""
+    with open_cache(path) as cache:
+        ids = store(cache, vectors, "old")
+        with cache._db.transaction() as conn:
+            conn.execute("DROP TABLE entry_vectors")
+            conn.execute(
+                "CREATE VIRTUAL TABLE entry_vectors USING vec0(namespace text partition key, "
+                f"embedding bit[{DIM}], context integer, owner integer, expires_at float)"
+            )
+            conn.executemany(
+                "INSERT INTO entry_vectors (rowid, namespace, embedding, context, owner, "
+                "expires_at) VALUES (?, 'default', vec_bit(?), 0, 0, 1e18)",
+                zip(ids, vector_index.quantize(vectors), strict=True),
+            )
+            conn.execute("DROP TABLE vector_cells")
+            conn.execute("DELETE FROM schema_migrations WHERE version = 6")
+            conn.execute("PRAGMA user_version = 5")
+    return ids
+
+
+@pytest.mark.usefixtures("small_cells")
+def test_a_file_of_the_previous_layout_is_upgraded_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    vectors = topic_vectors(CLUSTER_AT + 20, seed=13)
+    ids = make_previous_layout(path, vectors)
+    with pytest.raises(ReadOnlyError, match="schema 5"):  # cannot be upgraded read-only
+        open_cache(path, read_only=True)
+    with open_cache(path) as cache:
+        cells = index_cells(cache, "default")
+        assert sorted(cells) == sorted(ids) and centroids(cache, "default") is not None
+        for i in (0, 5, 300):
+            assert cache.search_vector(vectors[i], k=1)[0].entry_id == ids[i]
+    with open_cache(path, read_only=True) as reader:
+        assert reader.search_vector(vectors[7], k=1)[0].entry_id == ids[7]
