@@ -62,9 +62,7 @@ def open_and_search(spec: dict[str, Any]) -> dict[str, Any]:
     probes = np.load(spec["probes"])
     namespaces: list[str] = spec["namespaces"]
     t2 = time.perf_counter()
-    cache = SemanticCache(
-        spec["path"], embedder=LocalEmbedder(), search_candidates=spec["candidates"]
-    )
+    cache = SemanticCache(spec["path"], embedder=LocalEmbedder(), **spec["fast"])
     t3 = time.perf_counter()
     first = cache.search_vector(probes[0], k=1, namespace=namespaces[0])
     t4 = time.perf_counter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,22 +232,22 @@ def _fidelity(
 
 
 def measure_guarded_fidelity(
-    path: Path | str, inp: SearchInputs, count: int, candidates: int
+    path: Path | str, inp: SearchInputs, count: int, fast: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The whole decision with the guards on (``find_similar`` at the cache's default
-    threshold): the fast path (re-scoring ``candidates``) vs the same file opened with
+    threshold): the fast path (``fast``: its SemanticCache options) vs the same file opened with
     ``exact_search=True`` (every exact vector of the namespace scanned). Same hit/miss
     and the same entry."""
     n = min(count, len(inp.probe_vectors))
     agree = hits = 0
     opts: dict[str, Any] = {"embedder": LocalEmbedder(), "read_only": True}
     with (
-        SemanticCache(path, search_candidates=candidates, **opts) as fast,
+        SemanticCache(path, **fast, **opts) as fast_cache,
         SemanticCache(path, exact_search=True, **opts) as exact,
     ):
         for i in range(n):
             name = inp.layout.names[int(inp.layout.probe_ns[i])]
-            ours = fast.find_similar(inp.probe_vectors[i], namespace=name)
+            ours = fast_cache.find_similar(inp.probe_vectors[i], namespace=name)
             want = exact.find_similar(inp.probe_vectors[i], namespace=name)
             hits += want is not None
             same_entry = ours is not None and want is not None and ours[0] == want[0]

@@ -84,7 +84,8 @@ def print_report(results: dict[str, Any]) -> None:
         f"machine: {meta['cpus']} CPUs, {meta['platform']}; Python {meta['python']}; "
         f"SQLite {meta['sqlite_version']} ({meta['driver']}), sqlite-vec {meta['sqlite_vec']}, "
         f"numpy {meta['numpy']}; semcache-sqlite {meta['library_version']} "
-        f"(fast path: {meta.get('search_candidates', '?')} candidates re-scored per lookup)"
+        f"(fast path: {meta.get('search_candidates', '?')} candidates re-scored per lookup, "
+        f"{meta.get('search_cells', '?')} cells scanned in a namespace with cells)"
     )
     blas = meta.get("blas", {})
     print(

@@ -51,6 +51,7 @@ from qqp_data import add_data_arguments
 import semcache_sqlite
 from semcache_sqlite import LocalEmbedder, SemanticCache
 from semcache_sqlite.db import Database
+from semcache_sqlite.vector_cells import PROBED_CELLS
 from semcache_sqlite.vector_index import DEFAULT_CANDIDATES
 
 HERE = Path(__file__).resolve().parent
@@ -96,6 +97,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="SemanticCache(search_candidates=...) of the fast path: Hamming-nearest "
         "entries re-scored per lookup (default: %(default)s, the library's)",
     )
+    parser.add_argument(
+        "--cells",
+        type=int,
+        default=PROBED_CELLS,
+        help="SemanticCache(search_cells=...) of the fast path: cells scanned per lookup "
+        "in a namespace with cells (default: %(default)s, the library's)",
+    )
     parser.add_argument("--workdir", default="/tmp/semcache-perf", help="where files are built")
     parser.add_argument("--reuse", action="store_true", help="reuse unchanged built files")
     parser.add_argument("--json", type=Path, default=None, help="default: <workdir>/results.json")
@@ -105,6 +113,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         sizes.add(1_000_000)
     args.size_list = sorted(sizes)
     return args
+
+
+def fast_options(args: argparse.Namespace) -> dict[str, Any]:
+    """SemanticCache options of the fast path under test."""
+    return {"search_candidates": args.candidates, "search_cells": args.cells}
 
 
 def log(message: str) -> None:
@@ -150,7 +163,7 @@ def measure_open(
         "path": path,
         "probes": str(probes_file),
         "namespaces": names,
-        "candidates": args.candidates,
+        "fast": fast_options(args),
     }
     first_only = {**spec, "namespaces": names[:1]}
     np.save(workdir.file(f"probes-{tag}-1.npy"), source.probe_vectors[:1])
@@ -224,10 +237,8 @@ def run_case(
     log(f"{rows.size:,} entries, {layout.label}: search latency over {probes} probes")
     raw_db = Database(raw.path)
     try:
-        candidates = args.candidates
-        with SemanticCache(
-            lib.path, embedder=LocalEmbedder(), search_candidates=candidates
-        ) as cache:
+        fast = fast_options(args)
+        with SemanticCache(lib.path, embedder=LocalEmbedder(), **fast) as cache:
             inputs = SearchInputs(
                 rows=rows,
                 layout=layout,
@@ -243,10 +254,8 @@ def run_case(
             exact = measure_exact_repeat(cache, rows, layout, args.exact_probes, args.seed)
         log(f"{rows.size:,} entries, {layout.label}: guarded decisions, fast vs exact scan")
         guarded = min(probes, args.guarded_probes)
-        search["guarded_fidelity"] = measure_guarded_fidelity(lib.path, inputs, guarded, candidates)
-        with SemanticCache(
-            lib.path, embedder=LocalEmbedder(), search_candidates=candidates
-        ) as cache:
+        search["guarded_fidelity"] = measure_guarded_fidelity(lib.path, inputs, guarded, fast)
+        with SemanticCache(lib.path, embedder=LocalEmbedder(), **fast) as cache:
             if rows.size == e2e_size(args.size_list):
                 log(f"{rows.size:,} entries, {layout.label}: end-to-end get_or_compute")
                 e2e.append(
@@ -311,6 +320,7 @@ def meta(args: argparse.Namespace, source: Source) -> dict[str, Any]:
         "workdir": str(Path(args.workdir).expanduser()),
         "load_average_start": load_average(),
         "search_candidates": args.candidates,
+        "search_cells": args.cells,
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import vector_cells
 from .db import Database, in_batches
 from .migrate import schema_version
 from .store import _ENTRY_COLUMNS, VECTOR_TABLE, EntryRow, Store
@@ -26,6 +27,7 @@ from .store_lifecycle import count_inserted
 from .timing import latency_figures
 from .validation import FloatMatrix, FloatVector
 from .vector_index import (
+    CELLS_TABLE,
     EMBEDDING_TABLE,
     delete_vectors,
     delete_vectors_where,
@@ -55,6 +57,30 @@ def _casefold(value: Any) -> Any:
 
 #: ``Admin.sample_vectors`` reads this many runs of consecutive ids.
 SAMPLE_RUNS = 20
+
+
+@dataclass(frozen=True)
+class NamespaceCells:
+    """A namespace's cells: 0 cells = none yet; ``unclustered`` = its index rows
+    outside any cell (None when sqlite-vec's own tables could not tell)."""
+
+    namespace: str
+    entries: int
+    cells: int
+    trained_on: int
+    unclustered: int | None
+
+
+def _unclustered_rows(conn: Any) -> dict[str, int]:
+    """Index rows in each namespace's unclustered partition, from sqlite-vec's own
+    ``<table>_chunks`` / ``<table>_rowids`` tables."""
+    rows = conn.execute(
+        f"SELECT c.partition00, count(*) FROM {VECTOR_TABLE}_rowids r "
+        f"JOIN {VECTOR_TABLE}_chunks c ON c.chunk_id = r.chunk_id "
+        "WHERE c.partition01 = ? GROUP BY c.partition00",
+        (vector_cells.NO_CELL,),
+    ).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
 
 
 @dataclass(frozen=True)
@@ -318,6 +344,37 @@ class Admin:
                 found.update((int(r[0]), bytes(r[1])) for r in rows)  # runs may overlap
         matrix: FloatMatrix = uniform_blobs(list(found.values()))[1]
         return matrix
+
+    def namespace_cells(self) -> list[NamespaceCells]:
+        """The namespaces that have cells, or are large enough to (vector_cells.py)."""
+        with self.db.reading() as conn:
+            if not vector_layout_current(conn):
+                return []
+            trained = {
+                str(r[0]): (int(r[1]), int(r[2]))
+                for r in conn.execute(f"SELECT namespace, cells, trained_on FROM {CELLS_TABLE}")
+            }
+            counts = {
+                str(r[0]): int(r[1])
+                for r in conn.execute("SELECT namespace, entries FROM entry_counts")
+            }
+            unclustered: dict[str, int] | None
+            try:
+                unclustered = _unclustered_rows(conn)
+            except self.db.driver.OperationalError:  # a sqlite-vec laid out otherwise
+                unclustered = None
+        names = sorted(
+            set(trained) | {n for n, c in counts.items() if c >= vector_cells.CLUSTER_AT}
+        )
+        return [
+            NamespaceCells(
+                n,
+                counts.get(n, 0),
+                *trained.get(n, (0, 0)),
+                None if unclustered is None else unclustered.get(n, 0),
+            )
+            for n in names
+        ]
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import click
 
+from . import vector_cells
 from .admin import Admin, EntryFilter
 from .cli_common import (
     EXIT_BAD_FILE,
@@ -141,6 +142,9 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
         )
     if model is not None and entries:
         add(index_bits_check(admin, int(dim or 0)))
+        cells = index_cells_check(admin)
+        if cells is not None:
+            add(cells)
     no_vector, no_entry = admin.orphan_counts()
     if no_vector or no_entry:
         add(
@@ -194,6 +198,34 @@ def index_bits_check(admin: Admin, dim: int) -> Check:
             "neighbours; open the cache with exact_search=True",
         )
     return Check("index bits", "ok", detail)
+
+
+def index_cells_check(admin: Admin) -> Check | None:
+    """The cells of large namespaces (vector_cells.py); None when no namespace is
+    large enough to have them. Warns when a lookup would scan many entries outside
+    any cell, or a large namespace has no cells: a rebuild sorts that out."""
+    found = admin.namespace_cells()
+    if not found:
+        return None
+    parts, stray = [], []
+    for n in found:
+        if not n.cells:
+            stray.append(f"{n.namespace!r} has {n.entries} entries and no cells")
+            continue
+        part = f"{n.namespace!r}: {n.cells} cells trained on {n.trained_on} of {n.entries} entries"
+        if n.unclustered is not None:
+            part += f", {n.unclustered} outside any cell"
+            if n.unclustered > 2 * vector_cells.CLUSTER_AT:
+                stray.append(f"{n.namespace!r} has {n.unclustered} entries outside any cell")
+        parts.append(part)
+    if stray:
+        return Check(
+            "index cells",
+            "warn",
+            "; ".join(stray) + ": each lookup scans them all; `semcache vacuum` sorts them "
+            "into cells",
+        )
+    return Check("index cells", "info", "; ".join(parts))
 
 
 @click.command(short_help="Check integrity, orphans, schema, WAL (exit 4 on problems).")

@@ -24,8 +24,10 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .db import Database, in_batches
 from .errors import (
@@ -638,14 +640,16 @@ class Store(LifecycleStore, ReembedStore):
         """The k nearest entries in scope with their cosine distance, nearest first.
 
         Fast path (the default): the bit index returns the Hamming-nearest
-        ``max(search_candidates, 4k)`` entries of the scope, in the
-        ``search_cells`` cells nearest the vector if the namespace has cells (scope and expiry
+        ``max(search_candidates, 4k)`` entries of the scope (scope and expiry
         filtered inside the scan, so an expired or foreign neighbour never takes a
         candidate's place; every entry of a tie, see ``candidate_ids``), then their
-        exact vectors are re-scored. ``exact=True``
-        (or ``Store.exact_search``) scans every exact vector of the scope instead:
-        O(entries), for checking the fast path or for embedders whose signs carry
-        little information.
+        exact vectors are re-scored. In a namespace with cells the scan covers the
+        ``search_cells`` cells nearest the vector, then also those nearest the best
+        entry found, where its own near neighbours are: the entries that compete
+        with it (the guards' margin) are found even when the query sits between
+        cells. ``exact=True`` (or ``Store.exact_search``) scans every exact vector
+        of the scope instead: O(entries), for checking the fast path or for
+        embedders whose signs carry little information.
         """
         k = max(1, min(int(k), MAX_K))
         now = self.now()
@@ -653,22 +657,44 @@ class Store(LifecycleStore, ReembedStore):
             if not self._usable_index(conn):
                 return []
             self._check_bound(conn)
-            ids = None
+            scored = None
             if not (self.exact_search if exact is None else exact):
-                wanted = min(MAX_K, max(self.search_candidates, CANDIDATES_PER_RESULT * k))
-                ids = candidate_ids(
-                    conn,
-                    vector,
-                    wanted,
-                    now,
-                    namespace=scope.namespace,
-                    context_key=scope.context_key,
-                    user_id=scope.user_id,
-                    cells=probe_cells(conn, scope.namespace, vector, self.search_cells),
-                )
-            if ids is None:  # asked for, or the bits could not tell the candidates apart
+                scored = self._fast_candidates(conn, scope, vector, k, now)
+            if scored is None:  # asked for, or the bits could not tell the candidates apart
                 ids = self._exact_ranking(conn, scope, vector, k, now)
-            return self._rescored(conn, scope, vector, ids, k, now)
+                scored = self._scored(conn, scope, vector, ids, now)
+            return self._rows(conn, scored, k)
+
+    def _fast_candidates(
+        self, conn: Any, scope: Scope, vector: FloatVector, k: int, now: float
+    ) -> list[_Scored] | None:
+        """The fast path's candidates, scored (see ``nearest``); None when their bits
+        tie too widely to choose them (``candidate_ids``)."""
+        wanted = min(MAX_K, max(self.search_candidates, CANDIDATES_PER_RESULT * k))
+
+        def scored_in(cells: Sequence[int] | None) -> list[_Scored] | None:
+            ids = candidate_ids(
+                conn,
+                vector,
+                wanted,
+                now,
+                namespace=scope.namespace,
+                context_key=scope.context_key,
+                user_id=scope.user_id,
+                cells=cells,
+            )
+            return None if ids is None else self._scored(conn, scope, vector, ids, now)
+
+        probed = probe_cells(conn, scope.namespace, vector, self.search_cells)
+        scored = scored_in(probed)
+        if probed is None or not scored:
+            return scored
+        around = probe_cells(conn, scope.namespace, min(scored).vector, self.search_cells)
+        more = [c for c in around or () if c not in probed]
+        if not more:
+            return scored
+        extra = scored_in(more)
+        return None if extra is None else scored + extra
 
     @staticmethod
     def _exact_ranking(
@@ -688,17 +714,12 @@ class Store(LifecycleStore, ReembedStore):
             best = sorted(best, key=lambda t: (-t[0], t[1]))[:k]
         return [i for _, i in best]
 
-    def _rescored(
-        self,
-        conn: Any,
-        scope: Scope,
-        vector: FloatVector,
-        ids: Sequence[int],
-        k: int,
-        now: float,
-    ) -> list[tuple[EntryRow, float]]:
-        """Entries (re-checked to be in scope and unexpired) by exact cosine distance:
-        the candidates' scope and exact vectors first, whole rows for the best k only."""
+    @staticmethod
+    def _scored(
+        conn: Any, scope: Scope, vector: FloatVector, ids: Sequence[int], now: float
+    ) -> list[_Scored]:
+        """The candidates re-checked to be in scope and unexpired, with their exact
+        cosine distance to ``vector`` and their exact vector."""
         rows = []
         for part, marks in in_batches(ids):
             rows.extend(
@@ -718,14 +739,20 @@ class Store(LifecycleStore, ReembedStore):
             and r[2] in visible
             and (r[4] is None or float(r[4]) > now)
         ]
-        sims = cosine_similarities([b"" if r[5] is None else bytes(r[5]) for r in rows], vector)
-        found: list[tuple[float, int]] = []
-        for row, sim in zip(rows, sims, strict=True):
+        blobs = [b"" if r[5] is None else bytes(r[5]) for r in rows]
+        sims = cosine_similarities(blobs, vector)
+        found: list[_Scored] = []
+        for row, blob, sim in zip(rows, blobs, sims, strict=True):
             if sim != sim:  # no exact vector, or a damaged one: skip it, loudly
                 logger.warning("entry %s has an unusable vector (corrupt file?)", row[0])
                 continue
-            found.append((1.0 - float(sim), int(row[0])))
-        best = sorted(found)[:k]
+            found.append(_Scored(1.0 - float(sim), int(row[0]), np.frombuffer(blob, "<f4")))
+        return found
+
+    @staticmethod
+    def _rows(conn: Any, scored: Sequence[_Scored], k: int) -> list[tuple[EntryRow, float]]:
+        """The k nearest of the scored candidates as whole entry rows, nearest first."""
+        best = sorted({s.entry_id: s for s in scored}.values())[:k]
         if not best:
             return []
         marks = ",".join("?" * len(best))
@@ -733,10 +760,10 @@ class Store(LifecycleStore, ReembedStore):
             int(r[0]): EntryRow.from_row(r)
             for r in conn.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id IN ({marks})",
-                [entry_id for _, entry_id in best],
+                [s.entry_id for s in best],
             )
         }
-        return [(full[entry_id], distance) for distance, entry_id in best if entry_id in full]
+        return [(full[s.entry_id], s.distance) for s in best if s.entry_id in full]
 
     def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
         """namespace -> (entries, hits, misses), for every namespace with entries or lookups."""
@@ -811,6 +838,15 @@ def _dumped(memo: dict[int, str], metadata: dict[str, Any]) -> str:
     if text is None:
         text = memo[id(metadata)] = json.dumps(metadata)
     return text
+
+
+@dataclass(frozen=True, order=True)
+class _Scored:
+    """A candidate entry by exact cosine distance (ties by id), with its exact vector."""
+
+    distance: float
+    entry_id: int
+    vector: Any = field(compare=False)
 
 
 class _NewRows:

@@ -11,21 +11,25 @@ Grouped into :data:`CELLS` cells by spherical k-means, a lookup scans the
 :data:`PROBED_CELLS` whose centroids are most similar to the query: a quarter of
 the rows, ~0.2x of numpy. Of 3,000 probes, those whose exact nearest entry is at
 similarity >= 0.85 (~1,200) had it in a probed cell all but 0-1 times (a few more
-at >= 0.8, none at >= 0.9), across training seeds and at 20k and 100k entries.
+at >= 0.8, none at >= 0.9), across training seeds and at 20k and 100k entries
+(benchmarks/cell_recall.py). A lookup also scans the cells nearest the best entry
+it found (``Store.nearest``), where that entry's own near neighbours are, so the
+guards see the entries that compete with it even when the query falls between
+cells.
 
 Each probed cell is one more vec0 query with a fixed cost (~20 us, plus ~40 us
-per 1,024 rows at 16 candidates), and every cell of every namespace pre-allocates
-a 1,024-row chunk (~85 KiB), so cells are few and only namespaces of
-:data:`CLUSTER_AT` entries or more have them. Finer cells at the same share of
-rows lose fewer neighbours but cost more per lookup and per insert.
+per 1,024-row chunk, however full, at 16 candidates), every cell of every namespace
+pre-allocates a chunk (~85 KiB), and writes into many cells cost more (~10% of a
+bulk insert), so cells are few and only namespaces of :data:`CLUSTER_AT` entries
+or more have them: below that one scan of the namespace (~3 ms at 64k entries) is
+about as cheap, and 10k-entry caches are as fast as without cells.
 
-A namespace gets its cells when it reaches :data:`CLUSTER_AT` entries: trained on
-those entries, which stay where they are (its unclustered partition, which every
-lookup scans too), so the write that crosses the mark pays ~0.1 s of training and
-moves nothing. Later entries go to their nearest cell. The centroids are then
-kept as the namespace grows; a rebuild of the index (``semcache vacuum``, a
-re-embed, an upgrade) trains them again on the namespace as it is then and sorts
-every entry into a cell.
+When a namespace reaches :data:`CLUSTER_AT` entries, the write that takes it
+there trains its centroids on a sample and moves its entries into their cells:
+a one-time ~2 s (~25 us per entry) inside that write. Later entries go to their
+nearest cell. The centroids are then kept as the namespace grows; a rebuild of the
+index (``semcache vacuum``, a re-embed, an upgrade) trains them again on the
+namespace as it is then.
 """
 
 from __future__ import annotations
@@ -39,13 +43,12 @@ CELLS = 32
 #: Cells a lookup scans: those whose centroids are most similar to the query.
 PROBED_CELLS = 8
 #: A namespace gets cells when its entries reach this many.
-CLUSTER_AT = 4_096
+CLUSTER_AT = 65_536
 #: At most this many of a namespace's vectors train its centroids.
 TRAINING_SAMPLE = 8_192
 #: Rounds of k-means: enough for the assignment to settle on real embeddings.
 TRAINING_ROUNDS = 12
-#: The unclustered partition: entries of a namespace without cells, or stored
-#: before it got them.
+#: The unclustered partition: the entries of a namespace without cells.
 NO_CELL = -1
 
 Matrix = np.ndarray[Any, Any]

@@ -6,9 +6,14 @@ Two tables, always written and deleted together (in the caller's transaction):
   every entry (little-endian, ``embedding_dim`` values). Readable with the stock
   sqlite3 shell; re-scoring, export, re-embedding and rebuilding read it.
 - ``entry_vectors`` (sqlite-vec ``vec0``): the same vectors quantized to one bit
-  per coordinate (its sign), partitioned by namespace, with the scope and expiry
-  as metadata columns, so the KNN runs inside SQLite as a Hamming scan of one
-  namespace.
+  per coordinate (its sign), partitioned by namespace and cell, with the scope
+  and expiry as metadata columns, so the KNN runs inside SQLite as a Hamming
+  scan of one namespace, or of a few cells of it.
+
+A third, ``vector_cells``, holds the centroids of the namespaces large enough to
+have cells (see ``vector_cells.py``): in such a namespace an entry sits in the
+partition of its nearest centroid, and a lookup scans only the cells nearest
+the query and those nearest the best entry it found.
 
 A lookup is a coarse scan plus an exact re-score: the Hamming KNN returns the
 ``candidates`` entries of the scope whose bits are nearest, then their exact
@@ -33,6 +38,12 @@ Why this layout (measured with sqlite-vec 0.1.9, 384-d, on the build machine):
 - Namespace as the partition key: a lookup scans only its namespace's chunks
   (0.2 ms instead of 3 ms at 100k entries over 1,000 namespaces). Each
   namespace pre-allocates one chunk (1,024 rows, ~85 KiB at 384-d).
+- Cell as the second partition key: a lookup in a namespace of 100k entries
+  scans 8 of its 32 cells, ~2 ms instead of ~4.5 ms (vector_cells.py). sqlite-vec
+  answers ``cell IN (...)`` with one KNN per value anyway, so each cell is its own
+  query and the candidates are merged here. A namespace with cells
+  pre-allocates a chunk per cell (~2.7 MB for 32) and a query costs per chunk,
+  however full, hence cells only from 65,536 entries (2,048 per cell).
 - Context and user are 64-bit hashes in INTEGER metadata columns: vec0 keeps
   only a 12-byte prefix of a TEXT value in its chunk and looks longer values
   (context keys are 32 characters) up row by row.
@@ -248,8 +259,7 @@ def uniform_blobs(blobs: Sequence[bytes]) -> tuple[list[int], np.ndarray[Any, An
 def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
     """Insert the index rows of these vectors, each in its namespace's nearest cell;
     return how many were indexed. A namespace without cells that has reached
-    :data:`~.vector_cells.CLUSTER_AT` entries gets them now (``train_namespace_cells``):
-    its later entries go to cells, the ones it has stay in its unclustered partition.
+    :data:`~.vector_cells.CLUSTER_AT` entries gets them now (``cluster_namespace``).
 
     All vectors of a file have one size; a blob of another is damage: left out of
     the index (so never returned) and reported, instead of failing the whole write."""
@@ -258,7 +268,7 @@ def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
         if namespace_centroids(conn, namespace) is None and _entry_count(conn, namespace) >= (
             vector_cells.CLUSTER_AT
         ):
-            train_namespace_cells(conn, namespace, _namespace_ids(conn, namespace))
+            cluster_namespace(conn, namespace)
     return indexed
 
 
@@ -333,9 +343,10 @@ def namespace_centroids(conn: Any, namespace: str) -> Matrix | None:
 
 def probe_cells(conn: Any, namespace: str, vector: FloatVector, count: int) -> list[int] | None:
     """The partitions of a namespace a lookup of ``vector`` scans: the ``count`` cells
-    nearest it and the unclustered partition (the entries the namespace had when it
-    got its cells, until a rebuild sorts them into cells); None when the namespace
-    has no cells (the lookup scans all of it)."""
+    nearest it, and the unclustered partition (empty once a namespace has cells; a
+    query of an empty partition costs ~17 us, and an entry left there by a damaged
+    file stays findable); None when the namespace has no cells (the lookup scans
+    all of it)."""
     centroids = namespace_centroids(conn, namespace)
     if centroids is None or centroids.shape[1] != len(vector):
         return None
@@ -369,6 +380,25 @@ def train_namespace_cells(conn: Any, namespace: str, ids: Sequence[int]) -> Matr
         (namespace, len(centroids), len(ids), vector_cells.centroids_blob(centroids)),
     )
     return centroids
+
+
+def cluster_namespace(conn: Any, namespace: str) -> int:
+    """Give a namespace cells: train its centroids, then move each of its index rows
+    into its nearest cell (vec0 cannot UPDATE a partition key: DELETE + INSERT), in
+    the caller's transaction. Returns the rows moved (~25 us each)."""
+    ids = _namespace_ids(conn, namespace)
+    centroids = train_namespace_cells(conn, namespace, ids)
+    if centroids is None:
+        return 0
+    moved = 0
+    for part, _ in in_batches(ids):
+        rows = vector_rows(conn, part)
+        # One statement per rowid: vec0 answers `rowid IN (...)` with a full scan.
+        conn.executemany(
+            f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", [(r.entry_id,) for r in rows]
+        )
+        moved += _insert_index_rows(conn, rows, {namespace: centroids})
+    return moved
 
 
 def delete_vectors(conn: Any, ids: Iterable[int]) -> None:

@@ -12,10 +12,11 @@ import pytest
 from clitools import FAQ, fake_cli, write_jsonl
 from fakes import FakeEmbedder
 
-from semcache_sqlite import SemanticCache
+from semcache_sqlite import SemanticCache, vector_cells
 from semcache_sqlite.admin import Admin
 from semcache_sqlite.db import Database
 from semcache_sqlite.migrate import latest_version
+from semcache_sqlite.vector_index import quantize
 
 
 @pytest.fixture
@@ -90,6 +91,63 @@ def test_doctor_judges_whether_the_index_bits_tell_entries_apart(
     else:
         assert check["status"] == "warn" and "exact_search=True" in check["detail"]
         assert check["detail"].startswith("sign bits carry ~0 of 32 bits")
+
+
+def test_doctor_reports_the_cells_of_large_namespaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No line while no namespace is large; a warning for a large namespace without
+    cells (grown while the mark was higher) until a write trains them; a warning for
+    many index rows outside any cell, until vacuum sorts them."""
+    path = tmp_path / "c.db"
+    vectors = np.random.default_rng(2).standard_normal((150, 32)).astype(np.float32)
+    texts = [f"question {i}" for i in range(150)]
+    monkeypatch.setattr(vector_cells, "CELLS", 4)
+    with SemanticCache(path, embedder=FakeEmbedder(dim=32)) as cache:
+        cache.store_many(texts, texts, embeddings=vectors, namespace="big")
+        cache.store_many(texts[:5], texts[:5], embeddings=vectors[:5], namespace="small")
+
+    def cells_check() -> dict[str, str] | None:
+        report = fake_cli().json("doctor", path)
+        assert report["ok"] is True
+        return {c["name"]: c for c in report["checks"]}.get("index cells")
+
+    assert cells_check() is None
+    monkeypatch.setattr(vector_cells, "CLUSTER_AT", 50)
+    check = cells_check()
+    assert check is not None and check["status"] == "warn"
+    assert check["detail"].startswith("'big' has 150 entries and no cells")
+    with SemanticCache(path, embedder=FakeEmbedder(dim=32)) as cache:  # a write trains them
+        cache.store("one more", None, "answer", namespace="big")
+    expected = {
+        "name": "index cells",
+        "status": "info",
+        "detail": "'big': 4 cells trained on 151 of 151 entries, 0 outside any cell",
+    }
+    assert cells_check() == expected
+    # Index rows outside any cell (none of the library's writes leaves them there):
+    # every lookup scans them, so doctor says how to sort them into cells.
+    database = Database(path)
+    try:
+        with database.transaction() as conn:
+            rows = conn.execute(
+                "SELECT e.id, b.embedding FROM entries e JOIN entry_embeddings b USING (id) "
+                "WHERE e.namespace = 'big' LIMIT 120"
+            ).fetchall()
+            for entry_id, blob in rows:
+                conn.execute("DELETE FROM entry_vectors WHERE rowid = ?", (entry_id,))
+                conn.execute(
+                    "INSERT INTO entry_vectors (rowid, namespace, cell, embedding, context, "
+                    "owner, expires_at) VALUES (?, 'big', -1, vec_bit(?), 0, 0, 1e18)",
+                    (entry_id, quantize(np.frombuffer(blob, dtype="<f4"))[0]),
+                )
+    finally:
+        database.close()
+    check = cells_check()
+    assert check is not None and check["status"] == "warn"
+    assert check["detail"].startswith("'big' has 120 entries outside any cell")
+    fake_cli().run("vacuum", path)
+    assert cells_check() == expected
 
 
 def test_the_vector_sample_reaches_ids_thinned_by_deletes(tmp_path: Path) -> None:
