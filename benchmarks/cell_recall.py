@@ -17,9 +17,9 @@ first entries stay unclustered and are always scanned.
 The centroids are trained by the library's own ``train_centroids``, on what the library
 trains them on: a random ``TRAINING_SAMPLE`` of the namespace's entries, with
 ``--seeds`` seeds. The share of rows a lookup scans is ``p / cells``; its cost also
-grows with ``p`` (one vec0 query per cell, see README.md). Only the first stage is
-counted: a lookup also scans the cells nearest the best entry it found, which can
-only add entries.
+grows with ``p`` (one vec0 query per cell, see README.md). This is the nearest
+entry only: a guarded lookup whose nearest entry is servable takes its other
+neighbours from the whole namespace.
 
 Entries and probes are built as in the performance suite (perf_data.py).
 """

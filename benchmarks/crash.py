@@ -76,7 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reliability import HashEmbedder, check_file
 
-from semcache_sqlite import SemanticCache
+from semcache_sqlite import SemanticCache, vector_cells
 from semcache_sqlite import migrate as migrate_module
 from semcache_sqlite.db import Database
 from semcache_sqlite.errors import EmbedderMismatchError
@@ -946,8 +946,23 @@ def run(
     return CrashReport(writes_path, reports)
 
 
+#: Children (and checks) give a namespace cells from this many entries, 4 cells,
+#: when set (``--cells-at``), so that the bulk scenarios cross the threshold.
+CELLS_AT_VARIABLE = "SEMCACHE_CRASH_CELLS_AT"
+
+
+def small_cells_from_environment() -> None:
+    """Apply ``--cells-at`` (passed to children through the environment)."""
+    value = os.environ.get(CELLS_AT_VARIABLE)
+    if value:
+        vector_cells.CLUSTER_AT = int(value)
+        vector_cells.CELLS = 4
+        vector_cells.PROBED_CELLS = 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    small_cells_from_environment()
     if argv[:1] == ["--child"]:
         kind, *rest = argv[1:]
         if kind == "writes":
@@ -978,8 +993,17 @@ def main(argv: list[str] | None = None) -> int:
         "--bulk-delay", type=float, default=0.002, help="seconds per embed() call in the child"
     )
     parser.add_argument("--path", help="file for the writes scenario (default: temporary)")
+    parser.add_argument(
+        "--cells-at",
+        type=int,
+        help="give namespaces 4 cells from this many entries (the library: 65,536), so the "
+        "bulk scenarios kill writes that train cells and move entries into them",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.cells_at:
+        os.environ[CELLS_AT_VARIABLE] = str(args.cells_at)  # the children inherit it
+        small_cells_from_environment()
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     with tempfile.TemporaryDirectory(prefix="semcache-crash-") as tmp:
         report = run(

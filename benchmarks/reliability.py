@@ -15,13 +15,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from semcache_sqlite import SemCacheError
+from semcache_sqlite import SemCacheError, vector_cells
 from semcache_sqlite.db import Database
 from semcache_sqlite.store import Store
+from semcache_sqlite.vector_index import VECTOR_TABLE, namespace_centroids, vector_layout_current
 
 _WORD = re.compile(r"\w+")
 
@@ -73,6 +75,9 @@ class FileCheck:
     entries: int
     user_version: int
     wal_bytes: int
+    #: index rows not in their namespace's nearest cell, or namespaces at the cell
+    #: threshold without cells (vector_cells.py)
+    misplaced_cells: int = 0
 
     @property
     def ok(self) -> bool:
@@ -81,6 +86,7 @@ class FileCheck:
             and self.entries_without_vector == 0
             and self.vectors_without_entry == 0
             and self.duplicate_scopes == 0
+            and self.misplaced_cells == 0
         )
 
     def problems(self) -> list[str]:
@@ -92,7 +98,42 @@ class FileCheck:
             )
         if self.duplicate_scopes:
             found.append(f"{self.duplicate_scopes} (scope, query) pairs stored more than once")
+        if self.misplaced_cells:
+            found.append(f"{self.misplaced_cells} index rows or namespaces not in their cells")
         return found
+
+
+def misplaced_cells(conn: Any) -> int:
+    """Index rows of a namespace with cells that are not in the cell of their nearest
+    centroid (or outside any cell), plus namespaces of ``CLUSTER_AT`` entries or more
+    without cells. 0 for a file of a layout without cells."""
+    if not vector_layout_current(conn):
+        return 0
+    cell_of = {
+        int(r[0]): (str(r[1]), int(r[2]))
+        for r in conn.execute(
+            f"SELECT r.rowid, c.partition00, c.partition01 FROM {VECTOR_TABLE}_rowids r "
+            f"JOIN {VECTOR_TABLE}_chunks c ON c.chunk_id = r.chunk_id"
+        )
+    }
+    wrong = 0
+    for namespace, count in conn.execute("SELECT namespace, entries FROM entry_counts"):
+        centroids = namespace_centroids(conn, str(namespace))
+        if centroids is None:
+            wrong += int(count) >= vector_cells.CLUSTER_AT
+            continue
+        rows = conn.execute(
+            "SELECT e.id, b.embedding FROM entries e JOIN entry_embeddings b USING (id) "
+            "WHERE e.namespace = ?",
+            (namespace,),
+        ).fetchall()
+        vectors = np.array([np.frombuffer(r[1], dtype="<f4") for r in rows])
+        nearest = vector_cells.nearest_cells(centroids, vectors) if rows else []
+        wrong += sum(
+            cell_of.get(int(r[0])) != (str(namespace), cell)
+            for r, cell in zip(rows, nearest, strict=True)
+        )
+    return wrong
 
 
 def check_file(path: str | Path) -> FileCheck:
@@ -119,6 +160,7 @@ def check_file(path: str | Path) -> FileCheck:
                         "user_id, context_key, query_hash HAVING count(*) > 1)"
                     ).fetchone()[0]
                 )
+            misplaced = misplaced_cells(conn) if has_entries else 0
         no_vector, no_entry = Store(db).orphan_counts() if has_entries else (0, 0)
     except SemCacheError as exc:
         return FileCheck(f"unreadable: {exc}", 0, 0, 0, 0, -1, 0)
@@ -132,4 +174,5 @@ def check_file(path: str | Path) -> FileCheck:
         entries=entries,
         user_version=user_version,
         wal_bytes=wal.stat().st_size if wal.exists() else 0,
+        misplaced_cells=misplaced,
     )

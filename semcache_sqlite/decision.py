@@ -166,7 +166,9 @@ def judge(
     ``query`` is the text asked (None for ``find_similar``: no lexical signals
     then, and a hit the verifier should check is refused).
     """
-    neighbours = store.nearest(scope, vector, k=guards.neighbours)
+    # Guards never raise a score: only an entry at the threshold or above can be
+    # served, and then its competitors must all be found (whole_namespace_from).
+    neighbours = store.nearest(scope, vector, k=guards.neighbours, whole_namespace_from=threshold)
     if not neighbours:
         return Judgement(threshold)
     found = [(row.query, row.response, min(1.0, 1.0 - d)) for row, d in neighbours]

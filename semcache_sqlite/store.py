@@ -43,7 +43,7 @@ from .errors import (
 from .lifecycle import UNSET, LifecycleConfig, OnDuplicate, Unset, check_on_duplicate
 from .store_lifecycle import LifecycleStore, count_inserted
 from .store_reembed import ReembedStore
-from .validation import FloatVector
+from .validation import FloatVector, similarity_hits
 from .vector_cells import PROBED_CELLS
 from .vector_index import (
     CANDIDATES_PER_RESULT,
@@ -56,7 +56,7 @@ from .vector_index import (
     delete_vectors,
     delete_vectors_where,
     has_vector_table,
-    probe_cells,
+    lookup_cells,
     put_vectors,
     scan_scope,
     scope_conditions,
@@ -635,7 +635,13 @@ class Store(LifecycleStore, ReembedStore):
         return None if row is None else int(row[0])
 
     def nearest(
-        self, scope: Scope, vector: FloatVector, k: int = 1, *, exact: bool | None = None
+        self,
+        scope: Scope,
+        vector: FloatVector,
+        k: int = 1,
+        *,
+        exact: bool | None = None,
+        whole_namespace_from: float | None = None,
     ) -> list[tuple[EntryRow, float]]:
         """The k nearest entries in scope with their cosine distance, nearest first.
 
@@ -644,12 +650,15 @@ class Store(LifecycleStore, ReembedStore):
         filtered inside the scan, so an expired or foreign neighbour never takes a
         candidate's place; every entry of a tie, see ``candidate_ids``), then their
         exact vectors are re-scored. In a namespace with cells the scan covers the
-        ``search_cells`` cells nearest the vector, then also those nearest the best
-        entry found, where its own near neighbours are: the entries that compete
-        with it (the guards' margin) are found even when the query sits between
-        cells. ``exact=True`` (or ``Store.exact_search``) scans every exact vector
-        of the scope instead: O(entries), for checking the fast path or for
-        embedders whose signs carry little information.
+        ``search_cells`` cells nearest the vector: the nearest entry is found as
+        reliably, the next ones less so (an entry 0.1-0.3 less similar may sit in
+        a cell the query did not probe). ``whole_namespace_from``: when the nearest
+        entry found is at least this similar, the k nearest are taken from a scan
+        of the whole namespace instead. The guards pass their threshold, since
+        their margin and crowding compare a servable entry with the next ones.
+        ``exact=True`` (or ``Store.exact_search``) scans every exact vector of the
+        scope instead: O(entries), for checking the fast path or for embedders
+        whose signs carry little information.
         """
         k = max(1, min(int(k), MAX_K))
         now = self.now()
@@ -659,14 +668,20 @@ class Store(LifecycleStore, ReembedStore):
             self._check_bound(conn)
             scored = None
             if not (self.exact_search if exact is None else exact):
-                scored = self._fast_candidates(conn, scope, vector, k, now)
+                scored = self._fast_candidates(conn, scope, vector, k, now, whole_namespace_from)
             if scored is None:  # asked for, or the bits could not tell the candidates apart
                 ids = self._exact_ranking(conn, scope, vector, k, now)
                 scored = self._scored(conn, scope, vector, ids, now)
             return self._rows(conn, scored, k)
 
     def _fast_candidates(
-        self, conn: Any, scope: Scope, vector: FloatVector, k: int, now: float
+        self,
+        conn: Any,
+        scope: Scope,
+        vector: FloatVector,
+        k: int,
+        now: float,
+        whole_namespace_from: float | None,
     ) -> list[_Scored] | None:
         """The fast path's candidates, scored (see ``nearest``); None when their bits
         tie too widely to choose them (``candidate_ids``)."""
@@ -685,16 +700,14 @@ class Store(LifecycleStore, ReembedStore):
             )
             return None if ids is None else self._scored(conn, scope, vector, ids, now)
 
-        probed = probe_cells(conn, scope.namespace, vector, self.search_cells)
-        scored = scored_in(probed)
-        if probed is None or not scored:
+        cells = lookup_cells(conn, scope.namespace, vector, self.search_cells)
+        scored = scored_in(None if cells is None else cells[0])
+        if cells is None or not scored or k == 1 or whole_namespace_from is None:
             return scored
-        around = probe_cells(conn, scope.namespace, min(scored).vector, self.search_cells)
-        more = [c for c in around or () if c not in probed]
-        if not more:
+        if not similarity_hits(1.0 - min(scored).distance, whole_namespace_from):
             return scored
-        extra = scored_in(more)
-        return None if extra is None else scored + extra
+        rest = scored_in(cells[1])  # the other cells: the whole namespace is covered
+        return None if rest is None else scored + rest
 
     @staticmethod
     def _exact_ranking(

@@ -12,10 +12,12 @@ Grouped into :data:`CELLS` cells by spherical k-means, a lookup scans the
 the rows, ~0.2x of numpy. Of 3,000 probes, those whose exact nearest entry is at
 similarity >= 0.85 (~1,200) had it in a probed cell all but 0-1 times (a few more
 at >= 0.8, none at >= 0.9), across training seeds and at 20k and 100k entries
-(benchmarks/cell_recall.py). A lookup also scans the cells nearest the best entry
-it found (``Store.nearest``), where that entry's own near neighbours are, so the
-guards see the entries that compete with it even when the query falls between
-cells.
+(benchmarks/cell_recall.py). The entries next to the nearest one are found less
+reliably (one 0.1-0.3 less similar may sit in a cell the query did not probe), and
+the guards' margin and crowding compare a servable entry with exactly those: so
+when the nearest entry found is at or above the lookup's threshold, its
+neighbours come from a scan of the whole namespace (``Store.nearest``). Misses,
+the lookups that find nothing servable, scan only the cells.
 
 Each probed cell is one more vec0 query with a fixed cost (~20 us, plus ~40 us
 per 1,024-row chunk, however full, at 16 candidates), every cell of every namespace

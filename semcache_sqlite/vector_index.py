@@ -13,7 +13,7 @@ Two tables, always written and deleted together (in the caller's transaction):
 A third, ``vector_cells``, holds the centroids of the namespaces large enough to
 have cells (see ``vector_cells.py``): in such a namespace an entry sits in the
 partition of its nearest centroid, and a lookup scans only the cells nearest
-the query and those nearest the best entry it found.
+the query (the whole namespace to find the competitors of a servable match).
 
 A lookup is a coarse scan plus an exact re-score: the Hamming KNN returns the
 ``candidates`` entries of the scope whose bits are nearest, then their exact
@@ -234,9 +234,7 @@ def put_vectors(conn: Any, rows: Sequence[VectorRow], *, replace: bool = False) 
         return
     if replace:
         # vec0 supports neither INSERT OR REPLACE nor UPDATE of a partition key.
-        conn.executemany(
-            f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", [(r.entry_id,) for r in rows]
-        )
+        _delete_index_rows(conn, [r.entry_id for r in rows])
     conn.executemany(
         f"INSERT OR REPLACE INTO {EMBEDDING_TABLE} (id, embedding) VALUES (?, ?)",
         [(r.entry_id, r.embedding) for r in rows],
@@ -341,16 +339,19 @@ def namespace_centroids(conn: Any, namespace: str) -> Matrix | None:
     return vector_cells.centroids_from_blob(blob, len(blob) // 4 // int(row[1]))
 
 
-def probe_cells(conn: Any, namespace: str, vector: FloatVector, count: int) -> list[int] | None:
-    """The partitions of a namespace a lookup of ``vector`` scans: the ``count`` cells
-    nearest it, and the unclustered partition (empty once a namespace has cells; a
-    query of an empty partition costs ~17 us, and an entry left there by a damaged
-    file stays findable); None when the namespace has no cells (the lookup scans
-    all of it)."""
+def lookup_cells(
+    conn: Any, namespace: str, vector: FloatVector, count: int
+) -> tuple[list[int], list[int]] | None:
+    """The partitions of a namespace a lookup of ``vector`` scans first: the ``count``
+    cells nearest it, and the unclustered partition (empty once a namespace has
+    cells; a query of an empty partition costs ~17 us, and an entry left there by a
+    damaged file stays findable); then the namespace's other cells. None when the
+    namespace has no cells (a lookup scans all of it at once)."""
     centroids = namespace_centroids(conn, namespace)
     if centroids is None or centroids.shape[1] != len(vector):
         return None
-    return [*vector_cells.cells_to_probe(centroids, vector, count), vector_cells.NO_CELL]
+    first = [*vector_cells.cells_to_probe(centroids, vector, count), vector_cells.NO_CELL]
+    return first, [c for c in range(len(centroids)) if c not in first]
 
 
 def _namespace_ids(conn: Any, namespace: str) -> list[int]:
@@ -393,10 +394,7 @@ def cluster_namespace(conn: Any, namespace: str) -> int:
     moved = 0
     for part, _ in in_batches(ids):
         rows = vector_rows(conn, part)
-        # One statement per rowid: vec0 answers `rowid IN (...)` with a full scan.
-        conn.executemany(
-            f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", [(r.entry_id,) for r in rows]
-        )
+        _delete_index_rows(conn, [r.entry_id for r in rows])
         moved += _insert_index_rows(conn, rows, {namespace: centroids})
     return moved
 
@@ -406,9 +404,13 @@ def delete_vectors(conn: Any, ids: Iterable[int]) -> None:
     params = [(int(i),) for i in ids]
     if not params:
         return
-    # One statement per rowid: vec0 answers `rowid IN (...)` with a full scan.
-    conn.executemany(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", params)
+    _delete_index_rows(conn, [i for (i,) in params])
     conn.executemany(f"DELETE FROM {EMBEDDING_TABLE} WHERE id = ?", params)
+
+
+def _delete_index_rows(conn: Any, ids: Sequence[int]) -> None:
+    # One statement per rowid: vec0 answers `rowid IN (...)` with a full scan.
+    conn.executemany(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", [(int(i),) for i in ids])
 
 
 def delete_vectors_where(conn: Any, where: str, params: Sequence[Any]) -> None:

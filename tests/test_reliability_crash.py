@@ -5,16 +5,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from fakes import FakeEmbedder
 
-from semcache_sqlite import SemanticCache
+from semcache_sqlite import SemanticCache, vector_cells
 from semcache_sqlite.db import Database
 from semcache_sqlite.migrate import latest_version
+from semcache_sqlite.vector_index import quantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import crash
-from reliability import HashEmbedder
+from reliability import HashEmbedder, check_file
 
 
 def test_sigkill_while_writing_loses_nothing_committed(tmp_path: Path) -> None:
@@ -84,6 +87,50 @@ def test_sigkill_during_warm_leaves_whole_batches_and_rerun_completes(tmp_path: 
     report = crash.run(tmp_path, kills=3, scenarios=("warm",), seed=13, bulk=SMALL)
     assert report.ok, report.summary()
     assert sum(report.scenarios[0].outcomes.values()) == 4
+
+
+def test_sigkill_while_a_namespace_gets_its_cells_leaves_every_entry_in_its_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With cells from 400 entries, warming 300 rows into a file of 300 crosses the
+    mark mid-way: the kills land around the write that trains the cells and moves
+    every entry into one. After each, check_file finds every index row in the cell
+    of its nearest centroid (or the namespace still without cells, under 400)."""
+    monkeypatch.setenv(crash.CELLS_AT_VARIABLE, "400")
+    monkeypatch.setattr(vector_cells, "CLUSTER_AT", 400)
+    monkeypatch.setattr(vector_cells, "CELLS", 4)
+    monkeypatch.setattr(vector_cells, "PROBED_CELLS", 2)
+    report = crash.run(tmp_path, kills=4, scenarios=("warm", "import"), seed=17, bulk=SMALL)
+    assert report.ok, report.summary()
+
+
+def test_the_cells_checker_finds_a_row_outside_its_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vector_cells, "CLUSTER_AT", 50)
+    monkeypatch.setattr(vector_cells, "CELLS", 4)
+    path = tmp_path / "c.db"
+    vectors = np.random.default_rng(4).standard_normal((60, 16)).astype(np.float32)
+    with SemanticCache(path, embedder=FakeEmbedder(dim=16)) as cache:
+        ids = cache.store_many([f"q{i}" for i in range(60)], ["a"] * 60, embeddings=vectors)
+    assert check_file(path).ok
+    database = Database(path)
+    try:
+        with database.transaction() as conn:
+            cell = conn.execute(
+                "SELECT cell FROM entry_vectors WHERE rowid = ?", (ids[0],)
+            ).fetchone()[0]
+            conn.execute("DELETE FROM entry_vectors WHERE rowid = ?", (ids[0],))
+            conn.execute(
+                "INSERT INTO entry_vectors (rowid, namespace, cell, embedding, context, owner, "
+                "expires_at) VALUES (?, 'default', ?, vec_bit(?), 0, 0, 1e18)",
+                (ids[0], (cell + 1) % 4, quantize(vectors[0])[0]),
+            )
+    finally:
+        database.close()
+    found = check_file(path)
+    assert found.misplaced_cells == 1 and not found.ok
+    assert "1 index rows or namespaces not in their cells" in found.problems()
 
 
 def test_bulk_checkers_catch_missing_entries_and_half_imports(tmp_path: Path) -> None:

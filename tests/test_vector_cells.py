@@ -51,7 +51,7 @@ def small_cells(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def open_cache(path: Path, **options: Any) -> SemanticCache:
-    return SemanticCache(path, embedder=FakeEmbedder(dim=DIM), guards=False, **options)
+    return SemanticCache(path, embedder=FakeEmbedder(dim=DIM), **{"guards": False, **options})
 
 
 def store(cache: SemanticCache, vectors: np.ndarray[Any, Any], tag: str, **scope: Any) -> list[int]:
@@ -183,34 +183,44 @@ def test_a_lookup_scans_the_cells_nearest_the_query(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("small_cells")
-def test_a_lookup_also_scans_the_cells_nearest_its_best_match(tmp_path: Path) -> None:
-    """The k nearest come from the cells nearest the query and those nearest the best
-    entry among them (its own neighbours, which compete with it). With enough
-    candidates to take whole cells, the answer is exactly the exact top k of those
-    cells' entries; for some probes between topics the second stage changes it."""
+def test_a_servable_match_gets_its_competitors_from_the_whole_namespace(tmp_path: Path) -> None:
+    """The k nearest of a lookup come from the probed cells, unless the nearest entry
+    found is at least ``whole_namespace_from`` similar: then from the whole namespace,
+    so the guards compare a servable entry with all its competitors. For probes
+    between topics the cells alone miss some of those; the guarded decision of
+    find_similar then equals an exact scan's for every probe."""
     vectors = topic_vectors(CLUSTER_AT + 100, seed=14)
     rng = np.random.default_rng(15)
-    probes = [  # between three topics: the third's entries may sit in another cell
+    probes = [  # between three topics: their entries sit in several cells
         unit(vectors[i] + vectors[j] * rng.uniform(0.7, 1.0) + vectors[h] * rng.uniform(0.7, 1.0))
-        for i, j, h in rng.integers(0, len(vectors), size=(500, 3))
+        for i, j, h in rng.integers(0, len(vectors), size=(300, 3))
     ]
-    with open_cache(tmp_path / "c.db", search_cells=2, search_candidates=256) as cache:
-        ids = store(cache, vectors, "entry")
-        trained = centroids(cache, "default")
-        assert trained is not None
-        cell_of = index_cells(cache, "default")
-        cell = np.array([cell_of[i] for i in ids])
-        changed = 0
+    path = tmp_path / "c.db"
+    with open_cache(path, search_cells=1) as cache:
+        store(cache, vectors, "entry")
+    cells_only_differ = hits = 0
+    guarded = {"guards": True, "read_only": True}
+    with (  # candidates enough to take whole cells: the cells are the only approximation
+        open_cache(path, search_cells=1, search_candidates=512, **guarded) as fast,
+        open_cache(path, exact_search=True, **guarded) as exact,
+    ):
+        store_ = fast._store
         for probe in probes:
-            sims = vectors @ probe
-            near = cells_to_probe(trained, probe, 2)
-            first = [i for i in np.argsort(-sims) if cell[i] in near]
-            around = cells_to_probe(trained, vectors[first[0]], 2)
-            both = [i for i in np.argsort(-sims) if cell[i] in near + around]
-            got = [r.entry_id for r in cache.search_vector(probe, k=4)]
-            assert got == [ids[i] for i in both[:4]]
-            changed += first[:4] != both[:4]
-        assert changed > 0
+            scope = fast._scope(None, None, None, None)
+            want = [r.id for r, _ in exact._store.nearest(scope, probe, 4)]
+            cells_only = [r.id for r, _ in store_.nearest(scope, probe, 4)]
+            below = store_.nearest(scope, probe, 4, whole_namespace_from=1.0)
+            above = store_.nearest(scope, probe, 4, whole_namespace_from=0.0)
+            assert [r.id for r, _ in below] == cells_only
+            assert [r.id for r, _ in above] == want
+            cells_only_differ += cells_only != want
+            got = fast.find_similar(probe, threshold=0.6)
+            expected = exact.find_similar(probe, threshold=0.6)
+            assert (got is None) == (expected is None)
+            if got is not None and expected is not None:
+                assert got[0] == expected[0] and got[1] == pytest.approx(expected[1], abs=1e-6)
+                hits += 1
+    assert cells_only_differ > 0 and hits > 0
 
 
 @pytest.mark.usefixtures("small_cells")
