@@ -167,7 +167,7 @@ def judge(
     then, and a hit the verifier should check is refused).
     """
     # Guards never raise a score: only an entry at the threshold or above can be
-    # served, and then its competitors must all be found (whole_namespace_from).
+    # served, and then its competitors must be found in every cell (whole_namespace_from).
     neighbours = store.nearest(scope, vector, k=guards.neighbours, whole_namespace_from=threshold)
     if not neighbours:
         return Judgement(threshold)

@@ -653,9 +653,10 @@ class Store(LifecycleStore, ReembedStore):
         ``search_cells`` cells nearest the vector: the nearest entry is found as
         reliably, the next ones less so (an entry 0.1-0.3 less similar may sit in
         a cell the query did not probe). ``whole_namespace_from``: when the nearest
-        entry found is at least this similar, the k nearest are taken from a scan
-        of the whole namespace instead. The guards pass their threshold, since
-        their margin and crowding compare a servable entry with the next ones.
+        entry found is at least this similar, the namespace's other cells are
+        scanned too, for their k Hamming-nearest entries, so that the whole
+        namespace is covered. The guards pass their threshold, since their margin
+        and crowding compare a servable entry with the next ones.
         ``exact=True`` (or ``Store.exact_search``) scans every exact vector of the
         scope instead: O(entries), for checking the fast path or for embedders
         whose signs carry little information.
@@ -687,11 +688,11 @@ class Store(LifecycleStore, ReembedStore):
         tie too widely to choose them (``candidate_ids``)."""
         wanted = min(MAX_K, max(self.search_candidates, CANDIDATES_PER_RESULT * k))
 
-        def scored_in(cells: Sequence[int] | None) -> list[_Scored] | None:
+        def scored_in(cells: Sequence[int] | None, per_cell: int = wanted) -> list[_Scored] | None:
             ids = candidate_ids(
                 conn,
                 vector,
-                wanted,
+                per_cell,
                 now,
                 namespace=scope.namespace,
                 context_key=scope.context_key,
@@ -706,7 +707,9 @@ class Store(LifecycleStore, ReembedStore):
             return scored
         if not similarity_hits(1.0 - min(scored).distance, whole_namespace_from):
             return scored
-        rest = scored_in(cells[1])  # the other cells: the whole namespace is covered
+        # The other cells, so the whole namespace is covered. k each: they only add
+        # the odd competitor (the k-pass selection of vec0 costs per candidate).
+        rest = scored_in(cells[1], k)
         return None if rest is None else scored + rest
 
     @staticmethod

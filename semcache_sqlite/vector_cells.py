@@ -15,9 +15,9 @@ at >= 0.8, none at >= 0.9), across training seeds and at 20k and 100k entries
 (benchmarks/cell_recall.py). The entries next to the nearest one are found less
 reliably (one 0.1-0.3 less similar may sit in a cell the query did not probe), and
 the guards' margin and crowding compare a servable entry with exactly those: so
-when the nearest entry found is at or above the lookup's threshold, its
-neighbours come from a scan of the whole namespace (``Store.nearest``). Misses,
-the lookups that find nothing servable, scan only the cells.
+when the nearest entry found is at or above the lookup's threshold, the other
+cells are scanned too, for their few Hamming-nearest entries (``Store.nearest``).
+Misses, the lookups that find nothing servable, scan only the nearest cells.
 
 Each probed cell is one more vec0 query with a fixed cost (~20 us, plus ~40 us
 per 1,024-row chunk, however full, at 16 candidates), every cell of every namespace

@@ -13,7 +13,7 @@ Two tables, always written and deleted together (in the caller's transaction):
 A third, ``vector_cells``, holds the centroids of the namespaces large enough to
 have cells (see ``vector_cells.py``): in such a namespace an entry sits in the
 partition of its nearest centroid, and a lookup scans only the cells nearest
-the query (the whole namespace to find the competitors of a servable match).
+the query (all of them to find the competitors of a servable match).
 
 A lookup is a coarse scan plus an exact re-score: the Hamming KNN returns the
 ``candidates`` entries of the scope whose bits are nearest, then their exact
