@@ -4,6 +4,7 @@
     python benchmarks/crash.py --kills 200 --scenario writes --seed 7 --path /tmp/crash.db
     python benchmarks/crash.py --kills 50 --scenario migration --migration-rows 300000
     python benchmarks/crash.py --kills 100 --scenario reembed   # also: import, warm
+    python benchmarks/crash.py --kills 20 --scenario warm --cells-at 2000   # cells
 
 Scenario ``writes``: a child opens the cache file and writes in a loop: stores,
 updates, deletes, batch stores, lookups, and stores + clears in a scratch
@@ -49,7 +50,10 @@ the commit is. Then:
   and at least what the child reported committed; re-running warm adds the
   remaining rows, leaves the k unchanged and duplicates nothing.
 
-All of them also pass ``check_file()`` (integrity, orphans, duplicates).
+All of them also pass ``check_file()`` (integrity, orphans, duplicates, every index
+row in its namespace's nearest cell). ``--cells-at N`` gives namespaces 4 cells from
+N entries (the library: 32 from 65,536), so that ``warm`` and ``import`` kill the
+write that trains a namespace's cells and moves its entries into them.
 
 Exit status 0 when no violation was found. ``run()`` is what tests call.
 """

@@ -9,7 +9,7 @@ namespace; benchmarks/README.md): the Hamming scan of a whole namespace costs
 ~0.4x of numpy's exact scan in RAM, and sqlite-vec 0.1.9 cannot make it cheaper.
 Grouped into :data:`CELLS` cells by spherical k-means, a lookup scans the
 :data:`PROBED_CELLS` whose centroids are most similar to the query: a quarter of
-the rows, ~0.2x of numpy. Of 3,000 probes, those whose exact nearest entry is at
+the rows, 0.28x of numpy at 100k entries and 0.13x at 1M (perf_search.py). Of 3,000 probes, those whose exact nearest entry is at
 similarity >= 0.85 (~1,200) had it in a probed cell all but 0-1 times (a few more
 at >= 0.8, none at >= 0.9), across training seeds and at 20k and 100k entries
 (benchmarks/cell_recall.py). The entries next to the nearest one are found less
@@ -28,7 +28,7 @@ about as cheap, and 10k-entry caches are as fast as without cells.
 
 When a namespace reaches :data:`CLUSTER_AT` entries, the write that takes it
 there trains its centroids on a sample and moves its entries into their cells:
-a one-time ~2 s (~25 us per entry) inside that write. Later entries go to their
+a one-time ~3 s at 65,536 entries (~50 us per entry) inside that write. Later entries go to their
 nearest cell. The centroids are then kept as the namespace grows; a rebuild of the
 index (``semcache vacuum``, a re-embed, an upgrade) trains them again on the
 namespace as it is then.
