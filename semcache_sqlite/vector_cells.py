@@ -9,11 +9,12 @@ namespace; benchmarks/README.md): the Hamming scan of a whole namespace costs
 ~0.4x of numpy's exact scan in RAM, and sqlite-vec 0.1.9 cannot make it cheaper.
 Grouped into :data:`CELLS` cells by spherical k-means, a lookup scans the
 :data:`PROBED_CELLS` whose centroids are most similar to the query: a quarter of
-the rows, 0.28x of numpy at 100k entries and 0.13x at 1M (perf_search.py). Of 3,000 probes, those whose exact nearest entry is at
-similarity >= 0.85 (~1,200) had it in a probed cell all but 0-1 times (a few more
-at >= 0.8, none at >= 0.9), across training seeds and at 20k and 100k entries
-(benchmarks/cell_recall.py). The entries next to the nearest one are found less
-reliably (one 0.1-0.3 less similar may sit in a cell the query did not probe), and
+the rows, 0.28x of numpy at 100k entries and 0.13x at 1M (perf_search.py). Of
+3,000 QQP probes over 100k entries, the 1,201 whose exact nearest entry is at
+similarity >= 0.85 had it in a probed cell all but at most once (7 of 1,545 at
+>= 0.8, none at >= 0.9; worst of 3 training seeds; benchmarks/cell_recall.py).
+The entries next to the nearest one are found less reliably (one 0.1-0.3 less
+similar may sit in a cell the query did not probe), and
 the guards' margin and crowding compare a servable entry with exactly those: so
 when the nearest entry found is at or above the lookup's threshold, the other
 cells are scanned too, for their few Hamming-nearest entries (``Store.nearest``).
