@@ -183,12 +183,12 @@ def test_a_lookup_scans_the_cells_nearest_the_query(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("small_cells")
-def test_a_servable_match_gets_its_competitors_from_the_whole_namespace(tmp_path: Path) -> None:
+def test_guarded_decisions_with_cells_equal_an_exact_scans(tmp_path: Path) -> None:
     """The k nearest of a lookup come from the probed cells, unless the nearest entry
-    found is at least ``whole_namespace_from`` similar: then from the whole namespace,
-    so the guards compare a servable entry with all its competitors. For probes
-    between topics the cells alone miss some of those; the guarded decision of
-    find_similar then equals an exact scan's for every probe."""
+    found is at least ``whole_namespace_from`` similar: then the other cells add
+    candidates. For probes between topics the cells alone miss some of the exact
+    4 nearest; the guarded decision of find_similar equals an exact scan's for every
+    probe all the same."""
     vectors = topic_vectors(CLUSTER_AT + 100, seed=14)
     rng = np.random.default_rng(15)
     probes = [  # between three topics: their entries sit in several cells
@@ -208,11 +208,13 @@ def test_a_servable_match_gets_its_competitors_from_the_whole_namespace(tmp_path
         for probe in probes:
             scope = fast._scope(None, None, None, None)
             want = [r.id for r, _ in exact._store.nearest(scope, probe, 4)]
-            cells_only = [r.id for r, _ in store_.nearest(scope, probe, 4)]
+            in_cells = store_.nearest(scope, probe, 4)
+            cells_only = [r.id for r, _ in in_cells]
             below = store_.nearest(scope, probe, 4, whole_namespace_from=1.0)
             above = store_.nearest(scope, probe, 4, whole_namespace_from=0.0)
             assert [r.id for r, _ in below] == cells_only
-            assert [r.id for r, _ in above] == want
+            # More candidates: each of the k nearest is at least as near as before.
+            assert all(a[1] <= c[1] + 1e-9 for a, c in zip(above, in_cells, strict=True))
             cells_only_differ += cells_only != want
             got = fast.find_similar(probe, threshold=0.6)
             expected = exact.find_similar(probe, threshold=0.6)
@@ -221,6 +223,43 @@ def test_a_servable_match_gets_its_competitors_from_the_whole_namespace(tmp_path
                 assert got[0] == expected[0] and got[1] == pytest.approx(expected[1], abs=1e-6)
                 hits += 1
     assert cells_only_differ > 0 and hits > 0
+
+
+@pytest.mark.usefixtures("small_cells")
+def test_a_competitor_in_another_cell_still_costs_a_servable_match_its_margin(
+    tmp_path: Path,
+) -> None:
+    """A query between two cells, nearer the first: its best match sits there, an
+    almost as similar competitor (another question) in the second. The probed cell
+    alone would serve the match with no margin penalty; an exact scan finds the
+    competitor and refuses it at 0.95. So does the fast path, which scans the other
+    cells once the match is servable."""
+    path = tmp_path / "c.db"
+    with open_cache(path) as cache:
+        store(cache, topic_vectors(CLUSTER_AT, seed=16), "filler")
+        trained = centroids(cache, "default")
+        assert trained is not None
+        first, second = 0, int(np.argmin(trained @ trained[0]))  # two distant cells
+        best = unit(trained[first] + 0.8 * trained[second])
+        rival = unit(0.8 * trained[first] + trained[second])
+        query = unit(trained[first] + 0.9 * trained[second])
+        nearest = vector_cells.nearest_cells(trained, np.stack([best, rival, query]))
+        assert nearest == [first, second, first]  # the set-up this test is about
+        cache.store_many(
+            ["best question", "rival question"], ["best", "rival"], embeddings=[best, rival]
+        )
+    options = {"guards": True, "read_only": True, "search_cells": 1}
+    with (
+        open_cache(path, **options) as fast,
+        open_cache(path, exact_search=True, **options) as exact,
+    ):
+        assert exact.find_similar(query, threshold=0.95) is None
+        assert fast.find_similar(query, threshold=0.95) is None
+        found = fast.find_similar(query, threshold=0.85)  # the margin costs < 0.1
+        assert found is not None and found[0] == "best"
+        scope = fast._scope(None, None, None, None)
+        cells_only = fast._store.nearest(scope, query, 4)
+        assert "rival question" not in [r.query for r, _ in cells_only]
 
 
 @pytest.mark.usefixtures("small_cells")
