@@ -77,7 +77,9 @@ def _unclustered_rows(conn: Any) -> dict[str, int]:
     rows = conn.execute(
         f"SELECT c.partition00, count(*) FROM {VECTOR_TABLE}_rowids r "
         f"JOIN {VECTOR_TABLE}_chunks c ON c.chunk_id = r.chunk_id "
-        "WHERE c.partition01 = ? GROUP BY c.partition00",
+        # NULL: a row written by a process of the version before cells still running
+        # after the upgrade; lookups in a namespace with cells never scan it.
+        "WHERE c.partition01 = ? OR c.partition01 IS NULL GROUP BY c.partition00",
         (vector_cells.NO_CELL,),
     ).fetchall()
     return {str(r[0]): int(r[1]) for r in rows}

@@ -24,10 +24,8 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass
 from typing import Any
-
-import numpy as np
 
 from .db import Database, in_batches
 from .errors import (
@@ -688,16 +686,17 @@ class Store(LifecycleStore, ReembedStore):
         tie too widely to choose them (``candidate_ids``)."""
         wanted = min(MAX_K, max(self.search_candidates, CANDIDATES_PER_RESULT * k))
 
-        def scored_in(cells: Sequence[int] | None, per_cell: int = wanted) -> list[_Scored] | None:
+        def scored_in(cells: Sequence[int] | None, **options: Any) -> list[_Scored] | None:
             ids = candidate_ids(
                 conn,
                 vector,
-                per_cell,
+                options.pop("per_cell", wanted),
                 now,
                 namespace=scope.namespace,
                 context_key=scope.context_key,
                 user_id=scope.user_id,
                 cells=cells,
+                **options,
             )
             return None if ids is None else self._scored(conn, scope, vector, ids, now)
 
@@ -707,10 +706,12 @@ class Store(LifecycleStore, ReembedStore):
             return scored
         if not similarity_hits(1.0 - min(scored).distance, whole_namespace_from):
             return scored
-        # The other cells, so the whole namespace is covered. k each: they only add
-        # the odd competitor (the k-pass selection of vec0 costs per candidate).
-        rest = scored_in(cells[1], k)
-        return None if rest is None else scored + rest
+        # The other cells, so the whole namespace is covered: k from each (the k-pass
+        # selection of vec0 costs per candidate), the `wanted` nearest of those kept.
+        # No tie widening here: copies sharing their bits in another cell must not
+        # turn a servable lookup into an exact scan of the namespace.
+        rest = scored_in(cells[1], per_cell=k, keep=wanted, widen=False)
+        return scored + (rest or [])
 
     @staticmethod
     def _exact_ranking(
@@ -735,7 +736,7 @@ class Store(LifecycleStore, ReembedStore):
         conn: Any, scope: Scope, vector: FloatVector, ids: Sequence[int], now: float
     ) -> list[_Scored]:
         """The candidates re-checked to be in scope and unexpired, with their exact
-        cosine distance to ``vector`` and their exact vector."""
+        cosine distance to ``vector``."""
         rows = []
         for part, marks in in_batches(ids):
             rows.extend(
@@ -755,14 +756,13 @@ class Store(LifecycleStore, ReembedStore):
             and r[2] in visible
             and (r[4] is None or float(r[4]) > now)
         ]
-        blobs = [b"" if r[5] is None else bytes(r[5]) for r in rows]
-        sims = cosine_similarities(blobs, vector)
+        sims = cosine_similarities([b"" if r[5] is None else bytes(r[5]) for r in rows], vector)
         found: list[_Scored] = []
-        for row, blob, sim in zip(rows, blobs, sims, strict=True):
+        for row, sim in zip(rows, sims, strict=True):
             if sim != sim:  # no exact vector, or a damaged one: skip it, loudly
                 logger.warning("entry %s has an unusable vector (corrupt file?)", row[0])
                 continue
-            found.append(_Scored(1.0 - float(sim), int(row[0]), np.frombuffer(blob, "<f4")))
+            found.append(_Scored(1.0 - float(sim), int(row[0])))
         return found
 
     @staticmethod
@@ -858,11 +858,10 @@ def _dumped(memo: dict[int, str], metadata: dict[str, Any]) -> str:
 
 @dataclass(frozen=True, order=True)
 class _Scored:
-    """A candidate entry by exact cosine distance (ties by id), with its exact vector."""
+    """A candidate entry by exact cosine distance (ties by id)."""
 
     distance: float
     entry_id: int
-    vector: Any = field(compare=False)
 
 
 class _NewRows:

@@ -487,13 +487,17 @@ def candidate_ids(
     context_key: str,
     user_id: str,
     cells: Sequence[int] | None = None,
+    keep: int | None = None,
+    widen: bool = True,
 ) -> list[int] | None:
     """Ids of the ``k`` entries of one namespace and context, shared or ``user_id``'s
     own ('' = shared only), unexpired at ``now``, whose bits are nearest (Hamming),
     among the given ``cells`` of the namespace (None: all of it).
 
     Each cell is one KNN query (a partition each; sqlite-vec answers
-    ``cell IN (...)`` with one query per value anyway), merged by distance here.
+    ``cell IN (...)`` with one query per value anyway) for its ``k`` nearest, merged
+    by distance here: the ``keep`` nearest of them (default ``k``) are returned.
+    ``widen=False``: no tie widening (below); ties are cut arbitrarily.
 
     When all ``k`` are as far as the first, more entries may tie than came back,
     and which ones did is arbitrary (many stored copies of one query share their
@@ -525,8 +529,9 @@ def candidate_ids(
         [(sql, [])] if cells is None else [(f"{sql} AND cell = ?", [int(c)]) for c in cells]
     )
     per_scan = [conn.execute(q, [*params, *extra]).fetchall() for q, extra in scans]
-    rows = sorted((r for found in per_scan for r in found), key=lambda r: float(r[1]))[:k]
-    if k > 1 and len(rows) == k and rows[0][1] == rows[-1][1]:
+    keep = k if keep is None else keep
+    rows = sorted((r for found in per_scan for r in found), key=lambda r: float(r[1]))[:keep]
+    if widen and k > 1 and len(rows) == k and rows[0][1] == rows[-1][1]:
         params[1] = wider = min(MAX_K, TIE_WIDENING * k)
         bound = rows[0][1]
         per_scan = [

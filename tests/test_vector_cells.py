@@ -22,6 +22,7 @@ from semcache_sqlite import (
     vector_cells,
     vector_index,
 )
+from semcache_sqlite.store import Store
 from semcache_sqlite.vector_cells import NO_CELL, cells_to_probe, train_centroids
 
 DIM = 64
@@ -260,6 +261,51 @@ def test_a_competitor_in_another_cell_still_costs_a_servable_match_its_margin(
         scope = fast._scope(None, None, None, None)
         cells_only = fast._store.nearest(scope, query, 4)
         assert "rival question" not in [r.query for r, _ in cells_only]
+
+
+def _with_best_and_rival(
+    path: Path, **options: Any
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Fill a namespace with cells, then return (centroids, query, rival): the query
+    and its best match sit in one cell, an almost as similar rival in another."""
+    with open_cache(path, **options) as cache:
+        store(cache, topic_vectors(CLUSTER_AT, seed=16), "filler")
+        trained = centroids(cache, "default")
+        assert trained is not None
+        first, second = 0, int(np.argmin(trained @ trained[0]))  # two distant cells
+        best = unit(trained[first] + 0.8 * trained[second])
+        rival = unit(0.8 * trained[first] + trained[second])
+        query = unit(trained[first] + 0.9 * trained[second])
+        nearest = vector_cells.nearest_cells(trained, np.stack([best, rival, query]))
+        assert nearest == [first, second, first]  # the set-up these tests are about
+        cache.store_many(["best question"], ["best"], embeddings=[best])
+    return trained, query, rival
+
+
+@pytest.mark.usefixtures("small_cells")
+def test_copies_tied_in_another_cell_never_force_an_exact_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 stored copies of one question (keep_both) share their bits in another cell:
+    the pass over the other cells cuts the tie instead of giving up for an O(n) scan."""
+    path = tmp_path / "c.db"
+    _, query, rival = _with_best_and_rival(path)
+    with open_cache(path, on_duplicate="keep_both") as cache:
+        cache.store_many(["popular question"] * 16, ["p"] * 16, embeddings=[rival] * 16)
+    exact_scans = []
+    real_exact_ranking = Store._exact_ranking
+
+    def counted(*args: Any) -> list[int]:
+        exact_scans.append(1)
+        return real_exact_ranking(*args)
+
+    monkeypatch.setattr(Store, "_exact_ranking", staticmethod(counted))
+    with open_cache(path, guards=True, read_only=True, search_cells=1) as fast:
+        scope = fast._scope(None, None, None, None)
+        found = fast._store.nearest(scope, query, 4, whole_namespace_from=0.5)
+        assert [r.query for r, _ in found][:2] == ["best question", "popular question"]
+        assert fast.find_similar(query, threshold=0.9) is None  # the copies compete
+    assert exact_scans == []
 
 
 @pytest.mark.usefixtures("small_cells")
