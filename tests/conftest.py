@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from fakes import FakeEmbedder
 from openai_server import OpenAIServer
 
 from semcache_sqlite import LocalEmbedder, SemanticCache
+from semcache_sqlite.store import Store
 
 
 @pytest.fixture
@@ -42,3 +44,17 @@ def local_embedder() -> LocalEmbedder:
 def openai_server() -> Iterator[OpenAIServer]:
     with OpenAIServer() as server:
         yield server
+
+
+@pytest.fixture
+def exact_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Grows by one each time a lookup ranks by an exact scan (Store._exact_ranking)."""
+    calls: list[int] = []
+    real_exact_ranking = Store._exact_ranking
+
+    def counted(*args: Any) -> list[int]:
+        calls.append(1)
+        return real_exact_ranking(*args)
+
+    monkeypatch.setattr(Store, "_exact_ranking", staticmethod(counted))
+    return calls

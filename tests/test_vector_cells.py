@@ -22,7 +22,6 @@ from semcache_sqlite import (
     vector_cells,
     vector_index,
 )
-from semcache_sqlite.store import Store
 from semcache_sqlite.vector_cells import NO_CELL, cells_to_probe, train_centroids
 
 DIM = 64
@@ -226,43 +225,6 @@ def test_guarded_decisions_with_cells_equal_an_exact_scans(tmp_path: Path) -> No
     assert cells_only_differ > 0 and hits > 0
 
 
-@pytest.mark.usefixtures("small_cells")
-def test_a_competitor_in_another_cell_still_costs_a_servable_match_its_margin(
-    tmp_path: Path,
-) -> None:
-    """A query between two cells, nearer the first: its best match sits there, an
-    almost as similar competitor (another question) in the second. The probed cell
-    alone would serve the match with no margin penalty; an exact scan finds the
-    competitor and refuses it at 0.95. So does the fast path, which scans the other
-    cells once the match is servable."""
-    path = tmp_path / "c.db"
-    with open_cache(path) as cache:
-        store(cache, topic_vectors(CLUSTER_AT, seed=16), "filler")
-        trained = centroids(cache, "default")
-        assert trained is not None
-        first, second = 0, int(np.argmin(trained @ trained[0]))  # two distant cells
-        best = unit(trained[first] + 0.8 * trained[second])
-        rival = unit(0.8 * trained[first] + trained[second])
-        query = unit(trained[first] + 0.9 * trained[second])
-        nearest = vector_cells.nearest_cells(trained, np.stack([best, rival, query]))
-        assert nearest == [first, second, first]  # the set-up this test is about
-        cache.store_many(
-            ["best question", "rival question"], ["best", "rival"], embeddings=[best, rival]
-        )
-    options = {"guards": True, "read_only": True, "search_cells": 1}
-    with (
-        open_cache(path, **options) as fast,
-        open_cache(path, exact_search=True, **options) as exact,
-    ):
-        assert exact.find_similar(query, threshold=0.95) is None
-        assert fast.find_similar(query, threshold=0.95) is None
-        found = fast.find_similar(query, threshold=0.85)  # the margin costs < 0.1
-        assert found is not None and found[0] == "best"
-        scope = fast._scope(None, None, None, None)
-        cells_only = fast._store.nearest(scope, query, 4)
-        assert "rival question" not in [r.query for r, _ in cells_only]
-
-
 def _with_best_and_rival(
     path: Path, **options: Any
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -283,8 +245,35 @@ def _with_best_and_rival(
 
 
 @pytest.mark.usefixtures("small_cells")
+def test_a_competitor_in_another_cell_still_costs_a_servable_match_its_margin(
+    tmp_path: Path,
+) -> None:
+    """A query between two cells, nearer the first: its best match sits there, an
+    almost as similar competitor (another question) in the second. The probed cell
+    alone would serve the match with no margin penalty; an exact scan finds the
+    competitor and refuses it at 0.95. So does the fast path, which scans the other
+    cells once the match is servable."""
+    path = tmp_path / "c.db"
+    _, query, rival = _with_best_and_rival(path)
+    with open_cache(path) as cache:
+        cache.store_many(["rival question"], ["rival"], embeddings=[rival])
+    options = {"guards": True, "read_only": True, "search_cells": 1}
+    with (
+        open_cache(path, **options) as fast,
+        open_cache(path, exact_search=True, **options) as exact,
+    ):
+        assert exact.find_similar(query, threshold=0.95) is None
+        assert fast.find_similar(query, threshold=0.95) is None
+        found = fast.find_similar(query, threshold=0.85)  # the margin costs < 0.1
+        assert found is not None and found[0] == "best"
+        scope = fast._scope(None, None, None, None)
+        cells_only = fast._store.nearest(scope, query, 4)
+        assert "rival question" not in [r.query for r, _ in cells_only]
+
+
+@pytest.mark.usefixtures("small_cells")
 def test_copies_tied_in_another_cell_never_force_an_exact_scan(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, exact_scans: list[int]
 ) -> None:
     """16 stored copies of one question (keep_both) share their bits in another cell:
     the pass over the other cells cuts the tie instead of giving up for an O(n) scan."""
@@ -292,14 +281,6 @@ def test_copies_tied_in_another_cell_never_force_an_exact_scan(
     _, query, rival = _with_best_and_rival(path)
     with open_cache(path, on_duplicate="keep_both") as cache:
         cache.store_many(["popular question"] * 16, ["p"] * 16, embeddings=[rival] * 16)
-    exact_scans = []
-    real_exact_ranking = Store._exact_ranking
-
-    def counted(*args: Any) -> list[int]:
-        exact_scans.append(1)
-        return real_exact_ranking(*args)
-
-    monkeypatch.setattr(Store, "_exact_ranking", staticmethod(counted))
     with open_cache(path, guards=True, read_only=True, search_cells=1) as fast:
         scope = fast._scope(None, None, None, None)
         found = fast._store.nearest(scope, query, 4, whole_namespace_from=0.5)

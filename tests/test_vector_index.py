@@ -25,7 +25,6 @@ from semcache_sqlite import (
     SemanticCache,
 )
 from semcache_sqlite import vector_index as vector_index_module
-from semcache_sqlite.store import Store
 from semcache_sqlite.validation import as_unit_matrix, as_unit_vector
 from semcache_sqlite.vector_index import bit_width, quantize, scope_hash
 
@@ -282,20 +281,12 @@ def test_a_batch_of_vectors_is_validated_like_single_ones() -> None:
 
 @pytest.mark.parametrize("widening", [4, 2])
 def test_candidates_that_all_tie_are_widened_then_scanned_exactly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, widening: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exact_scans: list[int], widening: int
 ) -> None:
     """All coordinates positive (some embedders, or a server's odd model): every entry
     has the same sign bits, so the 16 Hamming-nearest are an arbitrary 16. The lookup
     then takes every entry at that distance (all 60, under 4 x 16); when there are
     more than the widening allows (2 x 16), it scans the exact vectors instead."""
-    exact_scans = []
-    real_exact_ranking = Store._exact_ranking
-
-    def counted(*args: Any) -> list[int]:
-        exact_scans.append(1)
-        return real_exact_ranking(*args)
-
-    monkeypatch.setattr(Store, "_exact_ranking", staticmethod(counted))
     monkeypatch.setattr(vector_index_module, "TIE_WIDENING", widening)
     rng = np.random.default_rng(3)
     vectors = np.abs(rng.standard_normal((60, 32))).astype(np.float32) + 0.1
