@@ -686,17 +686,23 @@ class Store(LifecycleStore, ReembedStore):
         tie too widely to choose them (``candidate_ids``)."""
         wanted = min(MAX_K, max(self.search_candidates, CANDIDATES_PER_RESULT * k))
 
-        def scored_in(cells: Sequence[int] | None, **options: Any) -> list[_Scored] | None:
+        def scored_in(
+            cells: Sequence[int] | None,
+            per_cell: int = wanted,
+            keep: int | None = None,
+            widen: bool = True,
+        ) -> list[_Scored] | None:
             ids = candidate_ids(
                 conn,
                 vector,
-                options.pop("per_cell", wanted),
+                per_cell,
                 now,
                 namespace=scope.namespace,
                 context_key=scope.context_key,
                 user_id=scope.user_id,
                 cells=cells,
-                **options,
+                keep=keep,
+                widen=widen,
             )
             return None if ids is None else self._scored(conn, scope, vector, ids, now)
 

@@ -261,11 +261,12 @@ def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
 
     All vectors of a file have one size; a blob of another is damage: left out of
     the index (so never returned) and reported, instead of failing the whole write."""
-    indexed = _insert_index_rows(conn, rows)
-    for namespace in {r.namespace for r in rows}:
-        if namespace_centroids(conn, namespace) is None and _entry_count(conn, namespace) >= (
-            vector_cells.CLUSTER_AT
-        ):
+    # Each namespace's centroids read once: they place the rows and say which
+    # namespaces have no cells yet.
+    centroids = {n: namespace_centroids(conn, n) for n in {r.namespace for r in rows}}
+    indexed = _insert_index_rows(conn, rows, centroids)
+    for namespace, centres in centroids.items():
+        if centres is None and _entry_count(conn, namespace) >= vector_cells.CLUSTER_AT:
             cluster_namespace(conn, namespace)
     return indexed
 
