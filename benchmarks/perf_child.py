@@ -6,7 +6,9 @@
 ``open``: import the library, open the cache file (``SemanticCache(path,
 embedder=LocalEmbedder())``; the model is not loaded, lookups get vectors), time the
 first ``search_vector`` (k=1), run the remaining probes, and report times and the
-process's RSS at each stage and its peak, plus SQLite's page-cache limit of the connection.
+process's RSS at each stage and its peak (and, on Linux, how much of its growth is private
+memory and how much file pages read through SQLite's memory map), plus SQLite's
+page-cache and memory-map limits of the connection.
 ``embed``: the embedder's cold start (import, model load, first query).
 
 A fresh process per figure means one size's memory never pollutes another's.
@@ -40,6 +42,32 @@ def rss_bytes() -> tuple[int, int]:
     return peak, peak
 
 
+def rss_split() -> tuple[int, int] | None:
+    """(private, file-backed) resident bytes now: RssAnon, RssFile (Linux only).
+
+    The file-backed part holds the shared libraries and the pages of the cache file
+    SQLite reads through its memory map (``mmap_size``): OS page cache, shared and
+    reclaimable. The private part holds everything else, SQLite's own page cache
+    included.
+    """
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    if "RssAnon" not in fields or "RssFile" not in fields:
+        return None
+    return int(fields["RssAnon"].split()[0]) * 1024, int(fields["RssFile"].split()[0]) * 1024
+
+
+def sqlite_mmap_bytes(cache: Any) -> int | None:
+    """The connection's memory-map limit (PRAGMA mmap_size)."""
+    try:
+        with cache._db.reading() as conn:
+            return int(conn.execute("PRAGMA mmap_size").fetchone()[0])
+    except Exception:
+        return None
+
+
 def sqlite_cache_bytes(cache: Any) -> int | None:
     """The connection's page-cache limit (PRAGMA cache_size: pages, or KiB if negative)."""
     try:
@@ -59,6 +87,7 @@ def open_and_search(spec: dict[str, Any]) -> dict[str, Any]:
 
     t1 = time.perf_counter()
     rss_import = rss_bytes()
+    split_import = rss_split()
     probes = np.load(spec["probes"])
     namespaces: list[str] = spec["namespaces"]
     t2 = time.perf_counter()
@@ -73,7 +102,9 @@ def open_and_search(spec: dict[str, Any]) -> dict[str, Any]:
         cache.search_vector(vector, k=1, namespace=namespace)
         later.append(time.perf_counter() - s)
     rss_end = rss_bytes()
+    split_end = rss_split()
     page_cache = sqlite_cache_bytes(cache)
+    mapped = sqlite_mmap_bytes(cache)
     cache.close()
     return {
         "import_s": t1 - t0,
@@ -88,7 +119,15 @@ def open_and_search(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_end": rss_end[0],
         "peak_rss": rss_end[1],
         "sqlite_cache_bytes": page_cache,
+        "sqlite_mmap_bytes": mapped,
+        # growth over import of private and of file-backed memory (None off Linux)
+        "private_growth": _growth(split_import, split_end, 0),
+        "mapped_growth": _growth(split_import, split_end, 1),
     }
+
+
+def _growth(before: tuple[int, int] | None, after: tuple[int, int] | None, part: int) -> int | None:
+    return None if before is None or after is None else after[part] - before[part]
 
 
 def embed_cold() -> dict[str, Any]:

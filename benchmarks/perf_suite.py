@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=200,
         help="probes whose guarded decision is compared with an exact scan's (slow: O(entries))",
     )
-    parser.add_argument("--e2e-probes", type=int, default=200, help="get_or_compute hits")
+    parser.add_argument("--e2e-probes", type=int, default=200, help="get_or_compute hits to time")
     parser.add_argument("--bulk-entries", type=int, default=50_000, help="bulk insert test")
     parser.add_argument("--open-repeats", type=int, default=3, help="subprocess runs per file")
     parser.add_argument("--rss-probes", type=int, default=10, help="lookups per RSS subprocess")
@@ -197,6 +198,9 @@ def measure_open(
         "rss_growth_over_import": max(r["rss_end"] - r["rss_after_import"] for r in warm),
         "peak_rss": max(r["peak_rss"] for r in warm),
         "sqlite_cache_bytes": warm[0]["sqlite_cache_bytes"],
+        "sqlite_mmap_bytes": warm[0].get("sqlite_mmap_bytes"),
+        "private_growth": _max_or_none(r.get("private_growth") for r in warm),
+        "mapped_growth": _max_or_none(r.get("mapped_growth") for r in warm),
         "runs": {"warm": warm, "dropped": dropped},
     }
 
@@ -287,6 +291,11 @@ def run_case(
         "build": {"library": lib.__dict__, "raw_vec": raw.__dict__},
         "open": measure_open(args, workdir, lib.path, source, layout, tag),
     }
+
+
+def _max_or_none(values: Iterable[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
 
 
 def e2e_size(sizes: list[int]) -> int:

@@ -42,7 +42,7 @@ from typing import Any
 
 from .aio import AsyncCacheMixin
 from .cache_lifecycle import LifecycleMixin
-from .db import DEFAULT_BUSY_TIMEOUT, Database
+from .db import DEFAULT_BUSY_TIMEOUT, DEFAULT_MMAP_SIZE, Database
 from .decision import CacheEntry, Judgement, LookupResult, judge
 from .embedders import Embedder, LocalEmbedder
 from .errors import EmbedderResponseError, InvalidInputError
@@ -122,7 +122,8 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     ``exact_search=True`` scans every exact vector of the scope instead
     (O(entries): for embedders whose signs carry little information, e.g. all
     coordinates positive; the fast path scans so too, but only after its
-    candidates all tied).
+    candidates all tied). ``mmap_size``: bytes of the file SQLite reads through a
+    memory map (default 256 MiB; 0: off, e.g. on a network filesystem; see db.py).
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         search_candidates: int = DEFAULT_CANDIDATES,
         search_cells: int = PROBED_CELLS,
         exact_search: bool = False,
+        mmap_size: int = DEFAULT_MMAP_SIZE,
     ) -> None:
         lifecycle = LifecycleConfig(
             ttl, sliding_ttl, max_entries, namespace_max_entries, max_bytes, eviction, on_duplicate
@@ -170,7 +172,9 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         self.user_id = check_scope_name(user_id, "user_id", allow_empty=True)
         self.context = context
         self.max_query_chars = max_query_chars
-        self._db = Database(path, busy_timeout=busy_timeout, read_only=read_only)
+        self._db = Database(
+            path, busy_timeout=busy_timeout, read_only=read_only, mmap_size=mmap_size
+        )
         try:
             self._store = Store(self._db, clock=clock, lifecycle=lifecycle)
             self._store.search_candidates = check_candidates(search_candidates)

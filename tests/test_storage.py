@@ -15,13 +15,14 @@ from fakes import FakeEmbedder
 
 from semcache_sqlite import (
     EmbedderMismatchError,
+    InvalidInputError,
     MigrationError,
     NotACacheFileError,
     SchemaTooNewError,
     SemanticCache,
 )
 from semcache_sqlite import migrate as migrate_module
-from semcache_sqlite.db import Database
+from semcache_sqlite.db import DEFAULT_MMAP_SIZE, Database
 from semcache_sqlite.migrate import APPLICATION_ID, Migration, latest_version, migrate
 
 TESTS_DIR = Path(__file__).parent
@@ -158,6 +159,28 @@ def test_persistence_across_processes(db_path: Path) -> None:
         db_path,
     )
     assert out.strip() == "parent answer"
+
+
+def test_reads_are_memory_mapped_unless_turned_off(db_path: Path) -> None:
+    # mmap_size is per connection: every connection, writable or read-only, gets it.
+    def mapped(cache: SemanticCache) -> int:
+        with cache._db.reading() as conn:
+            return int(conn.execute("PRAGMA mmap_size").fetchone()[0])
+
+    with SemanticCache(db_path, embedder=FakeEmbedder()) as cache:
+        cache.store("how do I reset my password", None, "Settings > Reset")
+        assert mapped(cache) == DEFAULT_MMAP_SIZE > 0
+    found = {}
+    for size in (0, DEFAULT_MMAP_SIZE, 4096):
+        with SemanticCache(db_path, embedder=FakeEmbedder(), read_only=True, mmap_size=size) as ro:
+            assert mapped(ro) == size
+            hit = ro.lookup("how can I reset my password")
+            assert hit is not None
+            found[size] = (hit.entry_id, hit.similarity)
+    assert len(set(found.values())) == 1  # the same answer however the file is read
+    for bad in (-1, 1.5, True, "256MB"):
+        with pytest.raises(InvalidInputError, match="mmap_size"):
+            SemanticCache(db_path, embedder=FakeEmbedder(), mmap_size=bad)  # type: ignore[arg-type]
 
 
 def test_threads_share_one_cache(cache: SemanticCache) -> None:
