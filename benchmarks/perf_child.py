@@ -122,7 +122,7 @@ def open_and_search(spec: dict[str, Any]) -> dict[str, Any]:
         "sqlite_mmap_bytes": mapped,
         # growth over import of private and of file-backed memory (None off Linux)
         "private_growth": _growth(split_import, split_end, 0),
-        "mapped_growth": _growth(split_import, split_end, 1),
+        "file_backed_growth": _growth(split_import, split_end, 1),
     }
 
 

@@ -89,7 +89,8 @@ def print_report(results: dict[str, Any]) -> None:
         f"SQLite {meta['sqlite_version']} ({meta['driver']}), sqlite-vec {meta['sqlite_vec']}, "
         f"numpy {meta['numpy']}; semcache-sqlite {meta['library_version']} "
         f"(fast path: {meta.get('search_candidates', '?')} candidates re-scored per lookup, "
-        f"{meta.get('search_cells', '?')} cells scanned in a namespace with cells)"
+        f"{meta.get('search_cells', '?')} cells scanned in a namespace with cells; "
+        f"mmap_size {meta.get('mmap_size', '?')})"
     )
     blas = meta.get("blas", {})
     print(
@@ -281,7 +282,7 @@ def _print_files(results: dict[str, Any]) -> None:
                 f"{o['peak_rss'] / MIB:,.1f}",
                 f"{o['rss_growth_over_import'] / MIB:+,.1f}",
                 _mib_or_na(o.get("private_growth")),
-                _mib_or_na(o.get("mapped_growth")),
+                _mib_or_na(o.get("file_backed_growth")),
             ]
         )
     _table(
@@ -301,13 +302,13 @@ def _print_files(results: dict[str, Any]) -> None:
             "peak RSS MiB",
             "RSS over import",
             "of it private",
-            "of it mapped file",
+            "of it file-backed",
         ],
         rows,
         "B/entry-text: file bytes minus the UTF-8 bytes of queries and responses, per entry; "
         "RSS over import splits (Linux) into private memory (SQLite's page cache included) "
-        "and file pages read through SQLite's memory map (OS page cache, shared, at most "
-        "mmap_size)",
+        "and file-backed pages: shared libraries, and with mmap_size the cache file's pages "
+        "read through SQLite's memory map (OS page cache, shared, at most mmap_size)",
     )
 
 
@@ -332,34 +333,43 @@ def _goal(goal: str, measured: str, target: str, passed: bool | None) -> dict[st
     return {"goal": goal, "measured": measured, "target": target, "pass": passed}
 
 
+def _whole_file_ratio(cases: list[dict[str, Any]], case: dict[str, Any]) -> float | None:
+    """A multi-namespace case's search p50 over numpy's scan of as many rows in one
+    namespace (the 1-namespace case of the same size, same run): numpy over the whole
+    file's matrix, as an in-RAM cache without per-namespace arrays would scan."""
+    for other in cases:
+        if other["entries"] == case["entries"] and other["namespaces"] == 1:
+            ours = case["search"]["latency"]["search_vector"]["p50_ms"]
+            return float(ours / other["search"]["latency"]["numpy_exact"]["p50_ms"])
+    return None
+
+
 def compute_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     cases, goals = results["cases"], []
     layouts = sorted({c["layout"] for c in cases}, key=lambda s: int(s.split()[0]))
+    targets = {GOALS_AT: ("100k", "<= 0.33x", 1 / 3), ONE_MILLION: ("1M", "< 1x", 1.0)}
     for layout in layouts:
-        mine = [c for c in cases if c["layout"] == layout]
-        at = {c["entries"]: c for c in mine}
-        r = at[GOALS_AT]["ratios"]["search_vector/numpy_exact"]["p50"] if GOALS_AT in at else None
-        goals.append(
-            _goal(
-                f"search p50 at 100k, {layout}",
-                _x(r) + " of numpy",
-                "<= 0.33x",
-                None if r is None else r <= 1 / 3,
+        at = {c["entries"]: c for c in cases if c["layout"] == layout}
+        for size, (label, target, limit) in targets.items():
+            case = at.get(size)
+            r = None if case is None else case["ratios"]["search_vector/numpy_exact"]["p50"]
+            passed = None if r is None else (r <= limit if size == GOALS_AT else r < limit)
+            name = f"search p50 at {label}, {layout}"
+            goals.append(_goal(name, _x(r) + " of numpy", target, passed))
+            if case is None or case["namespaces"] == 1:
+                continue
+            # numpy above ran on the namespace's own rows; the issue's baseline
+            # (10-16 ms at 100k) is numpy over the cache's whole matrix.
+            w = _whole_file_ratio(cases, case)
+            passed = None if w is None else (w <= limit if size == GOALS_AT else w < limit)
+            goals.append(
+                _goal(
+                    f"  same, vs numpy over all {label} rows (1 ns case)",
+                    _x(w) + " of numpy",
+                    target,
+                    passed,
+                )
             )
-        )
-        r = (
-            at[ONE_MILLION]["ratios"]["search_vector/numpy_exact"]["p50"]
-            if ONE_MILLION in at
-            else None
-        )
-        goals.append(
-            _goal(
-                f"search p50 at 1M, {layout}",
-                _x(r) + " of numpy",
-                "< 1x",
-                None if r is None else r < 1,
-            )
-        )
     guarded = [c for c in cases if c["search"].get("guarded_fidelity", {}).get("probes")]
     if guarded:
         low = min(guarded, key=lambda c: c["search"]["guarded_fidelity"]["agree"])
@@ -443,17 +453,17 @@ def compute_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         if len(sizes) > 1:
             lo, hi = at[sizes[0]]["open"], at[sizes[-1]]["open"]
             growth = hi["peak_rss"] - lo["peak_rss"]
-            # SQLite's cache is its page cache plus the file pages it reads through
-            # its memory map (at most mmap_size, counted in RSS when touched).
-            mapped = max(0, hi.get("mapped_growth") or 0)
+            # SQLite's cache is its page cache plus, with mmap_size, the file pages it
+            # reads through its memory map (counted in RSS when touched, as file-backed).
+            mapped = max(0, hi.get("file_backed_growth") or 0)
             limit = (hi["sqlite_cache_bytes"] or 0) + mapped + RSS_ALLOWANCE_BYTES
             goals.append(
                 _goal(
                     f"peak RSS growth {sizes[0]:,} -> {sizes[-1]:,}, {layout}",
                     f"{growth / MIB:+,.1f} MiB ({lo['peak_rss'] / MIB:,.0f} -> "
-                    f"{hi['peak_rss'] / MIB:,.0f}; mapped file pages "
-                    f"{_mib_or_na(hi.get('mapped_growth'))})",
-                    f"<= {limit / MIB:,.0f} MiB (page cache + mapped pages + 16)",
+                    f"{hi['peak_rss'] / MIB:,.0f}; file-backed pages "
+                    f"{_mib_or_na(hi.get('file_backed_growth'))})",
+                    f"<= {limit / MIB:,.0f} MiB (page cache + file-backed + 16)",
                     growth <= limit,
                 )
             )

@@ -51,7 +51,7 @@ from qqp_data import add_data_arguments
 
 import semcache_sqlite
 from semcache_sqlite import LocalEmbedder, SemanticCache
-from semcache_sqlite.db import Database
+from semcache_sqlite.db import DEFAULT_MMAP_SIZE, Database
 from semcache_sqlite.vector_cells import PROBED_CELLS
 from semcache_sqlite.vector_index import DEFAULT_CANDIDATES
 
@@ -105,6 +105,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="SemanticCache(search_cells=...) of the fast path: cells scanned per lookup "
         "in a namespace with cells (default: %(default)s, the library's)",
     )
+    parser.add_argument(
+        "--mmap-size",
+        type=int,
+        default=DEFAULT_MMAP_SIZE,
+        help="SemanticCache(mmap_size=...): bytes of the file read through a memory map "
+        "(default: %(default)s, the library's; 268435456 = 256 MiB)",
+    )
     parser.add_argument("--workdir", default="/tmp/semcache-perf", help="where files are built")
     parser.add_argument("--reuse", action="store_true", help="reuse unchanged built files")
     parser.add_argument("--json", type=Path, default=None, help="default: <workdir>/results.json")
@@ -118,7 +125,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def fast_options(args: argparse.Namespace) -> dict[str, Any]:
     """SemanticCache options of the fast path under test."""
-    return {"search_candidates": args.candidates, "search_cells": args.cells}
+    return {
+        "search_candidates": args.candidates,
+        "search_cells": args.cells,
+        "mmap_size": args.mmap_size,
+    }
 
 
 def log(message: str) -> None:
@@ -200,7 +211,7 @@ def measure_open(
         "sqlite_cache_bytes": warm[0]["sqlite_cache_bytes"],
         "sqlite_mmap_bytes": warm[0].get("sqlite_mmap_bytes"),
         "private_growth": _max_or_none(r.get("private_growth") for r in warm),
-        "mapped_growth": _max_or_none(r.get("mapped_growth") for r in warm),
+        "file_backed_growth": _max_or_none(r.get("file_backed_growth") for r in warm),
         "runs": {"warm": warm, "dropped": dropped},
     }
 
@@ -330,6 +341,7 @@ def meta(args: argparse.Namespace, source: Source) -> dict[str, Any]:
         "load_average_start": load_average(),
         "search_candidates": args.candidates,
         "search_cells": args.cells,
+        "mmap_size": args.mmap_size,
     }
 
 

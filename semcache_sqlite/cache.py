@@ -123,7 +123,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     (O(entries): for embedders whose signs carry little information, e.g. all
     coordinates positive; the fast path scans so too, but only after its
     candidates all tied). ``mmap_size``: bytes of the file SQLite reads through a
-    memory map (default 256 MiB; 0: off, e.g. on a network filesystem; see db.py).
+    memory map (default 0: off; ~10% faster warm lookups, trade-offs in db.py).
     """
 
     def __init__(

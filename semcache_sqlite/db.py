@@ -55,13 +55,15 @@ from .errors import (
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for the lock before CacheTimeoutError
 
 #: Bytes of the file SQLite reads through a memory map (``PRAGMA mmap_size``) rather
-#: than read() into its page cache. A lookup reads a few MB of vec0 chunks and scattered
-#: exact vectors; mapped, that is ~10% faster (benchmarks/README.md, "Memory-mapped
-#: reads"). The mapped pages are the OS page cache, shared between processes and
-#: dropped under memory pressure, but they count in the process's RSS: up to this
-#: much. SQLite writes through write() either way. 0 turns it off (e.g. for a file on a
-#: network filesystem, where a failed read of a mapped page is a SIGBUS, not an error).
-DEFAULT_MMAP_SIZE = 256 * 1024 * 1024
+#: than read(); 0, SQLite's default, is off. Off by default: a read of a mapped page
+#: that fails (a failing disk, a network filesystem, another program truncating the
+#: file during a lookup) is a SIGBUS crash instead of a StorageError, the mapped pages
+#: count in the process's RSS, and a page fault reads the device's whole read-ahead
+#: window, which made the first lookup of a 1M file with a cold OS cache 2x slower here.
+#: On: vec0's chunks (blobs over several overflow pages, which SQLite reads with one
+#: read() each, bypassing its page cache: a larger cache_size did not help) come from
+#: the map instead, ~10% off a warm lookup (README.md, "Memory-mapped reads").
+DEFAULT_MMAP_SIZE = 0
 
 #: A -wal file larger than this after a commit is checkpointed and truncated by the
 #: committing connection. SQLite's automatic checkpoints never wait for readers, so

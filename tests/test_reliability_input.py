@@ -349,13 +349,16 @@ def damaged_copy(base: Path, tmp_path: Path, page: int, offset: int, size: int =
     return path
 
 
-def test_truncated_file(big_file: tuple[Path, dict[str, list[int]]], tmp_path: Path) -> None:
+@pytest.mark.parametrize("mmap_size", [0, 1 << 28])  # read() or a memory map: same error
+def test_truncated_file(
+    big_file: tuple[Path, dict[str, list[int]]], tmp_path: Path, mmap_size: int
+) -> None:
     path = tmp_path / "half.db"
     shutil.copyfile(big_file[0], path)
     os.truncate(path, path.stat().st_size // 2)
     before = digest(path)
     with pytest.raises(NotACacheFileError, match="malformed"):
-        SemanticCache(path, embedder=FakeEmbedder())
+        SemanticCache(path, embedder=FakeEmbedder(), mmap_size=mmap_size)
     assert digest(path) == before
     assert not check_file(path).ok
 

@@ -161,7 +161,7 @@ def test_persistence_across_processes(db_path: Path) -> None:
     assert out.strip() == "parent answer"
 
 
-def test_reads_are_memory_mapped_unless_turned_off(db_path: Path) -> None:
+def test_reads_are_memory_mapped_only_when_asked(db_path: Path) -> None:
     # mmap_size is per connection: every connection, writable or read-only, gets it.
     def mapped(cache: SemanticCache) -> int:
         with cache._db.reading() as conn:
@@ -169,9 +169,12 @@ def test_reads_are_memory_mapped_unless_turned_off(db_path: Path) -> None:
 
     with SemanticCache(db_path, embedder=FakeEmbedder()) as cache:
         cache.store("how do I reset my password", None, "Settings > Reset")
-        assert mapped(cache) == DEFAULT_MMAP_SIZE > 0
+        assert mapped(cache) == DEFAULT_MMAP_SIZE == 0
+    with SemanticCache(db_path, embedder=FakeEmbedder(), mmap_size=1 << 28) as cache:
+        assert mapped(cache) == 1 << 28
+        cache.store("how do I change my email", None, "Settings > Email")
     found = {}
-    for size in (0, DEFAULT_MMAP_SIZE, 4096):
+    for size in (0, 1 << 28, 4096):
         with SemanticCache(db_path, embedder=FakeEmbedder(), read_only=True, mmap_size=size) as ro:
             assert mapped(ro) == size
             hit = ro.lookup("how can I reset my password")
