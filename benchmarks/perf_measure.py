@@ -292,9 +292,11 @@ def measure_e2e(
     call (no probe text is cached). The LLM passed raises, so a lookup the guards
     refuse stores nothing; its time is reported apart ("refused"), since a refused
     lookup is followed by an LLM call and is not a hit. "embed only" (the embedder on
-    the same text) and "guarded search only" (``find_similar`` on the probe's vector:
-    the KNN, the guards' neighbours, no text signals, no bookkeeping) run interleaved
-    with each call, to show how a hit's time splits under the same load.
+    the same text) and "guarded search" (``find_similar`` on the probe's vector: the
+    KNN and the guards' neighbours, the guards without the text signals, and the
+    lookup counted, one small write) run interleaved with each call, to show how a
+    hit's time splits under the same load. The interleaving rotates with the hits
+    timed so far, so served hits take each position in turn.
     """
     threshold = cache.threshold
     best_row, best_cos = exact_nearest(rows, layout, source.probe_vectors, layout.probe_ns)
@@ -307,13 +309,13 @@ def measure_e2e(
     times: dict[str, list[float]] = {"hit": [], "refused": [], "embed": [], "search": []}
     same = tried = 0
     with gc_paused():
-        for step, i in enumerate(chosen):
+        for i in chosen:
             if len(times["hit"]) >= count:
                 break
             tried += 1
             text, vector = source.probes[i].text, source.probe_vectors[i]
             name = layout.names[int(layout.probe_ns[i])]
-            rotation = step % 3
+            rotation = len(times["hit"]) % 3
             response, cached = "", False
             spent: dict[str, float] = {}
             for part in (["e2e", "embed", "search"] * 2)[rotation : rotation + 3]:

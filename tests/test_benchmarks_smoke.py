@@ -8,6 +8,7 @@ performance.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from perf_data import (
     make_rows,
     zipf_sizes,
 )
+from perf_report import compute_goals, mapped_allowance
 from perf_search import main
 
 METHODS = {"search_vector", "find_similar", "sqlite_vec_float", "numpy_exact", "python_loop"}
@@ -154,3 +156,39 @@ def test_knn_floor_runs_on_a_small_table(tmp_path: Path) -> None:
     sizes = [out["namespace_bytes"][c] for c in (*SMALL_CHUNKS, 1024)]
     assert sizes == sorted(sizes) and sizes[0] > 0  # a bigger chunk pre-allocates more
     assert list(tmp_path.iterdir()) == []  # its file is removed
+
+
+def _goal(goals: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (found,) = [g for g in goals if g["goal"] == name]
+    return found
+
+
+def test_multi_namespace_goal_rows_use_both_baselines(results: dict[str, Any]) -> None:
+    edited = copy.deepcopy(results)
+    one, many = edited["cases"]
+    for case in (one, many):
+        case["entries"] = 100_000
+    one["search"]["latency"]["numpy_exact"]["p50_ms"] = 10.0  # numpy over all 100k rows
+    many["search"]["latency"]["search_vector"]["p50_ms"] = 1.0
+    many["ratios"]["search_vector/numpy_exact"]["p50"] = 8.0  # vs the namespace's rows
+    goals = compute_goals(edited)
+    assert _goal(goals, "search p50 at 100k, 20 ns")["pass"] is False
+    whole = _goal(goals, "search p50 at 100k, 20 ns, vs numpy over all rows")
+    assert whole["measured"].startswith("0.10x") and whole["pass"] is True
+    assert not [g for g in goals if g["goal"].startswith("search p50 at 100k, 1 ns, vs")]
+    edited["cases"] = [many]  # no 1-namespace case of that size: not measured
+    alone = _goal(compute_goals(edited), "search p50 at 100k, 20 ns, vs numpy over all rows")
+    assert alone["pass"] is None
+
+
+def test_memory_goal_allows_the_map_only_when_it_is_on() -> None:
+    mib = 1024 * 1024
+    lo: dict[str, int | None] = {"sqlite_mmap_bytes": 0, "file_backed_growth": 2 * mib}
+    hi: dict[str, int | None] = {"sqlite_mmap_bytes": 0, "file_backed_growth": 40 * mib}
+    assert mapped_allowance(lo, hi) == 0  # the map is off: shared libraries, say
+    hi["sqlite_mmap_bytes"] = lo["sqlite_mmap_bytes"] = 16 * mib
+    assert mapped_allowance(lo, hi) == 16 * mib  # at most mmap_size
+    hi["sqlite_mmap_bytes"] = 256 * mib
+    assert mapped_allowance(lo, hi) == 38 * mib  # growth between the sizes
+    hi["file_backed_growth"] = None  # not Linux
+    assert mapped_allowance(lo, hi) == 0

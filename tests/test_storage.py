@@ -170,11 +170,13 @@ def test_reads_are_memory_mapped_only_when_asked(db_path: Path) -> None:
     with SemanticCache(db_path, embedder=FakeEmbedder()) as cache:
         cache.store("how do I reset my password", None, "Settings > Reset")
         assert mapped(cache) == DEFAULT_MMAP_SIZE == 0
-    with SemanticCache(db_path, embedder=FakeEmbedder(), mmap_size=1 << 28) as cache:
-        assert mapped(cache) == 1 << 28
+    with SemanticCache(db_path, embedder=FakeEmbedder(), mmap_size=1 << 22) as cache:
+        if mapped(cache) == 0:
+            pytest.skip("this SQLite build has memory-mapped I/O compiled out")
+        assert mapped(cache) == 1 << 22
         cache.store("how do I change my email", None, "Settings > Email")
     found = {}
-    for size in (0, 1 << 28, 4096):
+    for size in (0, 1 << 22, 4096):
         with SemanticCache(db_path, embedder=FakeEmbedder(), read_only=True, mmap_size=size) as ro:
             assert mapped(ro) == size
             hit = ro.lookup("how can I reset my password")
