@@ -24,19 +24,26 @@ from pathlib import Path
 from typing import Any
 
 
+def _status_bytes(*fields: str) -> list[int] | None:
+    """These kB fields of /proc/self/status, in bytes; None off Linux or if one is missing."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    values = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    if any(f not in values for f in fields):
+        return None
+    return [int(values[f].split()[0]) * 1024 for f in fields]
+
+
 def rss_bytes() -> tuple[int, int]:
     """(current RSS, peak RSS) of this process image.
 
     On Linux from /proc/self/status (VmRSS, VmHWM): ``ru_maxrss`` is no good here,
     because Linux carries it over fork + exec, so it would report the parent's size.
     """
-    status = Path("/proc/self/status")
-    if status.is_file():
-        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        return (
-            int(fields["VmRSS"].split()[0]) * 1024,
-            int(fields["VmHWM"].split()[0]) * 1024,
-        )
+    found = _status_bytes("VmRSS", "VmHWM")
+    if found is not None:
+        return found[0], found[1]
     peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     peak = peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
     return peak, peak
@@ -50,32 +57,31 @@ def rss_split() -> tuple[int, int] | None:
     reclaimable. The private part holds everything else, SQLite's own page cache
     included.
     """
-    status = Path("/proc/self/status")
-    if not status.is_file():
+    found = _status_bytes("RssAnon", "RssFile")
+    return None if found is None else (found[0], found[1])
+
+
+def _pragmas(cache: Any, *names: str) -> list[int] | None:
+    """Integer PRAGMA values of the cache's connection; None if they cannot be read."""
+    try:
+        with cache._db.reading() as conn:
+            return [int(conn.execute(f"PRAGMA {name}").fetchone()[0]) for name in names]
+    except Exception:
         return None
-    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-    if "RssAnon" not in fields or "RssFile" not in fields:
-        return None
-    return int(fields["RssAnon"].split()[0]) * 1024, int(fields["RssFile"].split()[0]) * 1024
 
 
 def sqlite_mmap_bytes(cache: Any) -> int | None:
     """The connection's memory-map limit (PRAGMA mmap_size)."""
-    try:
-        with cache._db.reading() as conn:
-            return int(conn.execute("PRAGMA mmap_size").fetchone()[0])
-    except Exception:
-        return None
+    found = _pragmas(cache, "mmap_size")
+    return None if found is None else found[0]
 
 
 def sqlite_cache_bytes(cache: Any) -> int | None:
     """The connection's page-cache limit (PRAGMA cache_size: pages, or KiB if negative)."""
-    try:
-        with cache._db.reading() as conn:
-            size = int(conn.execute("PRAGMA cache_size").fetchone()[0])
-            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
-    except Exception:
+    found = _pragmas(cache, "cache_size", "page_size")
+    if found is None:
         return None
+    size, page = found
     return -size * 1024 if size < 0 else size * page
 
 
