@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+from option_ab import main as option_ab_main
 from perf_data import (
     SYNTHETIC_NOISE_NORM,
     Probe,
@@ -48,6 +49,28 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # fmt: on
     loaded: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     return loaded
+
+
+def test_option_ab_runs_on_the_suites_file(results: dict[str, Any]) -> None:
+    """benchmarks/option_ab.py finds the suite's file and its probes, and times every
+    variant on every probe."""
+    workdir = results["meta"]["workdir"]
+    # fmt: off
+    figures = option_ab_main([
+        "--source", "synthetic", "--entries", "300", "--namespaces", "20", "--probes", "50",
+        "--workdir", workdir, "--variant", "plain", "--variant", "c2 search_candidates=2",
+    ])
+    # fmt: on
+    assert list(figures) == ["plain", "c2"]
+    probes = figures["plain"]["search_vector"]["n"]
+    assert probes > 0
+    for variant in figures.values():
+        assert variant["search_vector"]["n"] == probes
+        assert variant["search_vector"]["p50_ms"] > 0
+        assert (
+            variant["find_similar, servable"]["n"]
+            == figures["plain"]["find_similar, servable"]["n"]
+        )
 
 
 def test_every_section_is_there(results: dict[str, Any]) -> None:
