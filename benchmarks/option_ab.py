@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import argparse
 import ast
-import gc
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from perf_build import library_file_name
 from perf_data import exact_nearest, make_layout, make_rows, qqp_source, synthetic_source
-from perf_measure import summarize
+from perf_measure import gc_paused, refuse, summarize
 from qqp_data import add_data_arguments
 
 from semcache_sqlite import LLMError, LocalEmbedder, SemanticCache
@@ -52,10 +52,6 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
             raise argparse.ArgumentTypeError(f"{pair!r}: expected option=value")
         options[key] = ast.literal_eval(value)
     return name, options
-
-
-def refuse(query: str) -> str:
-    raise RuntimeError("benchmark: no LLM here")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
@@ -80,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
         help="as the file was built with (synthetic: the smoke test's)",
     )
     args = parser.parse_args(argv)
-    path = args.workdir / f"lib-{args.entries}-{args.namespaces}ns.db"
+    path = args.workdir / library_file_name(args.entries, args.namespaces)
     if not path.is_file():
         parser.error(f"{path} not found: run benchmarks/perf_search.py with this size first")
     variants = dict(parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS))
@@ -124,12 +120,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
 
     names = list(caches)
     times: dict[tuple[str, str], list[float]] = {(n, f): [] for n in names for f in FIGURES}
-    gc.disable()
-    for i in range(len(source.probes)):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            for figure, seconds in lookups(caches[name], i).items():
-                times[(name, figure)].append(seconds)
-    gc.enable()
+    with gc_paused():
+        for i in range(len(source.probes)):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                for figure, seconds in lookups(caches[name], i).items():
+                    times[(name, figure)].append(seconds)
     for cache in caches.values():
         cache.close()
     summary = {n: {f: summarize(times[(n, f)]) for f in FIGURES} for n in names}

@@ -148,6 +148,11 @@ def _progress(label: str, done: int, total: int, start: float) -> None:
     print(f"\r  {label}: {done:,}/{total:,} ({rate:,.0f}/s) ", end="", file=sys.stderr, flush=True)
 
 
+def library_file_name(size: int, namespaces: int) -> str:
+    """The library's file of ``size`` entries in ``namespaces`` namespaces, in the work dir."""
+    return f"lib-{size}-{namespaces}ns.db"
+
+
 def build_library(workdir: Workdir, name: str, rows: Rows, layout: Layout, fp: str) -> Built:
     """The library's own file, filled through the public bulk path (store_many)."""
     fingerprint = hashlib.sha256(f"lib|{fp}|{library_code_hash()}".encode()).hexdigest()

@@ -50,6 +50,11 @@ def summarize(seconds: Sequence[float]) -> dict[str, float]:
     }
 
 
+def refuse(query: str) -> str:
+    """The LLM of timed get_or_compute calls: a lookup the guards refuse stores nothing."""
+    raise RuntimeError("benchmark: no LLM here")
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     was_enabled = gc.isenabled()
@@ -301,9 +306,6 @@ def measure_e2e(
     threshold = cache.threshold
     best_row, best_cos = exact_nearest(rows, layout, source.probe_vectors, layout.probe_ns)
     chosen = [i for i in range(len(source.probes)) if best_cos[i] >= threshold - SIMILARITY_EPSILON]
-
-    def refuse(query: str) -> str:
-        raise RuntimeError("benchmark: no LLM here")
 
     cache.embedder.embed(["warm up the embedding model"])
     times: dict[str, list[float]] = {"hit": [], "refused": [], "embed": [], "search": []}

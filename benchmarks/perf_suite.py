@@ -23,6 +23,7 @@ from perf_build import (
     file_bytes,
     layout_fingerprint,
     library_code_hash,
+    library_file_name,
     raw_knn_sql,
     rows_fingerprint,
 )
@@ -244,7 +245,7 @@ def run_case(
     tag = f"{rows.size}-{layout.count}ns"
     fp = layout_fingerprint(rows_fp, layout)
     log(f"{rows.size:,} entries, {layout.label}: building / reusing files")
-    lib = build_library(workdir, f"lib-{tag}.db", rows, layout, fp)
+    lib = build_library(workdir, library_file_name(rows.size, layout.count), rows, layout, fp)
     raw = build_raw_vec(workdir, f"raw-{tag}.db", rows, layout, fp)
     files = file_figures(rows, lib.path, raw.path)
     large = rows.size > LARGE
