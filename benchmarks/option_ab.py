@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     if first.stats()["cached_entries"] != args.entries:
         parser.error(f"{path} does not hold {args.entries:,} entries")
     _, best = exact_nearest(rows, layout, source.probe_vectors, layout.probe_ns)
-    servable = best >= first.threshold - SIMILARITY_EPSILON
+    threshold = first.threshold  # find_similar at the lookups' threshold (default guards)
+    servable = best >= threshold - SIMILARITY_EPSILON
     embedder.embed(["warm up the embedding model"])
 
     def lookups(cache: SemanticCache, i: int) -> dict[str, float]:
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
         spent[FIGURES[0]] = time.perf_counter() - start
         if servable[i]:
             start = time.perf_counter()
-            cache.find_similar(vector, namespace=namespace)
+            cache.find_similar(vector, namespace=namespace, threshold=threshold)
             spent[FIGURES[1]] = time.perf_counter() - start
             start = time.perf_counter()
             try:

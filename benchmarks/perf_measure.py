@@ -96,6 +96,7 @@ class _Picks:
 def measure_search(inp: SearchInputs) -> dict[str, Any]:
     """Latency of every method on the same probes, then the library's decision fidelity."""
     rows, layout, cache = inp.rows, inp.layout, inp.cache
+    default = cache.threshold  # find_similar at the lookups' threshold (default guards)
     n = min(inp.probes, len(inp.probe_vectors))
     n_loop = min(inp.loop_probes, n)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -120,7 +121,7 @@ def measure_search(inp: SearchInputs) -> dict[str, Any]:
                 if method == "search_vector":
                     result = cache.search_vector(q, k=1, namespace=name)
                 elif method == "find_similar":
-                    result = cache.find_similar(q, namespace=name)
+                    result = cache.find_similar(q, namespace=name, threshold=default)
                 elif method == "sqlite_vec_float":
                     params = (q.tobytes(), name) if with_ns else (q.tobytes(),)
                     result = inp.raw_conn.execute(inp.raw_sql, params).fetchall()
@@ -146,7 +147,7 @@ def measure_search(inp: SearchInputs) -> dict[str, Any]:
         "latency": {m: summarize(times[m]) for m in METHODS},
         "namespace_leaks": leaks,
     }
-    out.update(_fidelity(inp, picks, n, cache.threshold))
+    out.update(_fidelity(inp, picks, n, default))
     return out
 
 
@@ -250,10 +251,12 @@ def measure_guarded_fidelity(
         SemanticCache(path, **fast, **opts) as fast_cache,
         SemanticCache(path, exact_search=True, **opts) as exact,
     ):
+        threshold = fast_cache.threshold  # the lookups' (default guards), as measure_search
         for i in range(n):
             name = inp.layout.names[int(inp.layout.probe_ns[i])]
-            ours = fast_cache.find_similar(inp.probe_vectors[i], namespace=name)
-            want = exact.find_similar(inp.probe_vectors[i], namespace=name)
+            vector = inp.probe_vectors[i]
+            ours = fast_cache.find_similar(vector, namespace=name, threshold=threshold)
+            want = exact.find_similar(vector, namespace=name, threshold=threshold)
             hits += want is not None
             same_entry = ours is not None and want is not None and ours[0] == want[0]
             agree += (ours is None and want is None) or same_entry
@@ -330,7 +333,7 @@ def measure_e2e(
                 elif part == "embed":
                     cache.embedder.embed([text])
                 else:
-                    cache.find_similar(vector, namespace=name)
+                    cache.find_similar(vector, namespace=name, threshold=threshold)
                 spent[part] = time.perf_counter() - t0
             times["hit" if cached else "refused"].append(spent["e2e"])
             if cached:  # the splits are of the hits

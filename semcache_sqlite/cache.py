@@ -218,10 +218,16 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         the embedder's default."""
         return self._rule(self.namespace if namespace is None else namespace, None)[0]
 
-    def _rule(self, namespace: str, threshold: float | None) -> tuple[float, GuardConfig]:
-        """The threshold and guards (with weights) a lookup in ``namespace`` uses."""
+    def _rule(
+        self, namespace: str, threshold: float | None, *, with_text: bool = True
+    ) -> tuple[float, GuardConfig]:
+        """The threshold and guards (with weights) a lookup in ``namespace`` uses.
+        ``with_text=False``: a lookup by embedding alone, where only the guards that
+        need no text can run; unless a threshold is set (per call, stored, constructor)
+        that set takes the embedder's threshold for non-default guards."""
         stored = self._quality.calibration_for(namespace)
-        return resolve_rule(stored, threshold, self._threshold, self.guards, self.embedder)
+        guards = self.guards if with_text else self.guards.without_lexical()
+        return resolve_rule(stored, threshold, self._threshold, guards, self.embedder)
 
     def context_key(self, context: Context = None, llm: object | None = None) -> str:
         """The hash that scopes entries to an LLM configuration and caller context."""
@@ -309,12 +315,20 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         context: Context = None,
         threshold: float | None = None,
     ) -> tuple[str, float] | None:
-        """Seed API: ``(response, similarity)`` of the nearest entry at/above threshold, or None."""
+        """Seed API: ``(response, similarity)`` of the nearest entry at/above threshold, or None.
+
+        Without the query's text only the margin and crowding guards can run, so the
+        default threshold here is the embedder's one for non-default guard sets
+        (``unguarded_threshold``: 0.95 for the local model, not 0.85), unless a threshold
+        is given per call, stored by a calibration or set on the cache."""
         vector = as_unit_vector(query_embedding, self.embedder.dim)
         # No query text here: a placeholder keeps the request (and its CacheResult) whole.
         req = prepare(
             self, "find_similar", "(embedding)", self.llm, namespace, user_id, context, threshold
         )
+        if threshold is None:
+            limit = self._rule(req.scope.namespace, None, with_text=False)[0]
+            req = replace(req, threshold=limit)
         return run_find_similar(self, req, vector)
 
     def search(

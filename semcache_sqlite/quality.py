@@ -40,7 +40,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -360,6 +360,11 @@ class GuardConfig:
     @property
     def lexical(self) -> bool:
         return self.numbers or self.entities or self.negation or self.swap
+
+    def without_lexical(self) -> GuardConfig:
+        """The guards that can run without the query's text (margin, crowding): what
+        ``find_similar``, given only an embedding, applies."""
+        return replace(self, numbers=False, entities=False, negation=False, swap=False)
 
     def resolved_weights(self) -> GuardWeights:
         return self.weights if self.weights is not None else packaged_weights()

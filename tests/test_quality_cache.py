@@ -123,6 +123,26 @@ def test_unguarded_default_threshold(tmp_path: Path) -> None:
         assert cache.threshold == LOCAL_UNGUARDED_THRESHOLD  # only the default set gets 0.85
 
 
+def test_find_similar_without_text_takes_the_threshold_of_fewer_guards(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    asked = "How do I disable two-factor authentication?"
+    vector = local_embedder.embed([asked])[0]
+    with SemanticCache(tmp_path / "c.db", embedder=local_embedder) as cache:
+        cache.store("How do I enable two-factor authentication?", None, "2fa on")
+        nearest = cache.search(asked, k=1)[0].similarity
+        assert LOCAL_DEFAULT_THRESHOLD <= nearest < LOCAL_UNGUARDED_THRESHOLD  # the case's premise
+        assert cache.lookup(asked) is None  # the text guards refuse it
+        # Only margin and crowding can run on an embedding: the default set's 0.85 does not apply.
+        assert cache.find_similar(vector) is None
+        served = cache.find_similar(vector, threshold=LOCAL_DEFAULT_THRESHOLD)
+        assert served is not None and served[0] == "2fa on"
+    with SemanticCache(
+        tmp_path / "c.db", embedder=local_embedder, threshold=LOCAL_DEFAULT_THRESHOLD
+    ) as chosen:
+        assert chosen.find_similar(vector) is not None  # a threshold set on the cache applies
+
+
 def test_verify_runs_only_inside_its_band(tmp_path: Path, fake_embedder: FakeEmbedder) -> None:
     calls: list[tuple[str, str, str]] = []
     verdict = {"value": True}
