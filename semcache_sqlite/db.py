@@ -340,7 +340,9 @@ class Database:
                     "it is writable (or copy it together with its -wal file) to merge them."
                 ) from exc
         # A WAL-mode file in a directory where SQLite cannot create -shm: with no -wal
-        # beside it, the main file is complete and can be read as immutable.
+        # beside it, the main file is complete and can be read as immutable. SQLite then
+        # never sees a writer working through another path (README, "Read-only files").
+        logger.info("%s: directory not writable, reading the file as immutable", self.path)
         conn = self._connect(f"{base}?immutable=1", uri=True)
         try:
             self._setup(conn)
