@@ -405,16 +405,18 @@ class Admin:
     def existing(
         self, namespace: str, user_id: str, context_key: str, query_hashes: Sequence[str]
     ) -> dict[str, ExistingEntry]:
-        """query_hash -> the entry stored under exactly this namespace, user and context
-        (the one ``Store.upsert_many`` would replace)."""
+        """query_hash -> the unexpired entry stored under exactly this namespace, user and
+        context (the one ``Store.upsert_many`` would replace; an expired one counts as
+        absent there too: it is deleted and the entry stored afresh)."""
         if not query_hashes:
             return {}
         marks = ",".join("?" * len(query_hashes))
         with self.db.reading() as conn:
             rows = conn.execute(
                 "SELECT query_hash, id, response, metadata FROM entries WHERE namespace = ? "
-                f"AND user_id = ? AND context_key = ? AND query_hash IN ({marks}) ORDER BY id",
-                (namespace, user_id, context_key, *query_hashes),
+                f"AND user_id = ? AND context_key = ? AND query_hash IN ({marks}) "
+                "AND (expires_at IS NULL OR expires_at > ?) ORDER BY id",
+                (namespace, user_id, context_key, *query_hashes, self.store.now()),
             ).fetchall()
         return {str(r[0]): ExistingEntry(int(r[1]), str(r[2]), json.loads(r[3])) for r in rows}
 

@@ -45,7 +45,7 @@ from .cache_lifecycle import LifecycleMixin
 from .db import DEFAULT_BUSY_TIMEOUT, DEFAULT_MMAP_SIZE, Database
 from .decision import CacheEntry, Judgement, LookupResult, judge
 from .embedders import Embedder, LocalEmbedder
-from .errors import EmbedderResponseError, InvalidInputError
+from .errors import EmbedderResponseError, InvalidInputError, SemCacheError
 from .fallback import FallbackMixin, FallbackPolicy, prepare, run_find_similar, run_lookup
 from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, check_write_options
 from .llms import LLMFunction, llm_cache_context
@@ -69,14 +69,18 @@ from .validation import (
     FloatVector,
     as_unit_matrix,
     as_unit_vector,
+    check_embedder,
+    check_int,
+    check_metadata,
     check_query,
     check_scope_name,
     check_text,
+    check_texts,
     check_threshold,
     query_hash,
 )
 from .vector_cells import PROBED_CELLS
-from .vector_index import DEFAULT_CANDIDATES, check_candidates, check_cells
+from .vector_index import DEFAULT_CANDIDATES, MAX_K, check_candidates, check_cells
 
 DEFAULT_PATH = "semcache.db"
 #: store_many's batch (one transaction each) when it embeds, and when vectors are given.
@@ -161,6 +165,9 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
             ttl, sliding_ttl, max_entries, namespace_max_entries, max_bytes, eviction, on_duplicate
         )
         self.embedder: Embedder = embedder if embedder is not None else LocalEmbedder()
+        check_embedder(self.embedder)
+        if policy is not None and not isinstance(policy, FallbackPolicy):
+            raise InvalidInputError(f"policy must be a FallbackPolicy, got {policy!r}")
         self.policy = policy if policy is not None else FallbackPolicy()
         self.on_event = on_event
         self._threshold = None if threshold is None else check_threshold(threshold)
@@ -171,7 +178,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         self.namespace = check_scope_name(namespace, "namespace", allow_empty=False)
         self.user_id = check_scope_name(user_id, "user_id", allow_empty=True)
         self.context = context
-        self.max_query_chars = max_query_chars
+        self.max_query_chars = check_int(max_query_chars, "max_query_chars", minimum=1)
         self._db = Database(
             path, busy_timeout=busy_timeout, read_only=read_only, mmap_size=mmap_size
         )
@@ -346,6 +353,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         useful threshold) is approximate unless the cache has ``exact_search=True``
         (see vector_index.py)."""
         check_query(query, max_chars=self.max_query_chars)
+        check_int(k, "k", minimum=1, maximum=MAX_K)  # before embedding
         return self.search_vector(
             self._embed_one(query), k, namespace=namespace, user_id=user_id, context=context
         )
@@ -361,6 +369,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     ) -> list[LookupResult]:
         """The k nearest entries in scope to an embedding (not counted in stats); see
         ``search`` about distant entries."""
+        k = check_int(k, "k", minimum=1, maximum=MAX_K)
         vector = as_unit_vector(query_embedding, self.embedder.dim)
         scope = self._scope(namespace, user_id, context, self.llm)
         return [
@@ -444,14 +453,16 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     ) -> list[int]:
         """Batch warm-up: store many (query, response) pairs; one embedding call per batch.
 
-        Everything is validated before anything is written; each batch of
-        ``batch_size`` is written in one transaction. Returns the entry ids.
+        Everything given is validated before anything is written; each batch of
+        ``batch_size`` is written in one transaction. Returns the entry ids. The
+        vectors the cache computes come batch by batch: when the embedder fails in a
+        later batch, the earlier ones stay stored and the error says how many.
         ``batch_size`` None: 256 when the cache embeds the queries (one embedder call
         per batch), 2048 when ``embeddings`` are given (fewer, larger transactions:
         ~20% faster bulk loads, each holding the write lock ~0.1 s).
         ``ttl`` and ``on_duplicate`` as in ``store``.
         """
-        queries, responses = list(queries), list(responses)
+        queries, responses = check_texts(queries, "queries"), check_texts(responses, "responses")
         if len(queries) != len(responses):
             raise InvalidInputError(f"{len(queries)} queries but {len(responses)} responses")
         for query in queries:
@@ -463,14 +474,14 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         if embeddings is not None:
             vectors = list(as_unit_matrix(embeddings, self.embedder.dim, len(queries)))
         scope = self._scope(namespace, user_id, context, self.llm)
-        meta = dict(metadata or {})
+        meta = check_metadata(metadata or {})
         ids: list[int] = []
         if batch_size is None:
             batch_size = EMBED_BATCH if vectors is None else GIVEN_VECTORS_BATCH
-        step = max(1, int(batch_size))
+        step = check_int(batch_size, "batch_size", minimum=1)
         for start in range(0, len(queries), step):
-            ids.extend(
-                self._store_in_scope(
+            try:
+                stored = self._store_in_scope(
                     scope,
                     queries[start : start + step],
                     responses[start : start + step],
@@ -479,7 +490,14 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
                     ttl,
                     on_duplicate,
                 )
-            )
+            except SemCacheError as exc:
+                if ids:  # earlier batches are committed: say so, keeping the error's type
+                    exc.args = (
+                        f"{exc} ({len(ids)} of the {len(queries)} entries, the earlier "
+                        f"batches of this store_many, stayed stored; the rest were not)",
+                    )
+                raise
+            ids.extend(stored)
         return ids
 
     def _store_in_scope(
@@ -561,8 +579,12 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         never expires). With ``expected_version``, raises VersionConflictError if
         the entry moved.
         """
+        entry_id = check_int(entry_id, "entry id")
         if response is not None:
             check_text(response, "response")
+        if expected_version is not None:
+            check_int(expected_version, "expected_version")
+        new_metadata = None if metadata is None else check_metadata(metadata)
         check_write_options(ttl, None)
         vector = None
         if query is not None:
@@ -571,7 +593,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         row = self._store.replace(
             entry_id,
             response=response,
-            metadata=None if metadata is None else dict(metadata),
+            metadata=new_metadata,
             query=query,
             query_hash=None if query is None else query_hash(query),
             vector=vector,
@@ -582,11 +604,11 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
 
     def get(self, entry_id: int) -> CacheEntry:
         """The entry with this id (EntryNotFoundError if there is none)."""
-        return CacheEntry.from_row(self._store.get(entry_id))
+        return CacheEntry.from_row(self._store.get(check_int(entry_id, "entry id")))
 
     def delete(self, entry_id: int) -> bool:
         """Delete one entry and its vector; False if there was none."""
-        return self._store.delete(entry_id)
+        return self._store.delete(check_int(entry_id, "entry id"))
 
     def clear(self, namespace: str | None = None, *, user_id: str | None = None) -> int:
         """Delete entries: all of them, or those of ``namespace`` (and ``user_id``).

@@ -34,6 +34,7 @@ from .errors import (
 )
 from .migrate import check_file_identity, check_not_newer, migrate
 from .store import EntryRow, Store
+from .validation import SQLITE_INT_MAX, SQLITE_INT_MIN, check_metadata
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -105,6 +106,12 @@ class CliState:
 
 
 pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+#: Entry ids and versions as SQLite stores them: a larger number is a usage error
+#: (exit 2), not an OverflowError from the driver.
+SQLITE_INT = click.IntRange(SQLITE_INT_MIN, SQLITE_INT_MAX)
+#: --limit and --offset: from 0 to what SQLite takes.
+SQLITE_COUNT = click.IntRange(0, SQLITE_INT_MAX)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -299,7 +306,10 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--metadata") from exc
     if not isinstance(value, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--metadata")
-    return value
+    try:
+        return check_metadata(value)  # json.loads accepts NaN and Infinity
+    except InvalidInputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metadata") from exc
 
 
 def text_argument(value: str) -> str:

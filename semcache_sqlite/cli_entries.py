@@ -14,6 +14,7 @@ import click
 from .admin import Admin, EntryFilter
 from .cli_common import (
     EXIT_NOT_FOUND,
+    SQLITE_INT,
     CliError,
     CliState,
     closing,
@@ -89,12 +90,12 @@ def put(
 
 @click.command(short_help="Change an entry's response or metadata.")
 @click.argument("db", metavar="DB")
-@click.argument("entry_id", metavar="ID", type=int)
+@click.argument("entry_id", metavar="ID", type=SQLITE_INT)
 @click.option("--response", "-r", default=None, help='New response ("-" reads stdin).')
 @click.option("--metadata", default=None, help="New metadata (a JSON object; replaces the old).")
 @click.option(
     "--if-version",
-    type=int,
+    type=SQLITE_INT,
     default=None,
     help="Only update if the entry is still at this version (optimistic locking).",
 )
@@ -130,7 +131,7 @@ def update(
 
 @click.command(short_help="Delete entries by id, namespace, user or age.")
 @click.argument("db", metavar="DB")
-@click.argument("ids", metavar="[ID]...", nargs=-1, type=int)
+@click.argument("ids", metavar="[ID]...", nargs=-1, type=SQLITE_INT)
 @click.option("--namespace", "-n", default=None, help="Delete the entries of this namespace.")
 @click.option(
     "--user", "-u", "user_id", default=None, help='Delete the entries of this user ("" = shared).'

@@ -17,6 +17,8 @@ import click
 from .admin import Admin, EntryFilter, SortOrder
 from .cli_common import (
     EXIT_NOT_FOUND,
+    SQLITE_COUNT,
+    SQLITE_INT,
     CliState,
     closing,
     console,
@@ -166,8 +168,8 @@ SORTS = ("newest", "oldest", "most-hit")
     "--match", "-m", default=None, help="Case-insensitive substring of the query or response."
 )
 @click.option("--sort", type=click.Choice(SORTS), default="newest", show_default=True)
-@click.option("--limit", type=click.IntRange(0), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--limit", type=SQLITE_COUNT, default=50, show_default=True)
+@click.option("--offset", type=SQLITE_COUNT, default=0, show_default=True)
 @json_option
 @pass_state
 def ls_command(
@@ -262,7 +264,7 @@ def _print_rows(table: Any, headers: list[str], right: set[str], rows: list[list
 
 @click.command(short_help="Show one entry in full.")
 @click.argument("db", metavar="DB")
-@click.argument("entry_id", metavar="ID", type=int)
+@click.argument("entry_id", metavar="ID", type=SQLITE_INT)
 @json_option
 @pass_state
 def show(state: CliState, db: str, entry_id: int, as_json: bool) -> None:

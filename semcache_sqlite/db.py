@@ -91,6 +91,24 @@ def check_mmap_size(value: object) -> int:
     return value
 
 
+#: The longest busy timeout: SQLite takes it as a C int of milliseconds (~24.8 days).
+MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000
+
+
+def check_busy_timeout(value: object) -> float:
+    """``busy_timeout``: seconds to wait for another connection's lock, 0 to MAX_BUSY_TIMEOUT."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value <= MAX_BUSY_TIMEOUT  # also refuses NaN and inf
+    ):
+        raise InvalidInputError(
+            f"busy_timeout must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT:g}, "
+            f"got {value!r}"
+        )
+    return float(value)
+
+
 def select_driver(preferred: str | None = None) -> ModuleType:
     """Return the DB-API module used to talk to SQLite (see module docstring)."""
     choice = preferred or os.environ.get("SEMCACHE_SQLITE_DRIVER") or None
@@ -237,8 +255,10 @@ class Database:
         read_only: bool = False,
         mmap_size: int = DEFAULT_MMAP_SIZE,
     ) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidInputError(f"path must be a str or os.PathLike, got {path!r}")
         self.path = str(Path(path))
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = check_busy_timeout(busy_timeout)
         self.mmap_size = check_mmap_size(mmap_size)
         self.driver = select_driver(driver)
         self.read_only = bool(read_only)

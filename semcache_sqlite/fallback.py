@@ -25,6 +25,7 @@ The failure policy (:class:`FallbackPolicy`, also in the README):
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 from collections.abc import Callable, Hashable
@@ -74,7 +75,13 @@ class FallbackPolicy:
     def __post_init__(self) -> None:
         for name in ("embed_timeout", "coalesce_timeout"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidInputError(
+                    f"{name} must be a number of seconds or None, got {value!r}"
+                )
+            if not 0 < value < math.inf:  # None, not inf, means no deadline
                 raise InvalidInputError(f"{name} must be a positive number of seconds or None")
 
     @classmethod

@@ -5,12 +5,14 @@ problem reported by line number: the shared checks of ``warmup`` and ``transfer`
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from .errors import InvalidFileError, InvalidInputError
+from .validation import SQLITE_INT_MAX, check_metadata, check_timestamp
+
+T = TypeVar("T")
 
 #: How many bad lines one error lists at most (the rest are counted).
 MAX_REPORTED_PROBLEMS = 20
@@ -37,20 +39,25 @@ def field_str(obj: dict[str, Any], key: str, default: str | None = None) -> str:
 
 
 def field_number(obj: dict[str, Any], key: str, default: float | None) -> float | None:
+    """A time in unix seconds, within what ``datetime`` represents (check_timestamp)."""
     value = obj.get(key, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise LineError(f"{key!r} must be a number (unix seconds), got {value!r}")
-    if not math.isfinite(value):
-        raise LineError(f"{key!r} must be finite")
-    return float(value)
+    return checked(check_timestamp, value, repr(key))
 
 
 def field_int(obj: dict[str, Any], key: str, default: int, minimum: int) -> int:
     value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise LineError(f"{key!r} must be an integer >= {minimum}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not minimum <= value <= SQLITE_INT_MAX
+    ):
+        raise LineError(
+            f"{key!r} must be an integer from {minimum} to {SQLITE_INT_MAX}, got {value!r}"
+        )
     return value
 
 
@@ -60,10 +67,10 @@ def field_metadata(obj: dict[str, Any]) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise LineError(f"'metadata' must be a JSON object, got {type(value).__name__}")
-    return value
+    return checked(check_metadata, value)  # json.loads accepts NaN and Infinity
 
 
-def checked(func: Callable[..., str], *args: Any, **kwargs: Any) -> str:
+def checked(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return func(*args, **kwargs)
     except InvalidInputError as exc:

@@ -74,16 +74,24 @@ class Unset(Enum):
 UNSET = Unset.UNSET
 
 
+#: The longest TTL, in seconds (~3,170 years): ``now + ttl`` must stay a time that
+#: ``datetime`` can represent (validation.MAX_TIMESTAMP, the year 9999). Use None
+#: for "never expires".
+MAX_TTL = 1e11
+
+
 def check_ttl(value: Any) -> float | None:
-    """A time-to-live in seconds (> 0, finite), or None for "never expires"."""
+    """A time-to-live in seconds (> 0, at most MAX_TTL), or None for "never expires"."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInputError(f"ttl must be a number of seconds or None, got {value!r}")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise InvalidInputError(f"ttl must be a positive number of seconds, got {value!r}")
-    return seconds
+    if not 0 < value <= MAX_TTL:  # also refuses NaN and inf
+        raise InvalidInputError(
+            f"ttl must be a positive number of seconds up to {MAX_TTL:.0f} "
+            f"(None: never expires), got {value!r}"
+        )
+    return float(value)
 
 
 def check_limit(value: Any, what: str) -> int | None:

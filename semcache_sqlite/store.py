@@ -41,7 +41,7 @@ from .errors import (
 from .lifecycle import UNSET, LifecycleConfig, OnDuplicate, Unset, check_on_duplicate
 from .store_lifecycle import LifecycleStore, count_inserted
 from .store_reembed import ReembedStore
-from .validation import FloatVector, similarity_hits
+from .validation import FloatVector, metadata_json, similarity_hits
 from .vector_cells import PROBED_CELLS
 from .vector_index import (
     CANDIDATES_PER_RESULT,
@@ -353,7 +353,7 @@ class Store(LifecycleStore, ReembedStore):
                             "updated_at = ?, ttl = ?, expires_at = ? WHERE id = ?",
                             (
                                 entry.response,
-                                json.dumps(entry.metadata),
+                                metadata_json(entry.metadata),
                                 now,
                                 seconds,
                                 expires_at,
@@ -476,7 +476,7 @@ class Store(LifecycleStore, ReembedStore):
                 "ttl = CASE WHEN ? THEN ? ELSE ttl END WHERE id = ?",
                 (
                     current.response if response is None else response,
-                    json.dumps(current.metadata if metadata is None else metadata),
+                    metadata_json(current.metadata if metadata is None else metadata),
                     query,
                     query_hash,
                     now,
@@ -858,7 +858,7 @@ def _dumped(memo: dict[int, str], metadata: dict[str, Any]) -> str:
     """json.dumps(metadata), once per dict object of a batch."""
     text = memo.get(id(metadata))
     if text is None:
-        text = memo[id(metadata)] = json.dumps(metadata)
+        text = memo[id(metadata)] = metadata_json(metadata)
     return text
 
 

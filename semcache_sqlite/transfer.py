@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,8 +42,10 @@ from .inputs import (
     no_progress,
     raise_problems,
 )
+from .lifecycle import MAX_TTL
 from .store import Store
 from .validation import (
+    SQLITE_INT_MIN,
     FloatVector,
     as_unit_matrix,
     as_unit_vector,
@@ -226,6 +227,8 @@ def _import_row(
     created = field_number(obj, "created_at", now)
     updated = field_number(obj, "updated_at", created)
     preferred = obj.get("id")
+    if isinstance(preferred, int) and not isinstance(preferred, bool):
+        preferred = field_int(obj, "id", 1, SQLITE_INT_MIN)  # kept only when free (>= 1)
     row = ImportRow(
         namespace=checked(
             check_scope_name,
@@ -263,8 +266,8 @@ def _field_ttl(obj: dict[str, Any]) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise LineError(f"'ttl' must be a positive number of seconds or null, got {value!r}")
-    if not math.isfinite(value):
-        raise LineError("'ttl' must be finite")
+    if not value <= MAX_TTL:  # expires_at = now + ttl must stay a representable time
+        raise LineError(f"'ttl' must be at most {MAX_TTL:.0f} seconds, got {value!r}")
     return float(value)
 
 

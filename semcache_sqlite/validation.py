@@ -7,8 +7,11 @@ same way, with the same typed errors, before anything touches the file.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import numbers
 import unicodedata
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,16 @@ DEFAULT_MAX_QUERY_CHARS = 100_000
 #: Tolerance when comparing a similarity with the threshold: float32 cosine of a
 #: vector with itself can come out as 0.99999994, which must still hit at 1.0.
 SIMILARITY_EPSILON = 1e-6
+
+#: SQLite INTEGER is 64-bit signed: ids, versions and counts beyond it cannot be bound.
+SQLITE_INT_MIN = -(2**63)
+SQLITE_INT_MAX = 2**63 - 1
+
+#: Unix times accepted from callers and input files (created_at, expires_at, ...): what
+#: ``datetime`` can represent (years 1 to 9999, UTC), so every stored time can be read back
+#: as an ``Entry.created_at`` and shown by ``semcache ls``.
+MIN_TIMESTAMP = -62_135_596_800.0  # 0001-01-01T00:00:00Z
+MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
@@ -65,6 +78,73 @@ def check_text(value: Any, what: str) -> str:
         raise InvalidInputError(
             f"{what} is not valid Unicode (lone surrogate at {exc.start})"
         ) from exc
+    return value
+
+
+def check_texts(value: Any, what: str) -> list[Any]:
+    """A batch of texts (queries, responses): any iterable but a single str, which would
+    otherwise be taken character by character. The items are checked by the caller."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise InvalidInputError(f"{what} must be a sequence of str, got {type(value).__name__}")
+    return list(value)
+
+
+def check_int(
+    value: Any, what: str, minimum: int = SQLITE_INT_MIN, maximum: int = SQLITE_INT_MAX
+) -> int:
+    """A whole number in [minimum, maximum] (ids, versions, counts, sizes); by default
+    what SQLite can store, so a caller's huge int is refused instead of overflowing."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not minimum <= int(value) <= maximum
+    ):
+        raise InvalidInputError(f"{what} must be an int in [{minimum}, {maximum}], got {value!r}")
+    return int(value)
+
+
+def check_timestamp(value: Any, what: str) -> float:
+    """Unix seconds that ``datetime`` can represent (see MIN_TIMESTAMP / MAX_TIMESTAMP)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not MIN_TIMESTAMP <= value <= MAX_TIMESTAMP  # also refuses NaN and inf
+    ):
+        raise InvalidInputError(
+            f"{what} must be unix seconds between {MIN_TIMESTAMP:.0f} and {MAX_TIMESTAMP:.0f} "
+            f"(years 1 to 9999), got {value!r}"
+        )
+    return float(value)
+
+
+def check_metadata(value: Any) -> dict[str, Any]:
+    """Entry metadata: a mapping JSON can hold (no NaN or inf, only JSON types), as a dict."""
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"metadata must be a mapping, got {type(value).__name__}")
+    metadata = dict(value)
+    metadata_json(metadata)
+    return metadata
+
+
+def metadata_json(metadata: dict[str, Any]) -> str:
+    """The stored form of metadata; what JSON cannot hold is the caller's error, not a
+    CHECK (json_valid) failure of the file."""
+    try:
+        return json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:  # ValueError: NaN/inf, or a circular reference
+        raise InvalidInputError(f"metadata cannot be stored as JSON: {exc}") from exc
+
+
+def check_embedder(value: Any) -> Any:
+    """Something with the Embedder protocol's parts (``embed``, ``model_id``, ``dim``);
+    checked by duck typing, so an embedder need not subclass anything."""
+    if not callable(getattr(value, "embed", None)) or not all(
+        hasattr(value, name) for name in ("model_id", "dim")
+    ):
+        raise InvalidInputError(
+            f"embedder must have embed(texts), model_id and dim (an Embedder such as "
+            f"LocalEmbedder() or OpenAIEmbedder(...)), got {value!r}"
+        )
     return value
 
 
@@ -106,9 +186,13 @@ def check_threshold(threshold: Any) -> float:
 def as_unit_vector(vector: Any, dim: int) -> FloatVector:
     """Validate one embedding and return it as a contiguous, L2-normalised float32 vector."""
     try:
-        array = np.asarray(vector, dtype=np.float64)
+        raw = np.asarray(vector)
+        # A complex cast would only warn and drop the imaginary part: refused below.
+        array = None if raw.dtype.kind == "c" else raw.astype(np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidVectorError(f"embedding is not a numeric vector: {exc}") from exc
+    if array is None:
+        raise InvalidVectorError("embedding has complex values; give real numbers")
     if array.ndim == 2 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 1:
@@ -130,7 +214,12 @@ def as_unit_vector(vector: Any, dim: int) -> FloatVector:
 
 def as_unit_matrix(vectors: Any, dim: int, expected_rows: int) -> FloatMatrix:
     """Validate a batch of embeddings (rows) and L2-normalise each row."""
-    count = len(vectors)
+    try:
+        count = len(vectors)
+    except TypeError as exc:  # a generator: its length is unknown until consumed
+        raise InvalidVectorError(
+            f"embeddings must be a sequence or an array of vectors, got {type(vectors).__name__}"
+        ) from exc
     if count != expected_rows:
         raise InvalidInputError(f"got {count} embeddings for {expected_rows} queries")
     if expected_rows == 0:

@@ -201,6 +201,41 @@ def test_rm_by_ids_and_unknown_id(db: Path) -> None:
     assert cli.json("doctor", db)["ok"]  # vectors went with their entries
 
 
+BEYOND_INT64 = str(2**63)  # SQLite's INTEGER is 64-bit: the driver would overflow
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("show", BEYOND_INT64),
+        ("rm", BEYOND_INT64, "--yes"),
+        ("rm", "--yes", "--", "1", f"-{2**63 + 1}"),
+        ("update", BEYOND_INT64, "--response", "x"),
+        ("update", "1", "--response", "x", "--if-version", BEYOND_INT64),
+        ("ls", "--limit", BEYOND_INT64),
+        ("ls", "--offset", BEYOND_INT64),
+    ],
+)
+def test_numbers_beyond_int64_are_usage_errors(db: Path, args: tuple[str, ...]) -> None:
+    cli = fake_cli()
+    before = cli.json("ls", db)
+    result = cli.run(args[0], db, *args[1:], expect=2)  # Cli.run fails on a traceback
+    assert "is not in the range" in result.stderr
+    assert cli.json("ls", db) == before
+
+
+def test_put_and_update_refuse_metadata_json_cannot_hold(db: Path) -> None:
+    cli = fake_cli()
+    before = cli.json("ls", db)
+    for value in ("NaN", "Infinity", "-Infinity"):
+        bad = f'{{"score": {value}}}'
+        put = cli.run("put", db, "a new question", "r", "--metadata", bad, expect=2)
+        assert "metadata cannot be stored as JSON" in put.stderr
+        update = cli.run("update", db, 1, "--metadata", bad, expect=2)
+        assert "metadata cannot be stored as JSON" in update.stderr
+    assert cli.json("ls", db) == before
+
+
 def test_rm_bulk_confirmation_dry_run_and_filters(db: Path) -> None:
     cli = fake_cli()
     assert cli.run("rm", db, "--user", "", "--dry-run").stdout == (

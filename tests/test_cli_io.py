@@ -121,6 +121,17 @@ def test_warm_malformed_line_reported_with_line_number_nothing_written(tmp_path:
     )
 
 
+def test_warm_metadata_json_cannot_hold_is_a_line_error(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    rows: list[dict[str, str] | str] = [
+        FAQ[0],
+        '{"query": "q", "response": "r", "metadata": {"score": NaN}}',
+    ]
+    result = fake_cli().run("warm", db, write_jsonl(tmp_path / "nan.jsonl", rows), expect=2)
+    assert "nan.jsonl line 2: metadata cannot be stored as JSON" in result.stderr
+    assert "nothing was written" in result.stderr and not db.exists()
+
+
 class _Interrupting(FakeEmbedder):
     """Raises KeyboardInterrupt (Ctrl-C) on the n-th embed call."""
 
@@ -253,12 +264,48 @@ def test_import_malformed_line_reported_and_nothing_imported(source: Path, tmp_p
         ('{"query": "q", "response": "r", "vector": "%%%"}', "not valid base64"),
         ('{"query": "q", "response": "r", "vector": [0, 0, 0]}', "all zeros"),
         ('{"semcache_export": 1}', "only allowed on the first line"),
+        # times that datetime cannot represent would make the entry unreadable afterwards
+        ('{"query": "q", "response": "r", "created_at": 1e300}', "'created_at' must be unix"),
+        ('{"query": "q", "response": "r", "updated_at": -1e12}', "'updated_at' must be unix"),
+        ('{"query": "q", "response": "r", "last_hit_at": 1' + "0" * 400 + "}", "'last_hit_at'"),
+        ('{"query": "q", "response": "r", "expires_at": 1e300}', "'expires_at' must be unix"),
+        ('{"query": "q", "response": "r", "expires_at": NaN}', "'expires_at' must be unix"),
+        ('{"query": "q", "response": "r", "ttl": 1e300}', "'ttl' must be at most"),
+        # integers beyond SQLite's 64-bit INTEGER
+        ('{"query": "q", "response": "r", "version": 9223372036854775808}', "'version' must"),
+        ('{"query": "q", "response": "r", "hit_count": 9223372036854775808}', "'hit_count'"),
+        ('{"query": "q", "response": "r", "id": 9223372036854775808}', "'id' must be an integer"),
+        # metadata JSON cannot hold (json.loads reads NaN and Infinity)
+        ('{"query": "q", "response": "r", "metadata": {"x": NaN}}', "metadata cannot be stored"),
+        ('{"query": "q", "response": "r", "metadata": {"x": -Infinity}}', "metadata cannot"),
     ],
 )
 def test_import_validation_messages(tmp_path: Path, line: str, message: str) -> None:
     dump = write_jsonl(tmp_path / "d.jsonl", ['{"query": "fine", "response": "ok"}', line])
     result = fake_cli().run("import", tmp_path / "t.db", dump, expect=2)
     assert "line 2" in result.stderr and message in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "t.db").exists()
+
+
+def test_import_times_at_the_ends_of_the_range_stay_readable(tmp_path: Path) -> None:
+    """The documented range (years 1 to 9999) is usable: ls, show, get and lookups work."""
+    db = tmp_path / "t.db"
+    rows = [
+        {"query": "the oldest entry", "response": "old", "created_at": -62135596800},
+        {"query": "from the far future", "response": "new", "created_at": 253402300799,
+         "updated_at": 253402300799, "last_hit_at": 253402300799},
+        {"query": "expires last", "response": "late", "expires_at": 253402300799},
+    ]  # fmt: skip
+    cli = fake_cli()
+    cli.run("import", db, write_jsonl(tmp_path / "d.jsonl", rows))
+    assert "9999-12-31 23:59:59Z" in cli.run("ls", db).stdout
+    assert "9999-12-31" in cli.run("show", db, 2).stdout
+    assert cli.run("get", db, "from the far future").exit_code == 0
+    with SemanticCache(db, embedder=FakeEmbedder()) as cache:
+        hit = cache.lookup("from the far future")
+        assert hit is not None and hit.created_at.year == 9999
+        assert cache.get(1).created_at.year == 1
+        assert cache.get_or_compute("expires last", lambda q: "x") == ("late", True)
 
 
 def test_import_newer_export_format_refused(tmp_path: Path) -> None:

@@ -86,6 +86,24 @@ def test_import_rejects_a_bad_ttl(tmp_path: Path) -> None:
     assert "'ttl' must be a positive number" in result.stderr
 
 
+def test_warm_and_put_store_again_what_expired(tmp_path: Path) -> None:
+    """An expired copy counts as absent, as in the library's store(): re-warming (or a put
+    of the same answer) makes the answer servable again instead of reporting it unchanged."""
+    db, faq = tmp_path / "c.db", write_jsonl(tmp_path / "faq.jsonl", FAQ[:2])
+    with SemanticCache(db, embedder=FakeEmbedder(), clock=lambda: time.time() - 7200) as cache:
+        for row in FAQ[:3]:  # stored 2 h ago with a 1 h TTL: expired, not purged yet
+            cache.store(row["query"], response=row["response"], ttl=3600)
+    cli = fake_cli()
+    assert cli.run("get", db, FAQ[0]["query"], expect=3)
+    assert "2 added, 0 updated, 0 unchanged" in cli.run("warm", db, faq).stdout
+    assert "0 added, 0 updated, 2 unchanged" in cli.run("warm", db, faq).stdout
+    assert cli.run("put", db, FAQ[2]["query"], FAQ[2]["response"]).stdout.startswith("added")
+    for row in FAQ[:3]:
+        assert cli.json("get", db, row["query"])["entry"]["response"] == row["response"]
+    assert cli.json("ls", db)["total"] == 3  # the expired copies were replaced, not kept
+    assert cli.json("doctor", db)["ok"]
+
+
 # -- purge / vacuum -------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from fakes import FakeEmbedder
 
 from semcache_sqlite import InvalidInputError, SemanticCache, VersionConflictError
 from semcache_sqlite import vector_index as vector_index_module
+from semcache_sqlite.lifecycle import MAX_TTL
 
 
 @pytest.fixture
@@ -341,6 +342,31 @@ def test_invalid_lifecycle_settings(db_path: Path, clock: FakeClock) -> None:
         with pytest.raises(InvalidInputError):
             cache.configure_namespace("ns", eviction="mru")  # type: ignore[arg-type]
         assert cache.namespace_policy("ns").max_entries is None
+
+
+@pytest.mark.parametrize("ttl", [1e300, 10**400, MAX_TTL * 1.5, float("inf"), float("nan")])
+def test_ttl_beyond_the_representable_times_is_refused(
+    db_path: Path, clock: FakeClock, ttl: float
+) -> None:
+    """now + ttl must stay a time datetime can represent, or the entry could not be read."""
+    with pytest.raises(InvalidInputError, match="ttl must be a positive number"):
+        make_cache(db_path, clock, ttl=ttl)
+    with make_cache(db_path, clock) as cache:
+        entry_id = cache.store("kept question", None, "kept")
+        for write in (
+            lambda: cache.store("new question", None, "r", ttl=ttl),
+            lambda: cache.store_many(["a", "b"], ["1", "2"], ttl=ttl),
+            lambda: cache.update(entry_id, response="changed", ttl=ttl),
+            lambda: cache.configure_namespace("ns", ttl=ttl),
+        ):
+            with pytest.raises(InvalidInputError, match="ttl must be a positive number"):
+                write()
+        assert cache.stats()["cached_entries"] == 1 and cache.get(entry_id).version == 1
+        assert cache.namespace_policy("ns").ttl is None
+        longest = cache.store("lives longest", None, "r", ttl=MAX_TTL)
+        expires = cache.get(longest).expires_at
+        assert expires is not None and expires.timestamp() == clock() + MAX_TTL
+        assert cache.get_or_compute("lives longest", lambda q: "x") == ("r", True)
 
 
 # -- updates ---------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from semcache_sqlite import (
     StorageFullError,
 )
 from semcache_sqlite.db import Database
+from semcache_sqlite.vector_index import MAX_K
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -255,6 +256,129 @@ def test_thresholds_outside_zero_one(filled: SemanticCache, db_path: Path, bad: 
         lambda: filled.get_or_compute("brand new", lambda q: "a", threshold=bad),
     )
     assert filled.threshold == 0.8
+
+
+def test_complex_vectors_are_refused_not_cut_to_their_real_part(filled: SemanticCache) -> None:
+    vector = FakeEmbedder().vector("alpha beta gamma").astype(np.complex128) * (1 + 1j)
+    for given in (vector, list(vector)):
+        refused(filled, InvalidVectorError, partial(filled.store, "new query", given, "r"))
+        refused(filled, InvalidVectorError, partial(filled.find_similar, given))
+        refused(filled, InvalidVectorError, partial(filled.search_vector, given))
+    refused(
+        filled,
+        InvalidVectorError,
+        lambda: filled.store_many(["a1", "a2"], ["1", "2"], embeddings=np.stack([vector] * 2)),
+    )
+
+
+@pytest.mark.parametrize("k", [0, -1, MAX_K + 1, 2.5, "3", None, True])
+def test_search_k_outside_one_to_max_k(filled: SemanticCache, k: Any) -> None:
+    vector = FakeEmbedder().vector("alpha beta gamma")
+    with pytest.raises(InvalidInputError, match="k must be an int"):
+        filled.search("alpha beta gamma", k=k)
+    with pytest.raises(InvalidInputError, match="k must be an int"):
+        filled.search_vector(vector, k=k)
+    assert len(filled.search("alpha beta gamma", k=MAX_K)) == 3
+
+
+# -- other arguments ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"busy_timeout": float("nan")},
+        {"busy_timeout": float("inf")},
+        {"busy_timeout": -1},
+        {"busy_timeout": "x"},
+        {"max_query_chars": None},
+        {"max_query_chars": 0},
+        {"max_query_chars": "x"},
+        {"embedder": "local"},
+        {"embedder": object()},
+        {"policy": "strict"},
+        {"path": None},
+        {"path": 5},
+    ],
+)
+def test_bad_constructor_arguments(db_path: Path, options: dict[str, Any]) -> None:
+    arguments: dict[str, Any] = {"path": db_path, "embedder": FakeEmbedder(), **options}
+    with pytest.raises(InvalidInputError, match=next(iter(options))):
+        SemanticCache(**arguments)
+    assert not db_path.exists()
+
+
+@pytest.mark.parametrize(
+    "options", [{"embed_timeout": "1"}, {"coalesce_timeout": float("inf")}, {"embed_timeout": 0}]
+)
+def test_bad_fallback_policy_arguments(options: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInputError, match=next(iter(options))):
+        FallbackPolicy(**options)
+
+
+@pytest.mark.parametrize("entry_id", [2**63, -(2**63) - 1, "1", None, 1.5, True])
+def test_entry_ids_that_are_not_sqlite_integers(filled: SemanticCache, entry_id: Any) -> None:
+    refused(filled, InvalidInputError, lambda: filled.get(entry_id))
+    refused(filled, InvalidInputError, lambda: filled.delete(entry_id))
+    refused(filled, InvalidInputError, lambda: filled.update(entry_id, response="r"))
+    refused(filled, InvalidInputError, lambda: filled.feedback(entry_id, True))
+    if entry_id is not None:  # None: no version check
+        update = partial(filled.update, 1, response="r", expected_version=entry_id)
+        refused(filled, InvalidInputError, update)
+    assert filled.get(np.int64(1)).response == "1"  # numpy integers are ints
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"score": float("nan")}, {"x": float("inf")}, {"when": object()}, [("a", 1), 3], "text"],
+)
+def test_metadata_json_cannot_hold(filled: SemanticCache, metadata: Any) -> None:
+    refused(filled, InvalidInputError, lambda: filled.store("new q", None, "r", metadata=metadata))
+    refused(
+        filled,
+        InvalidInputError,
+        lambda: filled.store_many(["n1", "n2"], ["1", "2"], metadata=metadata),
+    )
+    refused(filled, InvalidInputError, lambda: filled.update(1, metadata=metadata))
+    with pytest.raises(InvalidInputError, match="metadata"):
+        filled.store("new q", None, "r", metadata=metadata)
+
+
+def test_store_many_refuses_a_str_where_texts_are_expected(filled: SemanticCache) -> None:
+    refused(filled, InvalidInputError, lambda: filled.store_many("abc", "xyz"))
+    refused(filled, InvalidInputError, lambda: filled.store_many(["a", "b"], "xy"))
+    bad_size: Any = "x"
+    refused(filled, InvalidInputError, lambda: filled.store_many(["a"], ["1"], batch_size=bad_size))
+    refused(filled, InvalidInputError, lambda: filled.store_many(["a"], ["1"], batch_size=0))
+    vectors = (FakeEmbedder().vector(q) for q in ("a", "b"))
+    refused(
+        filled,
+        InvalidVectorError,
+        lambda: filled.store_many(["a", "b"], ["1", "2"], embeddings=vectors),
+    )
+    assert len(filled.store_many(("t1", "t2"), ("1", "2"))) == 2  # any other sequence
+
+
+class NaNFor(FakeEmbedder):
+    """Returns NaN for queries that contain "poison"."""
+
+    def embed(self, texts: Any) -> Any:
+        matrix = np.array(super().embed(texts))
+        matrix[["poison" in t for t in texts]] = np.nan
+        return matrix
+
+
+def test_store_many_embedder_failure_in_a_later_batch_says_what_was_stored(
+    db_path: Path,
+) -> None:
+    with SemanticCache(db_path, embedder=NaNFor()) as cache:
+        queries = ["one alpha", "two beta", "three poison", "four delta"]
+        with pytest.raises(EmbedderResponseError, match=r"\(2 of the 4 entries.*stayed stored"):
+            cache.store_many(queries, ["r"] * 4, batch_size=2)
+        assert sorted(e.query for e in cache._store.iter_entries()) == ["one alpha", "two beta"]
+        with pytest.raises(EmbedderResponseError) as first_batch:
+            cache.store_many(["five poison", "six"], ["r", "r"], batch_size=2)
+        assert "stayed stored" not in str(first_batch.value)  # nothing was stored
 
 
 # -- files that are not (good) cache files ---------------------------------------------
