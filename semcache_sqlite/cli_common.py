@@ -32,7 +32,7 @@ from .errors import (
     SemCacheError,
     UpgradeRequiredError,
 )
-from .migrate import check_file_identity, check_not_newer, migrate
+from .migrate import check_file_identity, check_not_newer, check_openable, migrate
 from .store import EntryRow, Store
 
 if TYPE_CHECKING:
@@ -146,25 +146,29 @@ def _check_path(path: str) -> Path:
 def open_existing(path: str, *, upgrade: bool = False) -> Database:
     """Open a cache file that must already exist (never create one).
 
-    Refuses files that are not semcache caches or are newer than this code.
-    ``upgrade=True`` (commands that write) applies pending migrations.
+    Refuses files that are not semcache caches or are newer than this code, before
+    anything changes the file. ``upgrade=True`` (commands that write) applies pending
+    migrations.
     """
     _check_path(path)
-    db = Database(path)
+    db = Database(path, check_file=_check_existing)
     try:
-        with db.reading() as conn:
-            check_file_identity(conn, path)
-            if check_not_newer(conn, path) == 0:
-                raise NotACacheFileError(
-                    f"{path}: an empty SQLite file, not a semcache-sqlite cache "
-                    "(`semcache migrate` turns it into an empty cache)"
-                )
+        db.connection()  # the first connection runs _check_existing before any setup
         if upgrade:
             upgrade_file(db)
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _check_existing(conn: Any, path: str) -> None:
+    check_file_identity(conn, path)
+    if check_not_newer(conn, path) == 0:
+        raise NotACacheFileError(
+            f"{path}: an empty SQLite file, not a semcache-sqlite cache "
+            "(`semcache migrate` turns it into an empty cache)"
+        )
 
 
 def upgrade_file(db: Database) -> None:
@@ -180,7 +184,7 @@ def open_or_create(path: str) -> Database:
     parent = Path(path).parent
     if not parent.is_dir():
         raise CliError(f"{path}: directory {parent} does not exist", EXIT_ERROR)
-    db = Database(path)
+    db = Database(path, check_file=check_openable)
     try:
         upgrade_file(db)
     except BaseException:

@@ -125,6 +125,33 @@ def test_other_programs_file_and_newer_schema_are_refused(tmp_path: Path) -> Non
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
     assert "semcache migrate" in fake_cli().run("ls", empty, expect=5).stderr
+    assert empty.read_bytes() == b""  # refused before WAL mode could write a header
+
+
+def test_refused_files_in_rollback_journal_mode_stay_byte_identical(
+    refused_files: dict[str, Path],
+) -> None:
+    """Every command refuses them (exit 5) before anything switches them to WAL mode."""
+    before = {name: path.read_bytes() for name, path in refused_files.items()}
+    commands = [
+        ["stats"],
+        ["ls"],
+        ["show", "1"],
+        ["export"],
+        ["doctor"],
+        ["get", "alpha"],
+        ["search", "alpha"],
+        ["put", "q", "r"],
+        ["rm", "1"],
+        ["vacuum"],
+        ["migrate"],
+    ]
+    for name, path in refused_files.items():
+        for command in commands:
+            fake_cli().run(command[0], path, *command[1:], expect=5)
+            assert path.read_bytes() == before[name], (name, command)
+    folder = next(iter(refused_files.values())).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["newer.db", "other.db"]  # no -wal/-shm
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

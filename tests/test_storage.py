@@ -23,7 +23,13 @@ from semcache_sqlite import (
 )
 from semcache_sqlite import migrate as migrate_module
 from semcache_sqlite.db import DEFAULT_MMAP_SIZE, Database
-from semcache_sqlite.migrate import APPLICATION_ID, Migration, latest_version, migrate
+from semcache_sqlite.migrate import (
+    APPLICATION_ID,
+    Migration,
+    check_openable,
+    latest_version,
+    migrate,
+)
 
 TESTS_DIR = Path(__file__).parent
 
@@ -95,6 +101,23 @@ def test_newer_schema_refused_and_file_untouched(db_path: Path) -> None:
     with pytest.raises(SchemaTooNewError, match="newer semcache-sqlite"):
         SemanticCache(db_path, embedder=FakeEmbedder())
     assert db_path.read_bytes() == before
+
+
+def test_refused_files_in_rollback_journal_mode_stay_byte_identical(
+    refused_files: dict[str, Path],
+) -> None:
+    """The refusal comes before anything (WAL mode, page size) touches the file."""
+    errors = {"other": NotACacheFileError, "newer": SchemaTooNewError}
+    before = {name: path.read_bytes() for name, path in refused_files.items()}
+    for name, path in refused_files.items():
+        for read_only in (False, True):
+            with pytest.raises(errors[name]):
+                SemanticCache(path, embedder=FakeEmbedder(), read_only=read_only)
+        with pytest.raises(errors[name]):
+            migrate(Database(path, check_file=check_openable))
+        assert path.read_bytes() == before[name], name
+    folder = next(iter(refused_files.values())).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["newer.db", "other.db"]  # no -wal/-shm
 
 
 def test_not_sqlite_file_refused(db_path: Path) -> None:
