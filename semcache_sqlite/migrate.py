@@ -101,7 +101,7 @@ def check_not_newer(conn: Any, path: str) -> int:
     if version > latest:
         raise SchemaTooNewError(
             f"{path}: schema version {version} was written by a newer semcache-sqlite; this "
-            f"version understands up to {latest}. Upgrade with `pip install -U semcache-sqlite`."
+            f"version understands up to {latest}. Upgrade semcache-sqlite to open it."
         )
     return version
 

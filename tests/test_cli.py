@@ -122,6 +122,7 @@ def test_other_programs_file_and_newer_schema_are_refused(tmp_path: Path) -> Non
         conn.commit()
     result = fake_cli().run("stats", newer, expect=5)
     assert "newer semcache-sqlite" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "Upgrade semcache-sqlite" in result.stderr and "pip install" not in result.stderr
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
     assert "semcache migrate" in fake_cli().run("ls", empty, expect=5).stderr
