@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from .db import Database
+from .db import Database, writability_problem
 from .embedders import LOCAL_MODEL_ID, Embedder, LocalEmbedder, OpenAIEmbedder
 from .errors import (
     EmbedderMismatchError,
@@ -148,10 +148,12 @@ def open_existing(path: str, *, upgrade: bool = False) -> Database:
 
     Refuses files that are not semcache caches or are newer than this code, before
     anything changes the file. ``upgrade=True`` (commands that write) applies pending
-    migrations.
+    migrations. Otherwise (commands that only read), a file that cannot be written here
+    (a read-only file, directory or mount) is opened as ``read_only=True`` opens it.
     """
     _check_path(path)
-    db = Database(path, check_file=_check_existing)
+    read_only = not upgrade and writability_problem(path) is not None
+    db = Database(path, read_only=read_only, check_file=_check_existing)
     try:
         db.connection()  # the first connection runs _check_existing before any setup
         if upgrade:
