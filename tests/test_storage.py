@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -279,6 +280,16 @@ def test_stock_sqlite3_shell_reads_entries_without_extension(cache: SemanticCach
         "64",
     )
     assert timestamp.endswith("Z") and timestamp[:2] == "20"
+    # README's sample of namespace_stats: its SQL runs, and prints as many columns as shown.
+    readme = (TESTS_DIR.parent / "README.md").read_text(encoding="utf-8")
+    sample = re.search(r'\$ sqlite3 \S+ "(select [^"]* from namespace_stats)"\n(.*)\n', readme)
+    assert sample is not None, "README's namespace_stats sample is gone"
+    assert cache.lookup("shell visible query", user_id="u1") is not None  # a hit
+    assert cache.lookup("nothing like it at all") is None  # a miss
+    done = subprocess.run(
+        [shell, str(cache.path), sample.group(1)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip().count("|") == sample.group(2).count("|"), done.stdout
 
 
 def test_stdlib_driver_used_when_it_can_load_extensions(db_path: Path) -> None:
