@@ -49,7 +49,7 @@ from .errors import EmbedderResponseError, InvalidInputError, SemCacheError
 from .fallback import FallbackMixin, FallbackPolicy, prepare, run_find_similar, run_lookup
 from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, check_write_options
 from .llms import LLMFunction, llm_cache_context
-from .migrate import check_current, migrate
+from .migrate import check_current, check_openable, migrate
 from .prompts import Prompt
 from .quality import GuardConfig, GuardsArgument, Verifier, check_band, parse_guards
 from .quality_store import (
@@ -180,7 +180,11 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         self.context = context
         self.max_query_chars = check_int(max_query_chars, "max_query_chars", minimum=1)
         self._db = Database(
-            path, busy_timeout=busy_timeout, read_only=read_only, mmap_size=mmap_size
+            path,
+            busy_timeout=busy_timeout,
+            read_only=read_only,
+            mmap_size=mmap_size,
+            check_file=check_openable,
         )
         try:
             self._store = Store(self._db, clock=clock, lifecycle=lifecycle)

@@ -167,11 +167,9 @@ def demo(
     llm = None
     if base_url or api_key or model:
         llm = OpenAIChat(model, api_key=api_key, base_url=base_url)
-    try:
-        with SemanticCache(db_path, threshold=threshold) as cache:
-            run_demo(cache, llm, echo=click.echo)
-    except SemCacheError as exc:
-        raise click.ClickException(str(exc)) from exc
+    # A SemCacheError goes to the group, which maps it to the exit code table (2, 5, 6).
+    with SemanticCache(db_path, threshold=threshold) as cache:
+        run_demo(cache, llm, echo=click.echo)
 
 
 from . import cli_quality  # noqa: E402, F401  (registers `evaluate` and `calibrate`)

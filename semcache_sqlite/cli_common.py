@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from .db import Database
+from .db import Database, writability_problem
 from .embedders import LOCAL_MODEL_ID, Embedder, LocalEmbedder, OpenAIEmbedder
 from .errors import (
     EmbedderMismatchError,
@@ -32,7 +32,7 @@ from .errors import (
     SemCacheError,
     UpgradeRequiredError,
 )
-from .migrate import check_file_identity, check_not_newer, migrate
+from .migrate import check_file_identity, check_not_newer, check_openable, migrate
 from .store import EntryRow, Store
 from .validation import SQLITE_INT_MAX, SQLITE_INT_MIN, check_metadata
 
@@ -153,25 +153,31 @@ def _check_path(path: str) -> Path:
 def open_existing(path: str, *, upgrade: bool = False) -> Database:
     """Open a cache file that must already exist (never create one).
 
-    Refuses files that are not semcache caches or are newer than this code.
-    ``upgrade=True`` (commands that write) applies pending migrations.
+    Refuses files that are not semcache caches or are newer than this code, before
+    anything changes the file. ``upgrade=True`` (commands that write) applies pending
+    migrations. Otherwise (commands that only read), a file that cannot be written here
+    (a read-only file, directory or mount) is opened as ``read_only=True`` opens it.
     """
     _check_path(path)
-    db = Database(path)
+    read_only = not upgrade and writability_problem(path) is not None
+    db = Database(path, read_only=read_only, check_file=_check_existing)
     try:
-        with db.reading() as conn:
-            check_file_identity(conn, path)
-            if check_not_newer(conn, path) == 0:
-                raise NotACacheFileError(
-                    f"{path}: an empty SQLite file, not a semcache-sqlite cache "
-                    "(`semcache migrate` turns it into an empty cache)"
-                )
+        db.connection()  # the first connection runs _check_existing before any setup
         if upgrade:
             upgrade_file(db)
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _check_existing(conn: Any, path: str) -> None:
+    check_file_identity(conn, path)
+    if check_not_newer(conn, path) == 0:
+        raise NotACacheFileError(
+            f"{path}: an empty SQLite file, not a semcache-sqlite cache "
+            "(`semcache migrate` turns it into an empty cache)"
+        )
 
 
 def upgrade_file(db: Database) -> None:
@@ -187,7 +193,7 @@ def open_or_create(path: str) -> Database:
     parent = Path(path).parent
     if not parent.is_dir():
         raise CliError(f"{path}: directory {parent} does not exist", EXIT_ERROR)
-    db = Database(path)
+    db = Database(path, check_file=check_openable)
     try:
         upgrade_file(db)
     except BaseException:

@@ -48,7 +48,7 @@ from .cli_common import (
 from .db import Database
 from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from .lifecycle import EVICTION_POLICIES, ON_DUPLICATE_CHOICES, UNSET, Unset
-from .migrate import APPLICATION_ID, latest_version, schema_version
+from .migrate import APPLICATION_ID, check_openable, latest_version, schema_version
 from .reembed import run_reembed
 from .store import Store
 from .validation import check_scope_name
@@ -286,7 +286,7 @@ def migrate(state: CliState, db: str) -> None:
     existed = Path(db).exists()
     before = 0
     if existed:
-        probe = Database(db)
+        probe = Database(db, check_file=check_openable)  # refused before WAL mode
         try:
             with probe.reading() as conn:
                 before = schema_version(conn)

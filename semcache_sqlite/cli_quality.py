@@ -21,6 +21,7 @@ import numpy as np
 
 from .cache import SemanticCache
 from .cli import cli
+from .cli_common import CliState, pass_state, progress
 from .combiner import SignalTable, fit_weights
 from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from .errors import SemCacheError
@@ -124,21 +125,19 @@ def _data_path(data: str | None) -> Path:
     return path
 
 
-def _progress(done: int, total: int) -> None:
-    click.echo(f"\rembedding {done:,}/{total:,} texts", nl=done >= total, err=True)
-
-
 def _simulate(
-    loaded: LoadedPairs, embedder: Embedder, cache_dir: str, scoring: str
+    state: CliState, loaded: LoadedPairs, embedder: Embedder, cache_dir: str, scoring: str
 ) -> tuple[Simulation, PairMetrics | None]:
     pairs = loaded.pairs
-    embedded = embed_texts(
-        [t for p in pairs for t in (p.text_a, p.text_b)],
-        embedder,
-        cache_dir or None,
-        superset=loaded.all_texts,
-        progress=_progress,
-    )
+    # The shared progress bar: only on a terminal, off with -q (README "The `semcache` command").
+    with progress(state, "embedding texts", None) as bar:
+        embedded = embed_texts(
+            [t for p in pairs for t in (p.text_a, p.text_b)],
+            embedder,
+            cache_dir or None,
+            superset=loaded.all_texts,
+            progress=bar.set_done,
+        )
     labels = np.array([p.label for p in pairs], dtype=bool)
     metrics = None
     if labels.any() and not labels.all():
@@ -201,7 +200,9 @@ def _print_table(curves: dict[str, list[SimulationRow]]) -> None:
     help="Where to write the chart ('' for none).",
 )
 @_embedder_options
+@pass_state
 def evaluate(
+    state: CliState,
     data: str | None,
     limit: int | None,
     seed: int,
@@ -236,7 +237,7 @@ def evaluate(
                 keep = sorted(random.Random(seed).sample(range(len(part)), limit))
                 part = [part[i] for i in keep]
             loaded = replace(loaded, pairs=part, name=f"{loaded.name} (held-out half)")
-        sim, metrics = _simulate(loaded, embedder, embedding_cache, scoring)
+        sim, metrics = _simulate(state, loaded, embedder, embedding_cache, scoring)
     except SemCacheError as exc:
         raise click.ClickException(str(exc)) from exc
     positives = sum(p.label for p in loaded.pairs)
@@ -335,7 +336,9 @@ def _feedback_simulation(cache: SemanticCache, namespace: str | None) -> Simulat
 @click.option("--dry-run", is_flag=True, help="Show the choice, store nothing.")
 @click.option("--clear", is_flag=True, help="Remove the stored calibration and exit.")
 @_embedder_options
+@pass_state
 def calibrate(
+    state: CliState,
     db_path: str,
     data: str | None,
     limit: int | None,
@@ -381,7 +384,7 @@ def calibrate(
                 size: dict[str, int | None] = {"feedback_rows": len(sim.probes)}
             else:
                 loaded = load_pairs(_data_path(data), limit, seed)
-                sim, _ = _simulate(loaded, embedder, embedding_cache, scoring)
+                sim, _ = _simulate(state, loaded, embedder, embedding_cache, scoring)
                 source = loaded.name
                 size = {"pairs": len(loaded.pairs), "limit": limit, "seed": seed}
             stored = cache.calibration(namespace)

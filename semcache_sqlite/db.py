@@ -23,6 +23,11 @@ WAL or writes anything; a write raises ReadOnlyError. When the directory cannot
 hold the ``-shm`` file SQLite needs for a WAL-mode file, and no ``-wal`` file is
 there (so the main file holds every committed transaction), the file is opened
 ``immutable=1`` instead: SQLite then assumes nobody changes it while it is open.
+
+``check_file`` (the caller's test that the file is one it may use, e.g. not another
+program's file nor one of a newer schema) runs on the first connection before
+anything is set up: switching a file to WAL rewrites its header and leaves -wal/-shm
+files, so a file refused afterwards would no longer be the file it was.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +242,9 @@ class _ThreadConnection:
 #: Page size of new files (see ``Database._open``).
 PAGE_SIZE = 8192
 
+#: ``check_file(conn, path)``: raises to refuse the file (see the module docstring).
+FileCheck = Callable[[Any, str], object]
+
 
 class Database:
     """One SQLite file, one connection per thread, explicit write transactions.
@@ -254,6 +262,7 @@ class Database:
         driver: str | None = None,
         read_only: bool = False,
         mmap_size: int = DEFAULT_MMAP_SIZE,
+        check_file: FileCheck | None = None,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidInputError(f"path must be a str or os.PathLike, got {path!r}")
@@ -263,6 +272,7 @@ class Database:
         self.driver = select_driver(driver)
         self.read_only = bool(read_only)
         self.wal_limit_bytes = WAL_LIMIT_BYTES
+        self._check_file = check_file  # None once it passed: the first connection runs it
         self._local = threading.local()
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -293,6 +303,7 @@ class Database:
         conn = self._connect(self.path, uri=False)
         try:
             self._setup(conn)
+            self._run_check_file(conn)  # before the PRAGMAs below can change the file
             # Takes effect only while the file is still empty (ignored afterwards): an
             # exact 384-d vector is a 1.5 KB row, two per 4 KiB page (~2 KB each) but
             # five per 8 KiB page (~1.6 KB each).
@@ -302,7 +313,18 @@ class Database:
         except self.driver.Error as exc:
             conn.close()
             raise translate_error(exc, self.path) from exc
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _run_check_file(self, conn: Any) -> None:
+        """The caller's ``check_file``, once per Database (a refusal raises, and the next
+        open runs it again)."""
+        check = self._check_file
+        if check is not None:
+            check(conn, self.path)
+            self._check_file = None
 
     def _set_wal(self, conn: Any) -> None:
         """``PRAGMA journal_mode = WAL``, retried until the busy timeout.
@@ -336,6 +358,17 @@ class Database:
         conn.execute(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
 
     def _open_read_only(self) -> Any:
+        conn = self._connect_read_only()
+        try:
+            self._run_check_file(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, self.driver.Error):
+                raise translate_error(exc, self.path) from exc
+            raise
+        return conn
+
+    def _connect_read_only(self) -> Any:
         """``mode=ro`` (no WAL setup, no writes); ``immutable=1`` where -shm cannot exist."""
         file = Path(self.path)
         if not file.is_file():

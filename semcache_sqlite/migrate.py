@@ -9,7 +9,8 @@ Statements are executed one by one (never ``executescript()``, which commits).
 
 A file whose ``user_version`` is above the newest known migration was written by
 a newer semcache-sqlite and is refused. A SQLite file that carries another
-program's tables (or application_id) is refused too, so we never write into it.
+program's tables (or application_id) is refused too, so we never write into it:
+``check_openable`` is the ``check_file`` a Database runs before it sets the file up.
 """
 
 from __future__ import annotations
@@ -100,9 +101,16 @@ def check_not_newer(conn: Any, path: str) -> int:
     if version > latest:
         raise SchemaTooNewError(
             f"{path}: schema version {version} was written by a newer semcache-sqlite; this "
-            f"version understands up to {latest}. Upgrade with `pip install -U semcache-sqlite`."
+            f"version understands up to {latest}. Upgrade semcache-sqlite to open it."
         )
     return version
+
+
+def check_openable(conn: Any, path: str) -> None:
+    """Refuse another program's file or a newer one; ``Database(check_file=...)`` runs it
+    before anything (WAL mode included) changes the file."""
+    check_file_identity(conn, path)
+    check_not_newer(conn, path)
 
 
 def migrate(db: Database, target: int | None = None) -> int:

@@ -175,7 +175,7 @@ def _parse_header(obj: dict[str, Any]) -> ExportHeader:
     if version > EXPORT_FORMAT:
         raise LineError(
             f"header: export format {version} is newer than this semcache-sqlite understands "
-            f"({EXPORT_FORMAT}); upgrade with `pip install -U semcache-sqlite`"
+            f"({EXPORT_FORMAT}); upgrade semcache-sqlite to import it"
         )
     model, dim = obj.get("embedding_model"), obj.get("embedding_dim")
     if model is not None and not isinstance(model, str):

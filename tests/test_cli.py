@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -122,9 +123,76 @@ def test_other_programs_file_and_newer_schema_are_refused(tmp_path: Path) -> Non
         conn.commit()
     result = fake_cli().run("stats", newer, expect=5)
     assert "newer semcache-sqlite" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "Upgrade semcache-sqlite" in result.stderr and "pip install" not in result.stderr
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
     assert "semcache migrate" in fake_cli().run("ls", empty, expect=5).stderr
+    assert empty.read_bytes() == b""  # refused before WAL mode could write a header
+
+
+def test_refused_files_in_rollback_journal_mode_stay_byte_identical(
+    refused_files: dict[str, Path],
+) -> None:
+    """Every command refuses them (exit 5) before anything switches them to WAL mode."""
+    before = {name: path.read_bytes() for name, path in refused_files.items()}
+    commands = [
+        ["stats"],
+        ["ls"],
+        ["show", "1"],
+        ["export"],
+        ["doctor"],
+        ["get", "alpha"],
+        ["search", "alpha"],
+        ["put", "q", "r"],
+        ["rm", "1"],
+        ["vacuum"],
+        ["migrate"],
+    ]
+    for name, path in refused_files.items():
+        for command in commands:
+            fake_cli().run(command[0], path, *command[1:], expect=5)
+            assert path.read_bytes() == before[name], (name, command)
+    folder = next(iter(refused_files.values())).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["newer.db", "other.db"]  # no -wal/-shm
+
+
+def test_read_commands_work_on_a_file_that_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pre-warmed file shipped read-only: the reading commands open it as read_only=True
+    does. chmod makes file and directory read-only for real unless we run as root, which
+    chmod does not stop; os.access, which the writability check asks, then says so too."""
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    db = folder / "c.db"
+    cli = fake_cli()
+    write_jsonl(tmp_path / "faq.jsonl", FAQ)
+    cli.run("warm", db, tmp_path / "faq.jsonl")
+    before = db.read_bytes()
+    real_access = os.access
+
+    def access(path: Any, mode: int, **kwargs: Any) -> bool:
+        if mode & os.W_OK and Path(path) in (db, folder):
+            return False
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    db.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        assert cli.json("stats", db)["entries"] == len(FAQ)
+        assert cli.json("ls", db)["total"] == len(FAQ)
+        assert cli.json("show", db, "1")["query"] == FAQ[0]["query"]
+        assert cli.run("export", db).stdout.count("\n") == len(FAQ) + 1  # header + entries
+        assert cli.json("doctor", db)["ok"] is True
+        assert cli.run("get", db, FAQ[0]["query"]).stdout == FAQ[0]["response"] + "\n"
+        assert cli.json("search", db, FAQ[0]["query"])["lookup"]["hit"] is True
+        refused = cli.run("put", db, "new question", "new answer", expect=1)
+        assert "read-only" in refused.stderr
+    finally:
+        folder.chmod(0o755)
+        db.chmod(0o644)
+    assert db.read_bytes() == before
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

@@ -310,7 +310,9 @@ def test_import_times_at_the_ends_of_the_range_stay_readable(tmp_path: Path) -> 
 
 def test_import_newer_export_format_refused(tmp_path: Path) -> None:
     dump = write_jsonl(tmp_path / "d.jsonl", ['{"semcache_export": 99}', FAQ[0]])
-    assert "newer" in fake_cli().run("import", tmp_path / "t.db", dump, expect=2).stderr
+    refused = fake_cli().run("import", tmp_path / "t.db", dump, expect=2).stderr
+    assert "newer" in refused and "upgrade semcache-sqlite" in refused
+    assert "pip install" not in refused  # installed from source: no PyPI package to name
 
 
 class _FailingOnSecondCall(FakeEmbedder):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clitools import Cli
+from fakes import FakeEmbedder
 from openai_server import OpenAIServer
 
 from semcache_sqlite import SemanticCache
@@ -25,6 +27,19 @@ def _demo(db: Path, env_extra: dict[str, str]) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def test_demo_errors_exit_with_the_documented_codes(tmp_path: Path) -> None:
+    cli = Cli()
+    bad = cli.run("demo", "--db", tmp_path / "t.db", "--threshold", "2", expect=2)
+    assert "threshold" in bad.stderr
+    not_sqlite = tmp_path / "notes.db"
+    not_sqlite.write_text("not a database\n" * 100, encoding="utf-8")
+    assert "not a usable SQLite file" in cli.run("demo", "--db", not_sqlite, expect=5).stderr
+    other_model = tmp_path / "other-model.db"
+    with SemanticCache(other_model, embedder=FakeEmbedder()) as cache:
+        cache.store("alpha", None, "a")
+    assert "fake-bow-64" in cli.run("demo", "--db", other_model, expect=6).stderr
 
 
 def test_demo_offline_twice(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from fakes import FakeEmbedder
 
-from semcache_sqlite import InvalidInputError, LocalEmbedder, SemanticCache
+from semcache_sqlite import InvalidInputError, LocalEmbedder, SemanticCache, cli_common
 from semcache_sqlite.cli import cli
 from semcache_sqlite.evaluation import (
     choose_threshold,
@@ -221,6 +221,25 @@ def test_calibrate_from_feedback(tmp_path: Path) -> None:
         served = [r for r in rows if r.similarity is not None and r.similarity >= stored.threshold]
         assert served and all(r.correct for r in served)  # precision 1.0 above it
         assert stored.figures["feedback_rows"] == len(PAIRS)
+
+
+def test_evaluate_and_calibrate_progress_only_on_a_terminal_and_not_with_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _write_jsonl(tmp_path / "labelled.jsonl", PAIRS)
+    evaluate = ["evaluate", str(data), "--svg", "", "--embedding-cache", ""]
+    calibrate = ["calibrate", str(tmp_path / "c.db"), str(data), "--embedding-cache", ""]
+    calibrate += ["--no-guards", "--dry-run"]
+    runner = CliRunner()
+    for args in (evaluate, calibrate):
+        piped = runner.invoke(cli, args)  # CliRunner's stderr is not a terminal
+        assert piped.exit_code == 0 and "embedding" not in piped.stderr, piped.stderr
+    monkeypatch.setattr(cli_common, "_stderr_is_tty", lambda: True)
+    for args in (evaluate, calibrate):
+        shown = runner.invoke(cli, args)
+        assert shown.exit_code == 0 and "embedding texts" in shown.stderr, shown.stderr
+        quiet = runner.invoke(cli, ["-q", *args])
+        assert quiet.exit_code == 0 and "embedding" not in quiet.stderr, quiet.stderr
 
 
 def test_evaluate_prints_table_and_writes_svg(tmp_path: Path) -> None:

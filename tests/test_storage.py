@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,13 @@ from semcache_sqlite import (
 )
 from semcache_sqlite import migrate as migrate_module
 from semcache_sqlite.db import DEFAULT_MMAP_SIZE, Database
-from semcache_sqlite.migrate import APPLICATION_ID, Migration, latest_version, migrate
+from semcache_sqlite.migrate import (
+    APPLICATION_ID,
+    Migration,
+    check_openable,
+    latest_version,
+    migrate,
+)
 
 TESTS_DIR = Path(__file__).parent
 
@@ -95,6 +102,23 @@ def test_newer_schema_refused_and_file_untouched(db_path: Path) -> None:
     with pytest.raises(SchemaTooNewError, match="newer semcache-sqlite"):
         SemanticCache(db_path, embedder=FakeEmbedder())
     assert db_path.read_bytes() == before
+
+
+def test_refused_files_in_rollback_journal_mode_stay_byte_identical(
+    refused_files: dict[str, Path],
+) -> None:
+    """The refusal comes before anything (WAL mode, page size) touches the file."""
+    errors = {"other": NotACacheFileError, "newer": SchemaTooNewError}
+    before = {name: path.read_bytes() for name, path in refused_files.items()}
+    for name, path in refused_files.items():
+        for read_only in (False, True):
+            with pytest.raises(errors[name]):
+                SemanticCache(path, embedder=FakeEmbedder(), read_only=read_only)
+        with pytest.raises(errors[name]):
+            migrate(Database(path, check_file=check_openable))
+        assert path.read_bytes() == before[name], name
+    folder = next(iter(refused_files.values())).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["newer.db", "other.db"]  # no -wal/-shm
 
 
 def test_not_sqlite_file_refused(db_path: Path) -> None:
@@ -256,6 +280,16 @@ def test_stock_sqlite3_shell_reads_entries_without_extension(cache: SemanticCach
         "64",
     )
     assert timestamp.endswith("Z") and timestamp[:2] == "20"
+    # README's sample of namespace_stats: its SQL runs, and prints as many columns as shown.
+    readme = (TESTS_DIR.parent / "README.md").read_text(encoding="utf-8")
+    sample = re.search(r'\$ sqlite3 \S+ "(select [^"]* from namespace_stats)"\n(.*)\n', readme)
+    assert sample is not None, "README's namespace_stats sample is gone"
+    assert cache.lookup("shell visible query", user_id="u1") is not None  # a hit
+    assert cache.lookup("nothing like it at all") is None  # a miss
+    done = subprocess.run(
+        [shell, str(cache.path), sample.group(1)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip().count("|") == sample.group(2).count("|"), done.stdout
 
 
 def test_stdlib_driver_used_when_it_can_load_extensions(db_path: Path) -> None:
