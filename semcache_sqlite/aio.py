@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .errors import EmbedderError, EmbedderTimeoutError, InvalidQueryError
+from .errors import EmbedderError, EmbedderTimeoutError
 from .fallback import (
     Found,
     Request,
@@ -40,7 +40,7 @@ from .fallback import (
     conclude_hit,
     conclude_miss_without_llm,
     embed_failed,
-    embedder_failure,
+    embedder_errors,
     prepare,
     store_answer,
 )
@@ -64,27 +64,25 @@ async def aembed_query(cache: SemanticCache, query: str) -> FloatVector:
     """Embed one query without blocking the loop, within the policy's deadline."""
     aembed = getattr(cache.embedder, "aembed", None)
     timeout = cache.policy.embed_timeout
+
+    async def embed() -> Any:
+        # Typed here, inside the deadline: the embedder's own TimeoutError (a
+        # socket.timeout, say) becomes an EmbedderTimeoutError, never taken for ours.
+        with embedder_errors():
+            if callable(aembed):
+                return await aembed([query])
+            return await asyncio.to_thread(cache.embedder.embed, [query])
+
     try:
-        if callable(aembed):
-            pending = aembed([query])
-        else:
-            pending = asyncio.to_thread(cache.embedder.embed, [query])
-        try:
-            matrix = await asyncio.wait_for(pending, timeout)
-        except asyncio.TimeoutError as exc:
-            if isinstance(exc, EmbedderError):  # the embedder's own timeout, already typed
-                raise
-            raise EmbedderTimeoutError(
-                f"the embedder did not answer within the {timeout:g} s deadline"
-            ) from exc
-        return checked_vector(cache, matrix)
-    except InvalidQueryError:
-        raise
-    except Exception as exc:
-        error = embedder_failure(exc)
-        if error is exc:
+        matrix = await asyncio.wait_for(embed(), timeout)
+    except asyncio.TimeoutError as exc:
+        if isinstance(exc, EmbedderError):  # the embedder's own timeout, typed in embed()
             raise
-        raise error from exc
+        raise EmbedderTimeoutError(
+            f"the embedder did not answer within the {timeout:g} s deadline"
+        ) from exc
+    with embedder_errors():
+        return checked_vector(cache, matrix)
 
 
 async def afind(cache: SemanticCache, req: Request, *, fail_open: bool) -> Found:

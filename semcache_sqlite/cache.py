@@ -46,7 +46,15 @@ from .db import DEFAULT_BUSY_TIMEOUT, DEFAULT_MMAP_SIZE, Database
 from .decision import CacheEntry, Judgement, LookupResult, judge
 from .embedders import Embedder, LocalEmbedder
 from .errors import EmbedderResponseError, InvalidInputError
-from .fallback import FallbackMixin, FallbackPolicy, prepare, run_find_similar, run_lookup
+from .fallback import (
+    FallbackMixin,
+    FallbackPolicy,
+    checked_vector,
+    embedder_errors,
+    prepare,
+    run_find_similar,
+    run_lookup,
+)
 from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, check_write_options
 from .llms import LLMFunction, llm_cache_context
 from .migrate import check_current, migrate
@@ -255,8 +263,10 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         )
 
     def _embed_one(self, query: str) -> FloatVector:
-        matrix = self.embedder.embed([query])
-        return as_unit_vector(matrix[0] if len(matrix) else matrix, self.embedder.dim)
+        """Embed one query (search, update, forget_similar); a failure or an unusable
+        vector is the embedder's fault, typed so, as in lookups."""
+        with embedder_errors():
+            return checked_vector(self, self.embedder.embed([query]))
 
     # -- lookups -----------------------------------------------------------------
 
@@ -523,12 +533,15 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         return [i for i in ids if i is not None]
 
     def _embed_rows(self, texts: list[str]) -> FloatMatrix:
-        """Embed texts for storing; an unusable vector is the embedder's fault, typed so."""
-        matrix = self.embedder.embed(texts)
-        try:
-            return as_unit_matrix(matrix, self.embedder.dim, len(texts))
-        except InvalidInputError as exc:
-            raise EmbedderResponseError(f"the embedder returned an unusable vector: {exc}") from exc
+        """Embed texts for storing; a failure or an unusable vector is the embedder's
+        fault, typed so."""
+        with embedder_errors():
+            matrix = self.embedder.embed(texts)
+            try:
+                return as_unit_matrix(matrix, self.embedder.dim, len(texts))
+            except InvalidInputError as exc:
+                message = f"the embedder returned an unusable vector: {exc}"
+                raise EmbedderResponseError(message) from exc
 
     def update(
         self,

@@ -19,6 +19,7 @@ from providers import NO_RETRY, make_chat, make_embedder
 
 from semcache_sqlite import (
     EmbedderError,
+    EmbedderTimeoutError,
     FallbackPolicy,
     LLMError,
     LLMTimeoutError,
@@ -233,6 +234,33 @@ def test_async_embed_deadline_with_a_sync_embedder(tmp_path: Path) -> None:
             assert (result.response, result.reason) == ("fallback", "embedder_failed")
 
     asyncio.run(main())
+
+
+def test_embedders_own_timeout_keeps_its_message(tmp_path: Path) -> None:
+    """An embedder's own TimeoutError (socket.timeout) is not our deadline: with none set
+    it used to give "unsupported format string passed to NoneType.__format__"."""
+
+    class TimingOut(FakeEmbedder):
+        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            raise TimeoutError("read timed out")
+
+    class AsyncTimingOut(FakeEmbedder):
+        async def aembed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            raise TimeoutError("read timed out")
+
+    async def main(embedder: FakeEmbedder, policy: FallbackPolicy) -> None:
+        async with SemanticCache(
+            tmp_path / "t.db", embedder=embedder, llm=lambda q: "fallback", policy=policy
+        ) as cache:
+            for call in (cache.aget_or_compute("a question"), cache.alookup("a question")):
+                with pytest.raises(EmbedderTimeoutError) as caught:
+                    await call
+                assert str(caught.value) == "the embedder timed out: read timed out"
+                assert isinstance(caught.value.__cause__, TimeoutError)
+
+    for embedder in (TimingOut(), AsyncTimingOut()):
+        for policy in (FallbackPolicy.strict(), FallbackPolicy.strict(embed_timeout=30)):
+            asyncio.run(main(embedder, policy))
 
 
 def test_every_io_method_has_an_async_twin_with_the_same_parameters() -> None:
