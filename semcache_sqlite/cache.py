@@ -228,7 +228,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
 
     def _rule(self, namespace: str, threshold: float | None) -> tuple[float, GuardConfig]:
         """The threshold and guards (with weights) a lookup in ``namespace`` uses."""
-        stored = self._quality.calibration_for(namespace)
+        stored = self._quality.calibration_for(namespace, self.embedder.model_id)
         return resolve_rule(stored, threshold, self._threshold, self.guards, self.embedder)
 
     def context_key(self, context: Context = None, llm: object | None = None) -> str:
