@@ -13,21 +13,21 @@ How each kind of work runs:
 
 ``aget_or_compute``/``aget_or_compute_result``/``alookup`` follow the same steps,
 failure policy and single-flight as their sync twins (fallback.py), so threads
-and tasks of one process coalesce with each other. The other methods
-(``astore``, ``astore_many``, ``afind_similar``, ``asearch``, ``aget``,
-``aupdate``, ``adelete``, ``aclear``, ``astats``) run their sync twin in a
-worker thread, embedding included.
+and tasks of one process coalesce with each other. Every other I/O method of
+the cache has a twin named ``a`` + its name, with the same parameters, that runs
+it in a worker thread, embedding included (tests/test_async.py checks that no
+method lacks one and that the parameters stay equal).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .errors import EmbedderError, EmbedderTimeoutError, InvalidQueryError
+from .errors import EmbedderError, EmbedderTimeoutError
 from .fallback import (
     Found,
     Request,
@@ -40,10 +40,11 @@ from .fallback import (
     conclude_hit,
     conclude_miss_without_llm,
     embed_failed,
-    embedder_failure,
+    embedder_errors,
     prepare,
     store_answer,
 )
+from .lifecycle import UNSET, Unset
 from .llms import acomplete
 from .prompts import Prompt
 from .singleflight import FLIGHTS, Flight, leading
@@ -53,33 +54,35 @@ from .validation import FloatVector
 if TYPE_CHECKING:
     from .cache import Context, SemanticCache
     from .decision import CacheEntry, LookupResult
+    from .embedders import Embedder
+    from .lifecycle import Eviction, NamespacePolicy, OnDuplicate
+    from .quality_store import Calibration, FeedbackRow
+    from .store_reembed import ReembedState
 
 
 async def aembed_query(cache: SemanticCache, query: str) -> FloatVector:
     """Embed one query without blocking the loop, within the policy's deadline."""
     aembed = getattr(cache.embedder, "aembed", None)
     timeout = cache.policy.embed_timeout
+
+    async def embed() -> Any:
+        # Typed here, inside the deadline: the embedder's own TimeoutError (a
+        # socket.timeout, say) becomes an EmbedderTimeoutError, never taken for ours.
+        with embedder_errors():
+            if callable(aembed):
+                return await aembed([query])
+            return await asyncio.to_thread(cache.embedder.embed, [query])
+
     try:
-        if callable(aembed):
-            pending = aembed([query])
-        else:
-            pending = asyncio.to_thread(cache.embedder.embed, [query])
-        try:
-            matrix = await asyncio.wait_for(pending, timeout)
-        except asyncio.TimeoutError as exc:
-            if isinstance(exc, EmbedderError):  # the embedder's own timeout, already typed
-                raise
-            raise EmbedderTimeoutError(
-                f"the embedder did not answer within the {timeout:g} s deadline"
-            ) from exc
-        return checked_vector(cache, matrix)
-    except InvalidQueryError:
-        raise
-    except Exception as exc:
-        error = embedder_failure(exc)
-        if error is exc:
+        matrix = await asyncio.wait_for(embed(), timeout)
+    except asyncio.TimeoutError as exc:
+        if isinstance(exc, EmbedderError):  # the embedder's own timeout, typed in embed()
             raise
-        raise error from exc
+        raise EmbedderTimeoutError(
+            f"the embedder did not answer within the {timeout:g} s deadline"
+        ) from exc
+    with embedder_errors():
+        return checked_vector(cache, matrix)
 
 
 async def afind(cache: SemanticCache, req: Request, *, fail_open: bool) -> Found:
@@ -269,6 +272,8 @@ class AsyncCacheMixin:
         user_id: str | None = None,
         context: Context = None,
         metadata: Mapping[str, Any] | None = None,
+        ttl: float | Unset | None = UNSET,
+        on_duplicate: OnDuplicate | None = None,
     ) -> int:
         """Async ``store`` (in a worker thread); returns the entry id."""
         cache = _as_cache(self)
@@ -281,6 +286,8 @@ class AsyncCacheMixin:
             user_id=user_id,
             context=context,
             metadata=metadata,
+            ttl=ttl,
+            on_duplicate=on_duplicate,
         )
 
     async def astore_many(
@@ -294,6 +301,8 @@ class AsyncCacheMixin:
         context: Context = None,
         metadata: Mapping[str, Any] | None = None,
         batch_size: int | None = None,
+        ttl: float | Unset | None = UNSET,
+        on_duplicate: OnDuplicate | None = None,
     ) -> list[int]:
         """Async ``store_many`` (in a worker thread); returns the entry ids."""
         cache = _as_cache(self)
@@ -307,6 +316,8 @@ class AsyncCacheMixin:
             context=context,
             metadata=metadata,
             batch_size=batch_size,
+            ttl=ttl,
+            on_duplicate=on_duplicate,
         )
 
     async def aget(self, entry_id: int) -> CacheEntry:
@@ -319,15 +330,19 @@ class AsyncCacheMixin:
         *,
         response: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        query: str | None = None,
+        ttl: float | Unset | None = UNSET,
         expected_version: int | None = None,
     ) -> CacheEntry:
-        """Async ``update``."""
+        """Async ``update`` (in a worker thread, embedding a new ``query`` included)."""
         cache = _as_cache(self)
         return await asyncio.to_thread(
             cache.update,
             entry_id,
             response=response,
             metadata=metadata,
+            query=query,
+            ttl=ttl,
             expected_version=expected_version,
         )
 
@@ -342,6 +357,137 @@ class AsyncCacheMixin:
     async def astats(self, namespace: str | None = None) -> dict[str, Any]:
         """Async ``stats``."""
         return await asyncio.to_thread(_as_cache(self).stats, namespace)
+
+    async def asearch_vector(
+        self,
+        query_embedding: Any,
+        k: int = 5,
+        *,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context = None,
+    ) -> list[LookupResult]:
+        """Async ``search_vector`` (in a worker thread)."""
+        cache = _as_cache(self)
+        return await asyncio.to_thread(
+            cache.search_vector,
+            query_embedding,
+            k,
+            namespace=namespace,
+            user_id=user_id,
+            context=context,
+        )
+
+    async def athreshold_for(self, namespace: str | None = None) -> float:
+        """Async ``threshold_for``."""
+        return await asyncio.to_thread(_as_cache(self).threshold_for, namespace)
+
+    # -- hit quality -------------------------------------------------------------------
+
+    async def afeedback(
+        self, result: LookupResult | int, correct: bool, *, query: str | None = None
+    ) -> int:
+        """Async ``feedback``."""
+        return await asyncio.to_thread(_as_cache(self).feedback, result, correct, query=query)
+
+    async def afeedback_rows(self, namespace: str | None = None) -> list[FeedbackRow]:
+        """Async ``feedback_rows``."""
+        return await asyncio.to_thread(_as_cache(self).feedback_rows, namespace)
+
+    async def acalibration(self, namespace: str | None = None) -> Calibration | None:
+        """Async ``calibration``."""
+        return await asyncio.to_thread(_as_cache(self).calibration, namespace)
+
+    async def aset_calibration(self, calibration: Calibration) -> None:
+        """Async ``set_calibration``."""
+        await asyncio.to_thread(_as_cache(self).set_calibration, calibration)
+
+    async def aclear_calibration(self, namespace: str | None = None) -> bool:
+        """Async ``clear_calibration``."""
+        return await asyncio.to_thread(_as_cache(self).clear_calibration, namespace)
+
+    # -- lifecycle (cache_lifecycle.py) ------------------------------------------------
+
+    async def aconfigure_namespace(
+        self,
+        namespace: str,
+        *,
+        ttl: float | Unset | None = UNSET,
+        sliding_ttl: bool | Unset = UNSET,
+        max_entries: int | Unset | None = UNSET,
+        eviction: Eviction | Unset = UNSET,
+        on_duplicate: OnDuplicate | Unset = UNSET,
+        reset: bool = False,
+    ) -> NamespacePolicy:
+        """Async ``configure_namespace``."""
+        cache = _as_cache(self)
+        return await asyncio.to_thread(
+            cache.configure_namespace,
+            namespace,
+            ttl=ttl,
+            sliding_ttl=sliding_ttl,
+            max_entries=max_entries,
+            eviction=eviction,
+            on_duplicate=on_duplicate,
+            reset=reset,
+        )
+
+    async def anamespace_policy(self, namespace: str | None = None) -> NamespacePolicy:
+        """Async ``namespace_policy``."""
+        return await asyncio.to_thread(_as_cache(self).namespace_policy, namespace)
+
+    async def apurge(self, namespace: str | None = None) -> int:
+        """Async ``purge``."""
+        return await asyncio.to_thread(_as_cache(self).purge, namespace)
+
+    async def adelete_older_than(self, seconds: float, namespace: str | None = None) -> int:
+        """Async ``delete_older_than``."""
+        return await asyncio.to_thread(_as_cache(self).delete_older_than, seconds, namespace)
+
+    async def aforget_similar(
+        self,
+        query: str,
+        *,
+        min_similarity: float,
+        namespace: str | None = None,
+        user_id: str | None = None,
+        context: Context | Unset = UNSET,
+    ) -> int:
+        """Async ``forget_similar`` (in a worker thread, embedding included)."""
+        cache = _as_cache(self)
+        return await asyncio.to_thread(
+            cache.forget_similar,
+            query,
+            min_similarity=min_similarity,
+            namespace=namespace,
+            user_id=user_id,
+            context=context,
+        )
+
+    async def areembed(
+        self,
+        new_embedder: Embedder,
+        *,
+        batch_size: int = 256,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Async ``reembed`` (in a worker thread: ``progress`` is called from it)."""
+        cache = _as_cache(self)
+        return await asyncio.to_thread(
+            cache.reembed, new_embedder, batch_size=batch_size, progress=progress
+        )
+
+    async def areembed_status(self) -> ReembedState | None:
+        """Async ``reembed_status``."""
+        return await asyncio.to_thread(_as_cache(self).reembed_status)
+
+    async def acancel_reembed(self) -> bool:
+        """Async ``cancel_reembed``."""
+        return await asyncio.to_thread(_as_cache(self).cancel_reembed)
+
+    async def avacuum(self, *, compact_vectors: bool = True) -> dict[str, int]:
+        """Async ``vacuum`` (in a worker thread; it blocks writers meanwhile)."""
+        return await asyncio.to_thread(_as_cache(self).vacuum, compact_vectors=compact_vectors)
 
     async def aclose(self) -> None:
         """Close the file's connections (``close`` is quick; this is for ``async with``)."""

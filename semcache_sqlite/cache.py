@@ -46,7 +46,15 @@ from .db import DEFAULT_BUSY_TIMEOUT, DEFAULT_MMAP_SIZE, Database
 from .decision import CacheEntry, Judgement, LookupResult, judge
 from .embedders import Embedder, LocalEmbedder
 from .errors import EmbedderResponseError, InvalidInputError, SemCacheError
-from .fallback import FallbackMixin, FallbackPolicy, prepare, run_find_similar, run_lookup
+from .fallback import (
+    FallbackMixin,
+    FallbackPolicy,
+    checked_vector,
+    embedder_errors,
+    prepare,
+    run_find_similar,
+    run_lookup,
+)
 from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, check_write_options
 from .llms import LLMFunction, llm_cache_context
 from .migrate import check_current, check_openable, migrate
@@ -236,7 +244,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         ``with_text=False``: a lookup by embedding alone, where only the guards that
         need no text can run; unless a threshold is set (per call, stored, constructor)
         that set takes the embedder's threshold for non-default guards."""
-        stored = self._quality.calibration_for(namespace)
+        stored = self._quality.calibration_for(namespace, self.embedder.model_id)
         guards = self.guards if with_text else self.guards.without_lexical()
         return resolve_rule(stored, threshold, self._threshold, guards, self.embedder)
 
@@ -272,8 +280,10 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         )
 
     def _embed_one(self, query: str) -> FloatVector:
-        matrix = self.embedder.embed([query])
-        return as_unit_vector(matrix[0] if len(matrix) else matrix, self.embedder.dim)
+        """Embed one query (search, update, forget_similar); a failure or an unusable
+        vector is the embedder's fault, typed so, as in lookups."""
+        with embedder_errors():
+            return checked_vector(self, self.embedder.embed([query]))
 
     # -- lookups -----------------------------------------------------------------
 
@@ -559,12 +569,15 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         return [i for i in ids if i is not None]
 
     def _embed_rows(self, texts: list[str]) -> FloatMatrix:
-        """Embed texts for storing; an unusable vector is the embedder's fault, typed so."""
-        matrix = self.embedder.embed(texts)
-        try:
-            return as_unit_matrix(matrix, self.embedder.dim, len(texts))
-        except InvalidInputError as exc:
-            raise EmbedderResponseError(f"the embedder returned an unusable vector: {exc}") from exc
+        """Embed texts for storing; a failure or an unusable vector is the embedder's
+        fault, typed so."""
+        with embedder_errors():
+            matrix = self.embedder.embed(texts)
+            try:
+                return as_unit_matrix(matrix, self.embedder.dim, len(texts))
+            except InvalidInputError as exc:
+                message = f"the embedder returned an unusable vector: {exc}"
+                raise EmbedderResponseError(message) from exc
 
     def update(
         self,

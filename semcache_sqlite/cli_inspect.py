@@ -348,7 +348,7 @@ def _peek_tools(
     embedder = resolve_embedder(state, db, facts.info)  # refuses another model up front
     stored = None
     if facts.schema_version >= QUALITY_SCHEMA_VERSION:  # never migrated here: older = none
-        stored = QualityStore(database).calibration_for(namespace)
+        stored = QualityStore(database).calibration_for(namespace, embedder.model_id)
     config = GuardConfig() if guards else GuardConfig.off()
     limit, config = resolve_rule(stored, threshold, None, config, embedder)
     if threshold is not None:

@@ -49,6 +49,7 @@ from .db import Database
 from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from .lifecycle import EVICTION_POLICIES, ON_DUPLICATE_CHOICES, UNSET, Unset
 from .migrate import APPLICATION_ID, check_openable, latest_version, schema_version
+from .quality_store import QUALITY_SCHEMA_VERSION, QualityStore, describe_calibrations
 from .reembed import run_reembed
 from .store import Store
 from .validation import check_scope_name
@@ -122,6 +123,14 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
             add(
                 Check("entry models", "problem", f"{wrong} entries recorded with another model/dim")
             )
+        if facts.schema_version >= QUALITY_SCHEMA_VERSION:
+            stale = QualityStore(database).calibrations_not_for(model)
+            if stale:
+                detail = (
+                    f"{describe_calibrations(stale)}: measured with another model, ignored "
+                    "by lookups; run `semcache calibrate` again"
+                )
+                add(Check("calibrations", "warn", detail))
     if model is not None and not facts.has_vector_table:
         add(Check("vector table", "problem", "entry_vectors is missing"))
     elif facts.has_vector_table and not facts.vector_layout_current:
@@ -236,7 +245,8 @@ def doctor(state: CliState, db: str, as_json: bool) -> None:
     """Check a cache file: SQLite driver and sqlite-vec versions, schema version,
     PRAGMA integrity_check, embedding model, whether the sign bits of a sample of
     vectors tell entries apart (the fast path's index; a warning suggests
-    exact_search), entries and vectors in step (no orphans either way), WAL state
+    exact_search), entries and vectors in step (no orphans either way), stored
+    calibrations measured with another model (ignored since a re-embed), WAL state
     and free space.
 
     Exits with 4 if a problem is found (5 if the file cannot be opened at all).

@@ -388,6 +388,8 @@ def calibrate(
                 source = loaded.name
                 size = {"pairs": len(loaded.pairs), "limit": limit, "seed": seed}
             stored = cache.calibration(namespace)
+            if stored is not None and stored.embedding_model != embedder.model_id:
+                stored = None  # weights fitted on another model's similarities
             if stored is not None and stored.guards is not None and config.enabled:
                 config = replace(config, weights=stored.guards.weights)
             if refit and config.enabled:

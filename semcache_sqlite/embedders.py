@@ -305,7 +305,8 @@ class OpenAIEmbedder:
         api_key: str | None = None,
         base_url: str | None = None,
         timeout: float = 30.0,
-        max_retries: int = 3,
+        max_retries: int = 3,  # OpenAIChat: 2; an embedding is cheap, idempotent, and a
+        # failed one costs a cache miss (an LLM call), so one retry more
         retry: RetryPolicy | None = None,
         batch_size: int = OPENAI_MAX_BATCH_INPUTS,
         max_batch_tokens: int = OPENAI_MAX_BATCH_TOKENS,

@@ -28,7 +28,8 @@ import dataclasses
 import math
 import os
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -165,17 +166,23 @@ def embedder_failure(exc: Exception) -> EmbedderError:
     """Any failure of a (possibly third-party) embedder as an EmbedderError."""
     if isinstance(exc, EmbedderError):
         return exc
-    return EmbedderError(f"the embedder failed: {exc}")
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):  # e.g. socket.timeout: its own, not our deadline
+        return EmbedderTimeoutError(f"the embedder timed out: {detail}")
+    return EmbedderError(f"the embedder failed: {detail}")
 
 
-def embed_query(cache: SemanticCache, query: str) -> FloatVector:
-    timeout = cache.policy.embed_timeout
+@contextmanager
+def embedder_errors() -> Iterator[None]:
+    """Raise any failure inside the block as an EmbedderError (the original chained as
+    ``__cause__``); an InvalidQueryError is the caller's text and passes as it is.
+
+    Around every embedder call (lookups, search, writes, sync and async), so that a
+    third-party embedder's RuntimeError, None or NaN never reaches the caller untyped
+    or as the caller's fault.
+    """
     try:
-        if timeout is None:
-            matrix = cache.embedder.embed([query])
-        else:
-            matrix = call_with_deadline(lambda: cache.embedder.embed([query]), timeout)
-        return checked_vector(cache, matrix)
+        yield
     except InvalidQueryError:
         raise
     except Exception as exc:
@@ -183,6 +190,16 @@ def embed_query(cache: SemanticCache, query: str) -> FloatVector:
         if error is exc:
             raise
         raise error from exc
+
+
+def embed_query(cache: SemanticCache, query: str) -> FloatVector:
+    timeout = cache.policy.embed_timeout
+    with embedder_errors():
+        if timeout is None:
+            matrix = cache.embedder.embed([query])
+        else:
+            matrix = call_with_deadline(lambda: cache.embedder.embed([query]), timeout)
+        return checked_vector(cache, matrix)
 
 
 def call_with_deadline(call: Callable[[], T], timeout: float) -> T:

@@ -75,16 +75,31 @@ class QualityStore:
 
     # -- calibrations ------------------------------------------------------------
 
-    def calibration_for(self, namespace: str) -> Calibration | None:
-        """The namespace's own calibration, else the file-wide one, else None."""
+    def calibration_for(self, namespace: str, model: str) -> Calibration | None:
+        """The namespace's own calibration, else the file-wide one, else None: of those
+        measured with embedding model ``model`` only. A threshold means something for
+        one model; rows of another (before a re-embed) stay as history, unused (see
+        ``calibrations_not_for``)."""
         with self.db.reading() as conn:
             row = conn.execute(
                 "SELECT namespace, threshold, embedding_model, guards, source, target, figures, "
-                "created_at FROM calibrations WHERE namespace IN (?, '') "
+                "created_at FROM calibrations WHERE namespace IN (?, '') AND embedding_model = ? "
                 "ORDER BY namespace = '' LIMIT 1",
-                (namespace,),
+                (namespace, model),
             ).fetchone()
         return None if row is None else _calibration(row)
+
+    def calibrations_not_for(self, model: str) -> list[Calibration]:
+        """The stored calibrations measured with another model than ``model`` (the
+        file's since a re-embed): ignored by lookups, reported by ``reembed`` and
+        ``semcache doctor``."""
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT namespace, threshold, embedding_model, guards, source, target, figures, "
+                "created_at FROM calibrations WHERE embedding_model != ? ORDER BY namespace",
+                (model,),
+            ).fetchall()
+        return [_calibration(row) for row in rows]
 
     def calibration(self, namespace: str) -> Calibration | None:
         """Exactly this namespace's row ('' = the file-wide row)."""
@@ -168,6 +183,15 @@ class QualityStore:
                 params,
             ).fetchall()
         return [_feedback(row) for row in rows]
+
+
+def describe_calibrations(calibrations: list[Calibration]) -> str:
+    """For humans: "file-wide (model-a), namespace 'faq' (model-a)"."""
+    return ", ".join(
+        ("file-wide" if c.namespace == FILE_WIDE else f"namespace {c.namespace!r}")
+        + f" ({c.embedding_model})"
+        for c in calibrations
+    )
 
 
 def _calibration(row: Any) -> Calibration:

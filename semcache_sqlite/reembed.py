@@ -20,7 +20,9 @@ from collections.abc import Callable
 
 from .embedders import Embedder
 from .errors import InvalidInputError
+from .quality_store import QualityStore, describe_calibrations
 from .store import Store
+from .timing import logger
 from .validation import FloatMatrix, as_unit_matrix
 
 
@@ -61,4 +63,19 @@ def run_reembed(
     converted = store.reembed_switch(model_id, dim, embed)
     if progress is not None:
         progress(converted, converted)
+    _note_stale_calibrations(store, model_id)
     return converted
+
+
+def _note_stale_calibrations(store: Store, model_id: str) -> None:
+    """Say which stored calibrations stopped applying: they were measured with the old
+    model, so lookups ignore them (kept as history) until the file is calibrated again."""
+    stale = QualityStore(store.db).calibrations_not_for(model_id)
+    if stale:
+        logger.warning(
+            "%s: stored calibrations measured with another embedding model no longer apply "
+            "(%s); calibrate again for %s (`semcache calibrate`)",
+            store.db.path,
+            describe_calibrations(stale),
+            model_id,
+        )

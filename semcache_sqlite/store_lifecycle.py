@@ -91,6 +91,8 @@ class LifecycleStore:
     lifecycle: LifecycleConfig
     #: Move rows out of sparse vec0 chunks after evictions (see SPARSE_CHUNK_FILL).
     compact_chunks: bool = True
+    #: Store's: refuses vectors of a model the file no longer holds (a re-embed elsewhere).
+    _check_bound: Callable[[Any], None]
 
     def now(self) -> float:
         # vec0 FLOAT columns refuse Python ints, and a test clock may return one.
@@ -207,6 +209,8 @@ class LifecycleStore:
         """
         limit = 1.0 - float(max_distance)
         with self.db.transaction() as conn:
+            # A vector of a model the file no longer holds would match the wrong entries.
+            self._check_bound(conn)
             ids: list[int] = []
             for batch, sims in scan_scope(
                 conn,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from providers import NO_RETRY, make_chat, make_embedder
 
 from semcache_sqlite import (
     EmbedderError,
+    EmbedderTimeoutError,
     FallbackPolicy,
     LLMError,
     LLMTimeoutError,
@@ -230,5 +232,87 @@ def test_async_embed_deadline_with_a_sync_embedder(tmp_path: Path) -> None:
             result = await cache.aget_or_compute_result("stuck embedding")
             release.set()
             assert (result.response, result.reason) == ("fallback", "embedder_failed")
+
+    asyncio.run(main())
+
+
+def test_embedders_own_timeout_keeps_its_message(tmp_path: Path) -> None:
+    """An embedder's own TimeoutError (socket.timeout) is not our deadline: with none set
+    it used to give "unsupported format string passed to NoneType.__format__"."""
+
+    class TimingOut(FakeEmbedder):
+        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            raise TimeoutError("read timed out")
+
+    class AsyncTimingOut(FakeEmbedder):
+        async def aembed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            raise TimeoutError("read timed out")
+
+    async def main(embedder: FakeEmbedder, policy: FallbackPolicy) -> None:
+        async with SemanticCache(
+            tmp_path / "t.db", embedder=embedder, llm=lambda q: "fallback", policy=policy
+        ) as cache:
+            for call in (cache.aget_or_compute("a question"), cache.alookup("a question")):
+                with pytest.raises(EmbedderTimeoutError) as caught:
+                    await call
+                assert str(caught.value) == "the embedder timed out: read timed out"
+                assert isinstance(caught.value.__cause__, TimeoutError)
+
+    for embedder in (TimingOut(), AsyncTimingOut()):
+        for policy in (FallbackPolicy.strict(), FallbackPolicy.strict(embed_timeout=30)):
+            asyncio.run(main(embedder, policy))
+
+
+def test_every_io_method_has_an_async_twin_with_the_same_parameters() -> None:
+    """``a`` + name for every public method but the pure ``context_key``; parameters equal
+    (name, kind, default) besides self, so a new parameter cannot be forgotten in a twin."""
+
+    def parameters(method: Callable[..., object]) -> list[tuple[str, object, object]]:
+        params = list(inspect.signature(method).parameters.values())[1:]
+        return [(p.name, p.kind, p.default) for p in params]
+
+    methods = [
+        name
+        for name, _ in inspect.getmembers(SemanticCache, inspect.isfunction)
+        if not name.startswith("_")
+        and not (name.startswith("a") and hasattr(SemanticCache, name[1:]))
+    ]
+    assert {"forget_similar", "reembed", "search_vector", "update"} <= set(methods)
+    missing = [m for m in methods if not hasattr(SemanticCache, "a" + m)]
+    assert missing == ["context_key"]  # no I/O: nothing to wait for
+    for name in methods:
+        if name != "context_key":
+            twin = getattr(SemanticCache, "a" + name)
+            assert parameters(twin) == parameters(getattr(SemanticCache, name)), name
+
+
+def test_async_lifecycle_twins(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    clock = [1_000.0]
+
+    async def main() -> None:
+        async with SemanticCache(
+            tmp_path / "l.db", embedder=embedder, threshold=0.8, clock=lambda: clock[0]
+        ) as cache:
+            first = await cache.astore("alpha beta gamma", None, "one", ttl=10)
+            again = await cache.astore("alpha beta gamma", None, "uno", on_duplicate="keep")
+            assert again == first and (await cache.aget(first)).response == "one"
+            await cache.astore_many(["delta epsilon", "zeta eta"], ["two", "three"], ttl=None)
+            moved = await cache.aupdate(first, query="theta iota kappa", ttl=100)
+            assert moved.query == "theta iota kappa"
+            found = await cache.asearch_vector(embedder.vector("theta iota kappa"), 1)
+            assert [r.entry_id for r in found] == [first]
+            assert await cache.aforget_similar("delta epsilon", min_similarity=0.99) == 1
+            policy = await cache.aconfigure_namespace("default", max_entries=10)
+            assert policy.max_entries == 10
+            assert (await cache.anamespace_policy()).max_entries == 10
+            clock[0] += 200
+            assert await cache.apurge() == 1  # the updated entry's 100 s are over
+            assert await cache.adelete_older_than(0) == 1
+            assert await cache.areembed(FakeEmbedder(32)) == 0
+            assert (await cache.astats())["embedding_dim"] == 32
+            assert await cache.areembed_status() is None
+            assert await cache.acancel_reembed() is False
+            assert (await cache.avacuum())["bytes_after"] > 0
 
     asyncio.run(main())

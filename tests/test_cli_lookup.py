@@ -190,3 +190,16 @@ def test_get_on_a_file_of_an_older_version_asks_for_an_upgrade(tmp_path: Path) -
     cli.run("migrate", path)
     assert cli.run("get", path, asked).stdout == "Settings > Reset\n"
     assert cli.json("get", path, "refund policy for my orders", "-n", "shop")["hit"] is True
+
+
+def test_get_ignores_a_calibration_of_the_files_former_model(faq_db: Path) -> None:
+    """After a re-embed, `get`/`search` drop the old model's calibration as lookup() does."""
+    model_b = FakeEmbedder(model_id="model-b", threshold=0.99)
+    with SemanticCache(faq_db, embedder=FakeEmbedder()) as cache:
+        cache.set_calibration(Calibration(0.3))
+        cache.reembed(model_b)
+    cli = Cli(model_b)
+    asked = "how do i reset my password now"
+    report = cli.json("get", faq_db, asked, expect=3)
+    assert (report["threshold"], report["threshold_source"]) == (0.99, "the embedder's default")
+    assert cli.json("search", faq_db, asked)["threshold"] == 0.99

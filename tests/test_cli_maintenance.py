@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clitools import FAQ, fake_cli, write_jsonl
+from clitools import FAQ, Cli, fake_cli, write_jsonl
 from fakes import FakeEmbedder
 
-from semcache_sqlite import SemanticCache, vector_cells
+from semcache_sqlite import Calibration, SemanticCache, vector_cells
 from semcache_sqlite.admin import Admin
 from semcache_sqlite.db import Database
 from semcache_sqlite.migrate import latest_version
@@ -222,3 +222,14 @@ def test_shell_runs_sqlite3_with_sqlite_vec_loaded(db: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["5", "1|64"]
+
+
+def test_doctor_warns_of_calibrations_of_another_model(db: Path) -> None:
+    with SemanticCache(db, embedder=FakeEmbedder()) as cache:
+        cache.set_calibration(Calibration(0.3, namespace="dev"))
+        cache.reembed(FakeEmbedder(model_id="model-b"))
+    report = Cli(FakeEmbedder(model_id="model-b")).json("doctor", db)
+    assert report["ok"] is True  # a warning: lookups work, with another threshold
+    [check] = [c for c in report["checks"] if c["name"] == "calibrations"]
+    assert check["status"] == "warn"
+    assert check["detail"].startswith("namespace 'dev' (fake-bow-64): measured with another")

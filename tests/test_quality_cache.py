@@ -3,6 +3,7 @@ exact path, verification, feedback and stored thresholds."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,30 @@ def test_threshold_precedence(tmp_path: Path) -> None:
         assert cache.clear_calibration() is True
         assert cache.threshold == 0.6
         assert cache.clear_calibration() is False
+
+
+def test_calibration_of_another_model_stops_applying_after_reembed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A threshold measured for model A says nothing about model B's similarities: after
+    a re-embed it is ignored (kept as history, and said so) until calibrated again."""
+    path = tmp_path / "m.db"
+    model_b = FakeEmbedder(model_id="model-b", threshold=0.93)
+    with SemanticCache(path, embedder=FakeEmbedder(model_id="model-a")) as cache:
+        cache.set_calibration(Calibration(0.3, namespace="faq"))
+        cache.set_calibration(Calibration(0.4))
+        cache.store("alpha beta gamma delta", None, "a", namespace="faq")
+        assert cache.threshold_for("faq") == 0.3
+        with caplog.at_level(logging.WARNING, logger="semcache_sqlite"):
+            cache.reembed(model_b)
+        assert cache.threshold_for("faq") == cache.threshold == 0.93  # model B's default
+        assert cache.lookup("alpha beta gamma zeta", namespace="faq") is None  # 0.75 < 0.93
+        old = cache.calibration("faq")
+        assert old is not None and (old.threshold, old.embedding_model) == (0.3, "model-a")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "file-wide (model-a), namespace 'faq' (model-a)" in warning
+    assert "calibrate again for model-b" in warning
+    with SemanticCache(path, embedder=model_b, threshold=0.8) as cache:
+        assert cache.threshold_for("faq") == 0.8  # the constructor's, not model A's 0.3
+        cache.set_calibration(Calibration(0.6))  # measured for model B: applies again
+        assert cache.threshold_for("faq") == 0.6  # 'faq' still has model A's row only

@@ -137,3 +137,20 @@ def test_other_cache_with_old_embedder_is_refused_after_switch(db_path: Path) ->
         with pytest.raises(EmbedderMismatchError):
             stale.store("a stale write", None, "r")
         assert converter._store.orphan_counts() == (0, 0)
+
+
+@pytest.mark.parametrize("dim", [32, 64])
+def test_stale_forget_similar_is_refused_and_deletes_nothing(db_path: Path, dim: int) -> None:
+    """A handle still on the old model compared its vectors with the new model's: it
+    deleted nothing (another dimension) or the wrong entries (the same one)."""
+    with filled(db_path) as converter, SemanticCache(db_path, embedder=old_model()) as stale:
+        converter.reembed(FakeEmbedder(dim=dim, model_id="new-model"))
+        with pytest.raises(EmbedderMismatchError, match="re-embedded"):
+            stale.forget_similar(QUERIES[0], min_similarity=0.0)  # would match every entry
+        with pytest.raises(EmbedderMismatchError, match="re-embedded"):
+            stale.search_vector(stale.embedder.embed([QUERIES[0]])[0])
+        with pytest.raises(EmbedderMismatchError, match="re-embedded"):
+            stale.update(1, query="a stale new query")
+        assert converter.stats()["cached_entries"] == len(QUERIES)
+        assert converter.get(1).query == QUERIES[0]
+        assert converter.forget_similar(QUERIES[0], min_similarity=0.999) == 1

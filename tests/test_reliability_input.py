@@ -10,6 +10,7 @@ chmod is not used to make anything read-only.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -28,8 +29,10 @@ from fakes import FakeEmbedder
 
 from semcache_sqlite import (
     DimensionMismatchError,
+    EmbedderError,
     EmbedderMismatchError,
     EmbedderResponseError,
+    EmbedderTimeoutError,
     FallbackPolicy,
     InvalidInputError,
     InvalidQueryError,
@@ -224,12 +227,78 @@ def test_bad_vectors_from_caller_or_embedder(
     with SemanticCache(db_path, embedder=BrokenEmbedder(vector)) as broken:
         refused(broken, EmbedderResponseError, lambda: broken.store("another new", None, "r"))
         refused(broken, EmbedderResponseError, lambda: broken.lookup("not stored yet"))
+        refused(broken, EmbedderResponseError, lambda: broken.search("not stored yet"))
+        refused(broken, EmbedderResponseError, lambda: broken.update(1, query="a new text"))
+        refused(
+            broken,
+            EmbedderResponseError,
+            lambda: broken.forget_similar("alpha beta gamma", min_similarity=0.5),
+        )
         before = broken.stats()["cached_entries"]
         assert broken.get_or_compute("not stored yet", lambda q: "a") == ("a", False)
         assert broken.stats()["cached_entries"] == before
     strict = FallbackPolicy.strict()
     with SemanticCache(db_path, embedder=BrokenEmbedder(vector), policy=strict) as broken:
         refused(broken, EmbedderResponseError, lambda: broken.get_or_compute("new", lambda q: "a"))
+
+
+class FailingEmbedder(FakeEmbedder):
+    """Fails as told: raises ``failure`` if it is an exception, else returns it."""
+
+    def __init__(self, failure: Any) -> None:
+        super().__init__()
+        self.failure = failure
+
+    def embed(self, texts: Any) -> Any:
+        if isinstance(self.failure, BaseException):
+            raise self.failure
+        return self.failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (RuntimeError("CUDA out of memory"), EmbedderError),
+        (KeyError("token"), EmbedderError),
+        (None, EmbedderError),
+        (np.ones((2, 64), dtype=np.float32), EmbedderResponseError),  # 2 vectors for 1 text
+        (np.full((1, 64), np.nan, dtype=np.float32), EmbedderResponseError),
+        (TimeoutError("read timed out"), EmbedderTimeoutError),  # e.g. socket.timeout
+    ],
+)
+def test_failing_embedder_is_typed_in_every_method(
+    filled: SemanticCache, db_path: Path, failure: Any, error: type[Exception]
+) -> None:
+    """Search and the writes (and their async twins) type an embedder's failure as
+    lookups do: an EmbedderError, never the raw exception nor the caller's fault."""
+    filled.close()
+    with SemanticCache(db_path, embedder=FailingEmbedder(failure)) as broken:
+        calls: dict[str, Callable[[], object]] = {
+            "lookup": lambda: broken.lookup("not stored yet"),
+            "store": lambda: broken.store("not stored yet", None, "r"),
+            "store_many": lambda: broken.store_many(["not stored yet"], ["r"]),
+            "search": lambda: broken.search("not stored yet"),
+            "update": lambda: broken.update(1, query="not stored yet"),
+            "forget_similar": lambda: broken.forget_similar("alpha", min_similarity=0.5),
+            "alookup": lambda: asyncio.run(broken.alookup("not stored yet")),
+            "astore": lambda: asyncio.run(broken.astore("not stored yet", None, "r")),
+            "astore_many": lambda: asyncio.run(broken.astore_many(["not stored yet"], ["r"])),
+            "asearch": lambda: asyncio.run(broken.asearch("not stored yet")),
+            "aupdate": lambda: asyncio.run(broken.aupdate(1, query="not stored yet")),
+            "aforget_similar": lambda: asyncio.run(
+                broken.aforget_similar("alpha", min_similarity=0.5)
+            ),
+        }
+        for name, call in calls.items():
+            before = snapshot(db_path)
+            with pytest.raises(error) as caught:
+                call()
+            assert not isinstance(caught.value, InvalidInputError), name
+            if isinstance(failure, BaseException):
+                # (asyncio re-creates a TimeoutError coming out of a worker thread)
+                assert repr(caught.value.__cause__) == repr(failure), name
+                assert str(failure.args[0]) in str(caught.value), name
+            assert snapshot(db_path) == before, name
 
 
 def test_extreme_but_valid_vectors_are_normalised(cache: SemanticCache) -> None:
