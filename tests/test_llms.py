@@ -206,6 +206,30 @@ def test_should_cache_veto(tmp_path: Path) -> None:
         assert cache.stats()["cached_entries"] == 0
 
 
+def test_should_cache_that_raises_returns_the_answer_uncached(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the user's hook must not throw away the paid-for answer."""
+
+    def broken(text: str) -> bool:
+        raise RuntimeError("hook bug")
+
+    policy = FallbackPolicy(should_cache=broken)
+    events: list[CacheResult] = []
+    with SemanticCache(
+        tmp_path / "h.db",
+        embedder=FakeEmbedder(),
+        policy=policy,
+        llm=lambda q: "answer",
+        on_event=events.append,
+    ) as cache:
+        assert cache.get_or_compute("a question") == ("answer", False)
+        assert [(e.outcome, e.reason) for e in events] == [("uncached", "should_cache_failed")]
+        assert "hook bug" in caplog.text  # logged with its traceback
+        stats = cache.stats()
+        assert stats["cached_entries"] == 0 and stats["total_requests"] == 1
+
+
 def test_plain_callable_may_return_a_completion(tmp_path: Path) -> None:
     def llm(prompt: str) -> Completion:
         return Completion("half an answ", finish_reason="length")

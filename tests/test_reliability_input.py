@@ -593,6 +593,25 @@ def test_disk_full_via_max_page_count(cache: SemanticCache, where: str) -> None:
     assert check_file(cache.path).ok
 
 
+def test_disk_full_after_the_llm_answered_returns_the_answer(cache: SemanticCache) -> None:
+    """The paid-for answer is not lost when the disk is full: returned uncached."""
+    conn = cache._db.connection()  # the cache's connection for this thread
+    cache.store("first entry", None, "allocates the first vector chunk")
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    _stored, before = fill_until_full(cache)
+    answer = "the expensive answer " * 500  # needs new pages, as the last filler did
+    result = cache.get_or_compute_result("a new question", lambda q: answer)
+    assert (result.response, result.is_cached, result.outcome, result.reason) == (
+        answer,
+        False,
+        "uncached",
+        "store_failed",
+    )
+    assert isinstance(result.error, StorageFullError) and not result.stored
+    assert snapshot(Path(cache.path)) == before
+
+
 @needs_mount
 def test_disk_full_on_a_small_tmpfs(tmp_path: Path) -> None:
     with mounted(["-t", "tmpfs", "-o", "size=4m", "tmpfs"], tmp_path / "small") as disk:
