@@ -70,8 +70,8 @@ from .validation import (
     as_unit_matrix,
     as_unit_vector,
     check_query,
+    check_response,
     check_scope_name,
-    check_text,
     check_threshold,
     query_hash,
 )
@@ -443,7 +443,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         for query in queries:
             check_query(query, max_chars=self.max_query_chars)
         for response in responses:
-            check_text(response, "response")
+            check_response(response)
         check_write_options(ttl, on_duplicate)
         vectors = None
         if embeddings is not None:
@@ -548,7 +548,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         the entry moved.
         """
         if response is not None:
-            check_text(response, "response")
+            check_response(response)
         check_write_options(ttl, None)
         vector = None
         if query is not None:

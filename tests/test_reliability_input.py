@@ -10,6 +10,7 @@ chmod is not used to make anything read-only.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -98,6 +99,18 @@ def test_empty_whitespace_and_non_text_queries(filled: SemanticCache, query: Any
     refused(filled, InvalidQueryError, lambda: filled.lookup(query))
     refused(filled, InvalidQueryError, lambda: filled.search(query))
     refused(filled, InvalidQueryError, lambda: filled.get_or_compute(query, lambda q: "a"))
+
+
+@pytest.mark.parametrize("response", ["", " ", "\n\t  \r", "\u3000\u2003"])
+def test_empty_and_whitespace_responses_are_refused(filled: SemanticCache, response: str) -> None:
+    """As the LLM side: an empty answer is never cached, so it is never stored and served."""
+    entry_id = filled.store("kept entry", None, "kept")
+    refused(filled, InvalidInputError, lambda: filled.store("q", None, response))
+    refused(filled, InvalidInputError, lambda: filled.store_many(["a", "b"], ["1", response]))
+    refused(filled, InvalidInputError, lambda: filled.update(entry_id, response=response))
+    with pytest.raises(InvalidInputError, match="response is empty or whitespace only"):
+        asyncio.run(filled.astore("q", None, response))
+    assert filled.get_or_compute("q", lambda q: "computed") == ("computed", False)
 
 
 def test_a_1_mb_query_is_refused_unless_the_limit_is_raised(
