@@ -81,8 +81,8 @@ from .validation import (
     check_int,
     check_metadata,
     check_query,
+    check_response,
     check_scope_name,
-    check_text,
     check_texts,
     check_threshold,
     query_hash,
@@ -482,7 +482,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         for query in queries:
             check_query(query, max_chars=self.max_query_chars)
         for response in responses:
-            check_text(response, "response")
+            check_response(response)
         check_write_options(ttl, on_duplicate)
         vectors = None
         if embeddings is not None:
@@ -598,7 +598,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         """
         entry_id = check_int(entry_id, "entry id")
         if response is not None:
-            check_text(response, "response")
+            check_response(response)
         if expected_version is not None:
             check_int(expected_version, "expected_version")
         new_metadata = None if metadata is None else check_metadata(metadata)

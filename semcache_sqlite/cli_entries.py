@@ -30,7 +30,7 @@ from .cli_common import (
     text_argument,
 )
 from .store import Store
-from .validation import check_query, check_scope_name, check_text
+from .validation import check_query, check_response, check_scope_name
 from .warmup import EntryWriter, WarmRow
 
 
@@ -71,7 +71,7 @@ def put(
     row = WarmRow(
         line=0,
         query=check_query(query),
-        response=check_text(response, "response"),
+        response=check_response(response),
         namespace=check_scope_name(namespace, "namespace", allow_empty=False),
         user_id=check_scope_name(user_id, "user_id", allow_empty=True),
         context_key=context_key,
@@ -120,7 +120,7 @@ def update(
     """
     if response is None and metadata is None:
         raise click.UsageError("nothing to change: give --response and/or --metadata")
-    new_response = None if response is None else check_text(text_argument(response), "response")
+    new_response = None if response is None else check_response(text_argument(response))
     new_metadata = parse_metadata(metadata)
     with closing(open_existing(db, upgrade=True)) as database:
         row = Store(database).replace(

@@ -16,8 +16,12 @@ The failure policy (:class:`FallbackPolicy`, also in the README):
 - **LLM fails** (raises, times out, answers with no text): ``LLMError`` (or a
   subclass) is raised and nothing is stored.
 - **LLM answers but the answer is not cacheable** (a refusal, a content-filtered
-  or truncated answer, or ``should_cache`` says no): the answer is returned with
-  ``is_cached=False`` and not stored (outcome ``uncached``, with the reason).
+  or truncated answer, or ``should_cache`` says no or raises): the answer is
+  returned with ``is_cached=False`` and not stored (outcome ``uncached``, with the
+  reason).
+- **Storing the answer fails** (lock timeout, full disk, any StorageError): the
+  paid-for answer is returned uncached (reason ``store_failed``), under either
+  policy; see :func:`conclude_answer`.
 - **Concurrent identical misses** coalesce (single-flight, see singleflight.py)
   unless ``single_flight=False``.
 """
@@ -34,13 +38,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .errors import (
+    CacheTimeoutError,
     EmbedderError,
+    EmbedderMismatchError,
     EmbedderResponseError,
     EmbedderTimeoutError,
     InvalidInputError,
     InvalidQueryError,
     LLMError,
     SemCacheError,
+    StorageError,
 )
 from .llms import Completion, complete
 from .prompts import Prompt, key_prompt
@@ -233,17 +240,29 @@ def uncacheable_reason(cache: SemanticCache, found: Found, completion: Completio
     """Why an LLM answer must not be stored, or None to store it."""
     policy = cache.policy
     reason = completion.uncacheable_reason(cache_truncated=policy.cache_truncated)
-    if (
-        reason is None
-        and policy.should_cache is not None
-        and not policy.should_cache(completion.text)
-    ):
-        reason = "should_cache"
+    if reason is None and policy.should_cache is not None:
+        reason = should_cache_reason(policy.should_cache, completion.text)
     if reason is None and found.vector is None:
         reason = "embedder_failed"
     if reason is None and cache.read_only:
         reason = "read_only"  # the caller still gets the answer; the file is not written
     return reason
+
+
+def should_cache_reason(hook: Callable[[str], bool], text: str) -> str | None:
+    """The user's veto: None to store, "should_cache" if it says no.
+
+    A hook that raises is logged with its traceback and the answer is not stored
+    ("should_cache_failed"): the answer is already paid for, so it is returned, as
+    a failing ``on_event`` hook never fails the request either; and an answer the
+    veto could not judge is not stored.
+    """
+    try:
+        keep = hook(text)
+    except Exception:
+        logger.exception("the should_cache hook raised; the answer is returned, not cached")
+        return "should_cache_failed"
+    return None if keep else "should_cache"
 
 
 def conclude(
@@ -262,8 +281,10 @@ def conclude(
     llm_seconds: float | None = None,
     embed_failed: bool = False,
     coalesced: bool = False,
+    count: bool = True,
 ) -> CacheResult:
-    """Build the request's CacheResult, count it in the file, log it, call the hook."""
+    """Build the request's CacheResult, count it in the file (unless ``count`` is
+    False), log it, call the hook."""
     result = CacheResult(
         operation=req.operation,
         outcome=outcome,
@@ -282,14 +303,15 @@ def conclude(
         error=error,
     )
     try:
-        cache._store.record_lookup(
-            req.scope.namespace,
-            entry_id if is_cached else None,
-            seconds=result.timings.total,
-            llm_seconds=llm_seconds,
-            embed_failed=embed_failed,
-            coalesced=coalesced,
-        )
+        if count:
+            cache._store.record_lookup(
+                req.scope.namespace,
+                entry_id if is_cached else None,
+                seconds=result.timings.total,
+                llm_seconds=llm_seconds,
+                embed_failed=embed_failed,
+                coalesced=coalesced,
+            )
     except SemCacheError:
         if error is None:
             raise
@@ -342,12 +364,32 @@ def conclude_answer(
     completion: Completion,
     store: Callable[[], int],
 ) -> CacheResult:
-    """The LLM answered: store it if cacheable (``store`` writes it), count, report."""
+    """The LLM answered: store it if cacheable (``store`` writes it), count, report.
+
+    The answer is paid for, so a store the file refuses (lock timeout, full disk,
+    any StorageError, or a re-embed by another process) does not lose it: it is
+    returned uncached (reason "store_failed", the exception in ``result.error``)
+    with a WARNING, under the strict policy too (strict is about answering
+    without the cache before the LLM is paid; raising now would only throw the
+    answer away). After a lock timeout the request is not counted: counting
+    would wait for the same lock a second time (the count is dropped, as a
+    lookup's is).
+    """
     reason = uncacheable_reason(cache, found, completion)
     entry_id = None
+    error: StorageError | EmbedderMismatchError | None = None
     if reason is None:
-        with req.watch.phase("store"):
-            entry_id = store()
+        try:
+            with req.watch.phase("store"):
+                entry_id = store()
+        except (StorageError, EmbedderMismatchError) as exc:
+            reason, error = "store_failed", exc
+            logger.warning(
+                "could not store the LLM's answer, returning it uncached%s: %s namespace=%s",
+                " and not counted" if isinstance(exc, CacheTimeoutError) else "",
+                exc,
+                req.scope.namespace,
+            )
     else:
         logger.info("answer not cached (%s) namespace=%s", reason, req.scope.namespace)
     return conclude(
@@ -360,8 +402,10 @@ def conclude_answer(
         entry_id=entry_id,
         stored=entry_id is not None,
         reason=reason,
+        error=error,
         llm_seconds=req.watch.seconds("llm"),
         embed_failed=found.embed_error is not None,
+        count=not isinstance(error, CacheTimeoutError),
     )
 
 

@@ -19,7 +19,8 @@ What counts as "not cacheable" (decided here, documented in the README):
 - a **truncated** answer (``finish_reason == "length"``: it hit ``max_tokens``),
   unless the cache's policy says ``cache_truncated=True``;
 - an empty or whitespace-only answer is an error (``LLMError``; a refusal or a
-  filter with no text at all raises ``LLMRefusalError``).
+  filter with no text at all raises ``LLMRefusalError``), and so is text that is
+  not a str or cannot be stored (a lone surrogate).
 
 We do not guess refusals from wording ("I'm sorry, I can't..."): phrase lists
 are language-specific and misfire; ``FallbackPolicy.should_cache`` is the
@@ -39,6 +40,7 @@ from .errors import InvalidInputError, LLMError, LLMRefusalError, LLMTimeoutErro
 from .openai_clients import OpenAIClients, translate_error
 from .prompts import Prompt, as_messages
 from .retry import RetryPolicy, acall_with_retries, call_with_retries
+from .validation import check_text
 
 #: The seed tutorial's model and answer budget.
 DEFAULT_CHAT_MODEL = "gpt-4o"
@@ -78,17 +80,33 @@ class Completion:
 
 
 def as_completion(answer: object) -> Completion:
-    """Check an LLM's return value: non-empty text, or a Completion with non-empty text."""
+    """Check an LLM's return value: non-empty text, or a Completion with non-empty text.
+
+    The text must also be storable (no lone surrogate, e.g. half of a JSON ``\\ud83d``
+    escape): checked here so every path (sync, async, stream) raises the same LLMError
+    before the store, instead of a raw UnicodeEncodeError from inside it.
+    """
     completion = answer if isinstance(answer, Completion) else None
     if completion is None:
         if not isinstance(answer, str):
             raise LLMError(f"the LLM returned {type(answer).__name__}, not text; nothing cached")
         completion = Completion(answer)
-    if not completion.text.strip():
+    # None counts as no text: Completion(message.content) of a tool call has null content.
+    text: object = "" if completion.text is None else completion.text
+    if not isinstance(text, str):
+        raise LLMError(
+            f"the LLM returned a Completion whose text is {type(text).__name__}, not str; "
+            "nothing cached"
+        )
+    if not text.strip():
         reason = completion.uncacheable_reason()
         if reason in ("refusal", "content_filter"):
             raise LLMRefusalError(f"the LLM gave no answer ({reason}); nothing was cached")
         raise LLMError(f"the LLM returned no text ({completion.text!r}), nothing was cached")
+    try:
+        check_text(text, "the LLM's answer")
+    except InvalidInputError as exc:
+        raise LLMError(f"{exc}; nothing was cached") from exc
     return completion
 
 

@@ -18,7 +18,8 @@ Semantics (sync ``stream`` and async ``astream`` alike):
   the LLM stream is closed and nothing is stored.
 - The LLM is streamed through its ``stream``/``astream`` method (``OpenAIChat``);
   any other LLM may return an iterable of text pieces (sync), an async iterable
-  (async), or simply a whole string, which is passed on as one piece.
+  (async), or simply a whole string, which is passed on as one piece. Anything
+  else (a mapping, bytes, a set, None) raises ``LLMError`` and stores nothing.
 - **Single-flight** applies as in ``get_or_compute``: while one stream is
   producing a miss, identical concurrent requests wait for it to complete and
   then replay its answer. A stream holds its flight until it is exhausted or
@@ -30,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +72,26 @@ def open_stream(llm: Any, prompt: Prompt) -> Any:
         raise InvalidInputError("this LLM is async: use astream()")
     if isinstance(source, (str, Completion)):
         return _Whole(source)
+    check_pieces_source(source)
     # An iterator as is (it may carry ``completion`` and ``close``), an iterable made one.
     return source if isinstance(source, Iterator) else iter(source)
+
+
+def check_pieces_source(source: object) -> None:
+    """Refuse what is not a stream of text pieces, as get_or_compute refuses it.
+
+    A mapping (a raw JSON response) would stream its keys, bytes their ints, a set its
+    items in no fixed order; None and numbers are not iterable at all.
+    """
+    if isinstance(source, _NOT_PIECES) or not isinstance(source, Iterable):
+        raise LLMError(
+            f"the LLM returned {type(source).__name__}, not text or an iterable of text "
+            "pieces; nothing cached"
+        )
+
+
+#: Iterables that are not streams of text pieces (see check_pieces_source).
+_NOT_PIECES = (Mapping, AbstractSet, bytes, bytearray, memoryview)
 
 
 class _Whole:
@@ -115,6 +135,7 @@ async def open_astream(llm: Any, prompt: Prompt) -> Any:
         return _Whole(source)
     if hasattr(source, "__aiter__"):
         return source.__aiter__()
+    check_pieces_source(source)
     return _ThreadedIterator(iter(source))
 
 

@@ -33,7 +33,8 @@ logger = logging.getLogger("semcache_sqlite")
 #: ``miss``       not in the cache: ``lookup`` returned None, or the LLM answered and
 #:                the answer was stored;
 #: ``uncached``   the LLM answered but the answer was not stored (refusal, truncated,
-#:                ``should_cache`` said no, or the embedder failed: see ``reason``);
+#:                ``should_cache`` said no, the embedder failed, or the store failed,
+#:                ``error`` then holding its exception: see ``reason``);
 #: ``coalesced``  an identical request was in flight; this one waited for its answer;
 #: ``error``      the request raised (``error`` holds the exception).
 Outcome = Literal["hit", "miss", "uncached", "coalesced", "error"]

@@ -50,8 +50,8 @@ from .validation import (
     as_unit_matrix,
     as_unit_vector,
     check_query,
+    check_response,
     check_scope_name,
-    check_text,
     query_hash,
 )
 
@@ -242,7 +242,7 @@ def _import_row(
         context_key=field_str(obj, "context_key", ""),
         query=query,
         query_hash=query_hash(query),
-        response=checked(check_text, field_str(obj, "response"), "response"),
+        response=checked(check_response, field_str(obj, "response")),
         created_at=float(created if created is not None else now),
         updated_at=float(updated if updated is not None else now),
         version=field_int(obj, "version", 1, 1),

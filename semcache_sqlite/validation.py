@@ -148,6 +148,18 @@ def check_embedder(value: Any) -> Any:
     return value
 
 
+def check_response(value: Any) -> str:
+    """A response to store: text (as check_text) that is not empty or whitespace only.
+
+    The LLM side refuses such an answer (LLMError, never cached); a stored one
+    would be served as a hit, so every write path refuses it the same way.
+    """
+    text = check_text(value, "response")
+    if not text.strip():
+        raise InvalidInputError("response is empty or whitespace only")
+    return text
+
+
 def check_scope_name(value: Any, what: str, *, allow_empty: bool) -> str:
     """Namespace and user ids: plain strings, stored as given (bound, never spliced into SQL)."""
     if not isinstance(value, str):

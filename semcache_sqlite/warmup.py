@@ -35,8 +35,8 @@ from .validation import (
     FloatVector,
     as_unit_matrix,
     check_query,
+    check_response,
     check_scope_name,
-    check_text,
     query_hash,
 )
 
@@ -77,7 +77,7 @@ def _warm_row(obj: Any, line: int, defaults: Scope) -> WarmRow:
     return WarmRow(
         line=line,
         query=checked(check_query, field_str(obj, "query")),
-        response=checked(check_text, field_str(obj, "response"), "response"),
+        response=checked(check_response, field_str(obj, "response")),
         namespace=checked(check_scope_name, namespace, "namespace", allow_empty=False),
         user_id=checked(
             check_scope_name,

@@ -170,6 +170,11 @@ def test_put_adds_replaces_and_reads_stdin(tmp_path: Path) -> None:
     cli.run("put", db, "tagged", "x", "--metadata", '{"source": "manual"}', "-n", "ops")
     assert cli.json("show", db, 3)["metadata"] == {"source": "manual"}
     assert cli.json("ls", db)["total"] == 3
+    for empty in ("", "  "):
+        refused = cli.run("put", db, "an empty answer", empty, expect=2)
+        assert "response is empty or whitespace only" in refused.stderr
+    cli.run("put", db, "an empty answer", "-", input="\n", expect=2)
+    assert cli.json("ls", db)["total"] == 3
 
 
 def test_update_response_metadata_and_version_check(db: Path) -> None:
@@ -190,6 +195,9 @@ def test_update_response_metadata_and_version_check(db: Path) -> None:
     assert cli.json("get", db, "how do i reset my password")["entry"]["response"] == "from stdin"
     assert cli.run("update", db, 999, "--response", "x", expect=3)
     assert cli.run("update", db, 1, expect=2)
+    refused = cli.run("update", db, 1, "--response", "", expect=2)
+    assert "response is empty or whitespace only" in refused.stderr
+    assert cli.json("show", db, 1)["response"] == "from stdin"
 
 
 def test_rm_by_ids_and_unknown_id(db: Path) -> None:

@@ -113,6 +113,10 @@ def test_warm_malformed_line_reported_with_line_number_nothing_written(tmp_path:
     assert "bad.jsonl line 5: missing 'response'" in result.stderr
     assert "nothing was written" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not db.exists()
+    empty = write_jsonl(tmp_path / "empty.jsonl", [FAQ[0], '{"query": "q", "response": ""}'])
+    result = fake_cli().run("warm", db, empty, expect=2)
+    assert "empty.jsonl line 2: response is empty or whitespace only" in result.stderr
+    assert not db.exists()
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("query,response\nfine,ok\nonly one column\n", encoding="utf-8")
     assert (
@@ -259,6 +263,7 @@ def test_import_malformed_line_reported_and_nothing_imported(source: Path, tmp_p
         ("[1, 2]", "expected a JSON object"),
         ('{"response": "r"}', "missing 'query'"),
         ('{"query": " ", "response": "r"}', "empty or whitespace"),
+        ('{"query": "q", "response": " "}', "response is empty or whitespace only"),
         ('{"query": "q", "response": "r", "created_at": "yesterday"}', "'created_at' must be"),
         ('{"query": "q", "response": "r", "metadata": [1]}', "'metadata' must be a JSON object"),
         ('{"query": "q", "response": "r", "vector": "%%%"}', "not valid base64"),

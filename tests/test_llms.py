@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -205,6 +206,30 @@ def test_should_cache_veto(tmp_path: Path) -> None:
         assert cache.stats()["cached_entries"] == 0
 
 
+def test_should_cache_that_raises_returns_the_answer_uncached(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the user's hook must not throw away the paid-for answer."""
+
+    def broken(text: str) -> bool:
+        raise RuntimeError("hook bug")
+
+    policy = FallbackPolicy(should_cache=broken)
+    events: list[CacheResult] = []
+    with SemanticCache(
+        tmp_path / "h.db",
+        embedder=FakeEmbedder(),
+        policy=policy,
+        llm=lambda q: "answer",
+        on_event=events.append,
+    ) as cache:
+        assert cache.get_or_compute("a question") == ("answer", False)
+        assert [(e.outcome, e.reason) for e in events] == [("uncached", "should_cache_failed")]
+        assert "hook bug" in caplog.text  # logged with its traceback
+        stats = cache.stats()
+        assert stats["cached_entries"] == 0 and stats["total_requests"] == 1
+
+
 def test_plain_callable_may_return_a_completion(tmp_path: Path) -> None:
     def llm(prompt: str) -> Completion:
         return Completion("half an answ", finish_reason="length")
@@ -212,6 +237,39 @@ def test_plain_callable_may_return_a_completion(tmp_path: Path) -> None:
     with SemanticCache(tmp_path / "x.db", embedder=FakeEmbedder(), llm=llm) as cache:
         assert cache.get_or_compute("tell me everything") == ("half an answ", False)
         assert cache.stats()["cached_entries"] == 0
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ("half an emoji: \ud83d", "not valid Unicode"),  # a JSON escape cut in half
+        (Completion(None, finish_reason="tool_calls"), "no text"),  # type: ignore[arg-type]
+        (Completion(42), "text is int"),  # type: ignore[arg-type]
+    ],
+)
+def test_unusable_answers_raise_llm_error_on_every_path(
+    tmp_path: Path, answer: object, message: str
+) -> None:
+    """Sync, async and streaming reject the same bad returns alike: LLMError, nothing stored."""
+
+    async def async_llm(prompt: str) -> object:
+        return answer
+
+    async def astreamed(cache: SemanticCache) -> str:
+        async with cache.astream("asked by astream", async_llm) as stream:
+            return "".join([piece async for piece in stream])
+
+    with SemanticCache(tmp_path / "u.db", embedder=FakeEmbedder()) as cache:
+        with pytest.raises(LLMError, match=message):
+            cache.get_or_compute("asked in sync", lambda p: answer)
+        with pytest.raises(LLMError, match=message):
+            asyncio.run(cache.aget_or_compute("asked in async", async_llm))
+        with pytest.raises(LLMError, match=message), cache.stream("streamed", lambda p: answer):
+            pass
+        with pytest.raises(LLMError, match=message):
+            asyncio.run(astreamed(cache))
+        stats = cache.stats()
+        assert stats["cached_entries"] == 0 and stats["total_requests"] == 4
 
 
 def test_conversation_is_embedded_keyed_and_sent_whole(

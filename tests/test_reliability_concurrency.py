@@ -9,6 +9,7 @@ never fail it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 from fakes import FakeEmbedder
 
-from semcache_sqlite import CacheTimeoutError, SemanticCache
+from semcache_sqlite import CacheResult, CacheTimeoutError, FallbackPolicy, SemanticCache
 from semcache_sqlite.db import Database, select_driver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -167,6 +168,50 @@ def test_another_process_holding_the_write_lock(cache: SemanticCache, db_path: P
     assert child.returncode == 0
     assert cache.get(entry_id).response == "from the child"
     assert cache.delete(entry_id)
+
+
+def test_answer_survives_a_store_that_times_out(
+    cache: SemanticCache, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The LLM answered but its store hit the lock timeout: the paid-for answer is
+    returned uncached (sync, async, stream, astream; strict policy too), reported to
+    on_event with the error, not counted (that would wait for the lock again)."""
+    events: list[CacheResult] = []
+    asked: list[str] = []
+
+    def llm(prompt: str) -> str:
+        asked.append(prompt)
+        return f"paid for: {prompt}"
+
+    async def async_paths(other: SemanticCache) -> list[tuple[str, bool | None]]:
+        answer = await other.aget_or_compute("asked async", llm)
+        async with other.astream("asked by astream", llm) as stream:
+            streamed = "".join([piece async for piece in stream])
+        return [answer, (streamed, stream.is_cached)]
+
+    with (
+        write_lock_held(db_path),
+        SemanticCache(
+            db_path, embedder=FakeEmbedder(), busy_timeout=SHORT, on_event=events.append
+        ) as other,
+        caplog.at_level(logging.WARNING, logger="semcache_sqlite"),
+    ):
+        answers: list[tuple[str, bool | None]] = [other.get_or_compute("asked in sync", llm)]
+        with other.stream("asked by stream", llm) as stream:
+            answers.append(("".join(stream), stream.is_cached))
+        answers += asyncio.run(async_paths(other))
+        other.policy = FallbackPolicy.strict()
+        answers.append(other.get_or_compute("asked strictly", llm))
+    assert answers == [(f"paid for: {q}", False) for q in asked]
+    assert len(asked) == 5 and len(events) == 5
+    for event in events:
+        assert (event.outcome, event.reason, event.stored) == ("uncached", "store_failed", False)
+        assert isinstance(event.error, CacheTimeoutError)
+    assert caplog.text.count("could not store the LLM's answer") == 5
+    stats = cache.stats()
+    assert stats["cached_entries"] == 0 and stats["total_requests"] == 0
+    assert cache.get_or_compute("asked in sync", llm) == ("paid for: asked in sync", False)
+    assert cache.stats()["cached_entries"] == 1  # the lock is free again: stored
 
 
 @pytest.fixture

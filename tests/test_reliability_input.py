@@ -104,6 +104,18 @@ def test_empty_whitespace_and_non_text_queries(filled: SemanticCache, query: Any
     refused(filled, InvalidQueryError, lambda: filled.get_or_compute(query, lambda q: "a"))
 
 
+@pytest.mark.parametrize("response", ["", " ", "\n\t  \r", "\u3000\u2003"])
+def test_empty_and_whitespace_responses_are_refused(filled: SemanticCache, response: str) -> None:
+    """As the LLM side: an empty answer is never cached, so it is never stored and served."""
+    entry_id = filled.store("kept entry", None, "kept")
+    refused(filled, InvalidInputError, lambda: filled.store("q", None, response))
+    refused(filled, InvalidInputError, lambda: filled.store_many(["a", "b"], ["1", response]))
+    refused(filled, InvalidInputError, lambda: filled.update(entry_id, response=response))
+    with pytest.raises(InvalidInputError, match="response is empty or whitespace only"):
+        asyncio.run(filled.astore("q", None, response))
+    assert filled.get_or_compute("q", lambda q: "computed") == ("computed", False)
+
+
 def test_a_1_mb_query_is_refused_unless_the_limit_is_raised(
     filled: SemanticCache, db_path: Path
 ) -> None:
@@ -784,6 +796,25 @@ def test_disk_full_via_max_page_count(cache: SemanticCache, where: str) -> None:
     entry_id = cache.store("after the cap is lifted", None, "works again")
     assert cache.get(entry_id).response == "works again"
     assert check_file(cache.path).ok
+
+
+def test_disk_full_after_the_llm_answered_returns_the_answer(cache: SemanticCache) -> None:
+    """The paid-for answer is not lost when the disk is full: returned uncached."""
+    conn = cache._db.connection()  # the cache's connection for this thread
+    cache.store("first entry", None, "allocates the first vector chunk")
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    _stored, before = fill_until_full(cache)
+    answer = "the expensive answer " * 500  # needs new pages, as the last filler did
+    result = cache.get_or_compute_result("a new question", lambda q: answer)
+    assert (result.response, result.is_cached, result.outcome, result.reason) == (
+        answer,
+        False,
+        "uncached",
+        "store_failed",
+    )
+    assert isinstance(result.error, StorageFullError) and not result.stored
+    assert snapshot(Path(cache.path)) == before
 
 
 @needs_mount

@@ -265,3 +265,27 @@ def test_sync_streaming_llm_from_async_code(
     with SemanticCache(tmp_path / "y.db", embedder=FakeEmbedder()) as cache:
         assert asyncio.run(main(cache)) == ANSWER
         assert cache.stats()["cached_entries"] == 0
+
+
+@pytest.mark.parametrize(
+    "returned",
+    [{"choices": [{"message": {"content": "real answer"}}]}, {"a", "b"}, b"bytes", None, 42],
+    ids=["dict", "set", "bytes", "None", "int"],
+)
+def test_llm_returning_no_stream_of_pieces_is_refused(tmp_path: Path, returned: object) -> None:
+    """A raw JSON response once streamed its keys and cached "choices" as the answer."""
+
+    async def astreamed(cache: SemanticCache) -> str:
+        async with cache.astream("the answer, async", lambda p: returned) as stream:
+            return "".join([piece async for piece in stream])
+
+    with SemanticCache(tmp_path / "d.db", embedder=FakeEmbedder()) as cache:
+        with pytest.raises(LLMError, match="not text") as plain:
+            cache.get_or_compute("the answer, plainly", lambda p: returned)
+        stream = cache.stream("the answer", lambda p: returned)
+        with pytest.raises(LLMError, match="not text or an iterable of text pieces"), stream:
+            list(stream)
+        assert stream.result is not None and stream.result.outcome == "error"
+        with pytest.raises(type(plain.value), match="not text or an iterable of text pieces"):
+            asyncio.run(astreamed(cache))
+        assert cache.stats()["cached_entries"] == 0
