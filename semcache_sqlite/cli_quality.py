@@ -24,7 +24,6 @@ from .cli import cli
 from .cli_common import CliState, pass_state, progress
 from .combiner import SignalTable, fit_weights
 from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
-from .errors import SemCacheError
 from .evaluation import (
     DEFAULT_EMBEDDING_CACHE,
     SCORINGS,
@@ -228,18 +227,15 @@ def evaluate(
     Example: semcache evaluate ../shared/data/qqp_pairs_dev.jsonl.gz --limit 5000
     """
     target = _target(max_false_hit_rate, min_precision)
-    try:
-        embedder = _make_embedder(embedder_kind, model, base_url, api_key)
-        loaded = load_pairs(_data_path(data), None if held_out else limit, seed)
-        if held_out:
-            part = split_pairs(loaded.pairs, 0.5, seed=0)[1]
-            if limit is not None and limit < len(part):
-                keep = sorted(random.Random(seed).sample(range(len(part)), limit))
-                part = [part[i] for i in keep]
-            loaded = replace(loaded, pairs=part, name=f"{loaded.name} (held-out half)")
-        sim, metrics = _simulate(state, loaded, embedder, embedding_cache, scoring)
-    except SemCacheError as exc:
-        raise click.ClickException(str(exc)) from exc
+    embedder = _make_embedder(embedder_kind, model, base_url, api_key)
+    loaded = load_pairs(_data_path(data), None if held_out else limit, seed)
+    if held_out:
+        part = split_pairs(loaded.pairs, 0.5, seed=0)[1]
+        if limit is not None and limit < len(part):
+            keep = sorted(random.Random(seed).sample(range(len(part)), limit))
+            part = [part[i] for i in keep]
+        loaded = replace(loaded, pairs=part, name=f"{loaded.name} (held-out half)")
+    sim, metrics = _simulate(state, loaded, embedder, embedding_cache, scoring)
     positives = sum(p.label for p in loaded.pairs)
     click.echo(
         f"data: {loaded.name}: {len(loaded.pairs):,} pairs ({positives:,} duplicates), "
@@ -370,58 +366,55 @@ def calibrate(
     Example: semcache calibrate app.db ../shared/data/qqp_pairs_dev.jsonl.gz --namespace faq
     """
     target = _target(max_false_hit_rate, min_precision)
-    try:
-        embedder = _make_embedder(embedder_kind, model, base_url, api_key)
-        config = GuardConfig() if guards else GuardConfig.off()
-        with SemanticCache(db_path, embedder=embedder, guards=config) as cache:
-            if clear:
-                removed = cache.clear_calibration(namespace)
-                where = "the file" if namespace is None else f"namespace {namespace!r}"
-                click.echo(f"{'removed' if removed else 'no'} calibration for {where}")
-                return
-            if from_feedback:
-                sim, source = _feedback_simulation(cache, namespace), "feedback"
-                size: dict[str, int | None] = {"feedback_rows": len(sim.probes)}
-            else:
-                loaded = load_pairs(_data_path(data), limit, seed)
-                sim, _ = _simulate(state, loaded, embedder, embedding_cache, scoring)
-                source = loaded.name
-                size = {"pairs": len(loaded.pairs), "limit": limit, "seed": seed}
-            stored = cache.calibration(namespace)
-            if stored is not None and stored.embedding_model != embedder.model_id:
-                stored = None  # weights fitted on another model's similarities
-            if stored is not None and stored.guards is not None and config.enabled:
-                config = replace(config, weights=stored.guards.weights)
-            if refit and config.enabled:
-                config = replace(config, weights=fit_weights(*sim.fit_data(), config))
-            rows = sim.rows(config)
-            row = choose_threshold(rows, **target)
-            if row is None:
-                wanted = _target_text(target)
-                raise click.ClickException(f"no threshold meets {wanted} on this data")
-            _report_choice(row, rows, config, sim)
-            if dry_run:
-                click.echo("dry run: nothing stored")
-                return
-            calibration = Calibration(
-                threshold=row.threshold,
-                namespace=FILE_WIDE if namespace is None else namespace,
-                guards=config,
-                source=source,
-                target=_target_text(target),
-                figures={
-                    **{k: v for k, v in row.to_dict().items() if k != "threshold"},
-                    "lookups": len(sim.probes),
-                    "scoring": scoring,
-                    "refit": refit,
-                    **size,
-                },
-            )
-            cache.set_calibration(calibration)
-            where = "the whole file" if namespace is None else f"namespace {namespace!r}"
-            click.echo(f"stored threshold {row.threshold:.3f} for {where} in {cache.path}")
-    except SemCacheError as exc:
-        raise click.ClickException(str(exc)) from exc
+    embedder = _make_embedder(embedder_kind, model, base_url, api_key)
+    config = GuardConfig() if guards else GuardConfig.off()
+    with SemanticCache(db_path, embedder=embedder, guards=config) as cache:
+        if clear:
+            removed = cache.clear_calibration(namespace)
+            where = "the file" if namespace is None else f"namespace {namespace!r}"
+            click.echo(f"{'removed' if removed else 'no'} calibration for {where}")
+            return
+        if from_feedback:
+            sim, source = _feedback_simulation(cache, namespace), "feedback"
+            size: dict[str, int | None] = {"feedback_rows": len(sim.probes)}
+        else:
+            loaded = load_pairs(_data_path(data), limit, seed)
+            sim, _ = _simulate(state, loaded, embedder, embedding_cache, scoring)
+            source = loaded.name
+            size = {"pairs": len(loaded.pairs), "limit": limit, "seed": seed}
+        stored = cache.calibration(namespace)
+        if stored is not None and stored.embedding_model != embedder.model_id:
+            stored = None  # weights fitted on another model's similarities
+        if stored is not None and stored.guards is not None and config.enabled:
+            config = replace(config, weights=stored.guards.weights)
+        if refit and config.enabled:
+            config = replace(config, weights=fit_weights(*sim.fit_data(), config))
+        rows = sim.rows(config)
+        row = choose_threshold(rows, **target)
+        if row is None:
+            wanted = _target_text(target)
+            raise click.ClickException(f"no threshold meets {wanted} on this data")
+        _report_choice(row, rows, config, sim)
+        if dry_run:
+            click.echo("dry run: nothing stored")
+            return
+        calibration = Calibration(
+            threshold=row.threshold,
+            namespace=FILE_WIDE if namespace is None else namespace,
+            guards=config,
+            source=source,
+            target=_target_text(target),
+            figures={
+                **{k: v for k, v in row.to_dict().items() if k != "threshold"},
+                "lookups": len(sim.probes),
+                "scoring": scoring,
+                "refit": refit,
+                **size,
+            },
+        )
+        cache.set_calibration(calibration)
+        where = "the whole file" if namespace is None else f"namespace {namespace!r}"
+        click.echo(f"stored threshold {row.threshold:.3f} for {where} in {cache.path}")
 
 
 def _report_choice(

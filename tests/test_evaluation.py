@@ -262,3 +262,21 @@ def test_evaluate_prints_table_and_writes_svg(tmp_path: Path) -> None:
     assert held.exit_code == 0 and "(held-out half): 6 pairs" in held.output, held.output
     missing = runner.invoke(cli, ["evaluate", str(tmp_path / "absent.jsonl")])
     assert missing.exit_code != 0 and "not found" in missing.output
+
+
+def test_calibrate_and_evaluate_errors_exit_with_the_documented_codes(tmp_path: Path) -> None:
+    data = _write_jsonl(tmp_path / "labelled.jsonl", PAIRS)
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("not a cache file\n" * 100)
+    runner = CliRunner()
+    bad_file = runner.invoke(cli, ["calibrate", str(foreign), str(data), "--dry-run"])
+    assert bad_file.exit_code == 5, bad_file.output  # NotACacheFileError, as everywhere
+    assert foreign.read_text() == "not a cache file\n" * 100
+    bad_line = tmp_path / "bad.jsonl"
+    bad_line.write_text('{"question1": "a"}\n')
+    for command in (
+        ["evaluate", str(bad_line)],
+        ["calibrate", str(tmp_path / "c.db"), str(bad_line)],
+    ):
+        done = runner.invoke(cli, [*command, "--embedding-cache", ""])
+        assert done.exit_code == 2, done.output  # the data is the caller's input
