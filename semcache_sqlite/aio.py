@@ -82,7 +82,7 @@ async def aembed_query(cache: SemanticCache, query: str) -> FloatVector:
             f"the embedder did not answer within the {timeout:g} s deadline"
         ) from exc
     with embedder_errors():
-        return checked_vector(cache, matrix)
+        return checked_vector(cache.embedder, matrix)
 
 
 async def afind(cache: SemanticCache, req: Request, *, fail_open: bool) -> Found:

@@ -283,7 +283,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         """Embed one query (search, update, forget_similar); a failure or an unusable
         vector is the embedder's fault, typed so, as in lookups."""
         with embedder_errors():
-            return checked_vector(self, self.embedder.embed([query]))
+            return checked_vector(self.embedder, self.embedder.embed([query]))
 
     # -- lookups -----------------------------------------------------------------
 

@@ -40,11 +40,12 @@ from .cli_common import (
 from .db import Database
 from .decision import Judgement, judge
 from .embedders import Embedder
+from .fallback import checked_vector, embedder_errors
 from .migrate import latest_version
 from .quality import GuardConfig
 from .quality_store import FILE_WIDE, QUALITY_SCHEMA_VERSION, QualityStore, resolve_rule
 from .store import EntryRow, Scope, Store
-from .validation import FloatVector, as_unit_vector, check_query, query_hash
+from .validation import FloatVector, check_query, query_hash
 
 
 def _rate(hits: int, misses: int) -> float:
@@ -363,7 +364,9 @@ def _peek_tools(
 
 
 def _embed(embedder: Embedder, query: str) -> FloatVector:
-    return as_unit_vector(embedder.embed([query])[0], embedder.dim)
+    """As the library embeds a query: its failures and unusable vectors are EmbedderErrors."""
+    with embedder_errors():
+        return checked_vector(embedder, embedder.embed([query]))
 
 
 def _decide(peek: _Peek, scope: Scope, query: str, vector: FloatVector | None = None) -> Judgement:

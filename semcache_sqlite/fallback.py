@@ -59,6 +59,7 @@ from .validation import FloatVector, as_unit_vector, check_query, query_hash
 if TYPE_CHECKING:
     from .cache import Context, SemanticCache
     from .decision import LookupResult
+    from .embedders import Embedder
 
 T = TypeVar("T")
 
@@ -159,12 +160,12 @@ def prepare(
     return Request(operation, prompt, query, digest, scope, limit, llm, watch, key)
 
 
-def checked_vector(cache: SemanticCache, matrix: Any) -> FloatVector:
-    """The one vector an embedder returned for one query, validated."""
+def checked_vector(embedder: Embedder, matrix: Any) -> FloatVector:
+    """The one vector ``embedder`` returned for one query, validated."""
     try:
         if len(matrix) != 1:
             raise EmbedderResponseError(f"the embedder returned {len(matrix)} vectors for 1 text")
-        return as_unit_vector(matrix[0], cache.embedder.dim)
+        return as_unit_vector(matrix[0], embedder.dim)
     except InvalidInputError as exc:  # NaN, zero or wrong-length vector: the embedder's fault
         raise EmbedderResponseError(f"the embedder returned an unusable vector: {exc}") from exc
 
@@ -206,7 +207,7 @@ def embed_query(cache: SemanticCache, query: str) -> FloatVector:
             matrix = cache.embedder.embed([query])
         else:
             matrix = call_with_deadline(lambda: cache.embedder.embed([query]), timeout)
-        return checked_vector(cache, matrix)
+        return checked_vector(cache.embedder, matrix)
 
 
 def call_with_deadline(call: Callable[[], T], timeout: float) -> T:

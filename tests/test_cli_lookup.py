@@ -203,3 +203,26 @@ def test_get_ignores_a_calibration_of_the_files_former_model(faq_db: Path) -> No
     report = cli.json("get", faq_db, asked, expect=3)
     assert (report["threshold"], report["threshold_source"]) == (0.99, "the embedder's default")
     assert cli.json("search", faq_db, asked)["threshold"] == 0.99
+
+
+class _BrokenEmbedder(FakeEmbedder):
+    """The file's embedder (same model id and dimension) failing in one of two ways."""
+
+    def __init__(self, failure: str) -> None:
+        super().__init__()
+        self.failure = failure
+
+    def embed(self, texts: Any) -> Any:
+        if self.failure == "raises":
+            raise RuntimeError("embedding service down")
+        return super().embed(texts) * float("nan")
+
+
+@pytest.mark.parametrize(("failure", "says"), [("raises", "service down"), ("nan", "unusable")])
+def test_get_and_search_report_a_failing_embedder_in_one_line(
+    faq_db: Path, failure: str, says: str
+) -> None:
+    cli = Cli(_BrokenEmbedder(failure))
+    for command in ("get", "search"):
+        done = cli.run(command, faq_db, "how can i change my password", expect=1)  # no traceback
+        assert "embedder" in done.stderr and says in done.stderr, done.stderr
