@@ -12,9 +12,10 @@ Decisions a user can rely on (also in the README):
 - **Threshold.** Hit iff score >= threshold (1e-6 float32 tolerance); score is the
   cosine similarity minus the guards' penalties (quality.py). Per call > stored
   calibration (namespace, then file-wide) > constructor > the embedder's default.
-- **Exact-match path.** A query whose normalised text (NFKC, case-folded,
-  whitespace collapsed) equals a stored one in scope is answered without running
-  the embedder, with similarity 1.0 and ``exact=True``.
+- **Exact-match path.** A query whose normalised text (NFKC with super- and
+  subscripts marked, case-folded, whitespace collapsed) equals a stored one in
+  scope is answered without running the embedder, with similarity 1.0 and
+  ``exact=True``.
 - **Storing the same query again** in the same namespace, user and context
   replaces the stored response (version + 1) by default; ``on_duplicate``
   chooses "keep" or "keep_both" instead (see lifecycle.py).

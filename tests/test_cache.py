@@ -158,6 +158,24 @@ def test_exact_match_path_does_not_run_embedder(
     assert fake_embedder.calls == calls
 
 
+def test_exact_path_folds_compatibility_forms_but_not_super_or_subscripts(
+    cache: SemanticCache,
+) -> None:
+    cache.store("What is 2³?", None, "8")
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) if c.isalpha() else c for c in "What is H")
+    cache.store(f"{fullwidth}\u2082\uff2f?", None, "water")  # fullwidth letters, subscript 2
+
+    def exact_answer(query: str) -> str | None:
+        # threshold 1.0: only the exact path (or an identical vector) can serve
+        hit = cache.lookup(query, threshold=1.0)
+        return None if hit is None else hit.response
+
+    assert exact_answer("What is 23?") is None
+    assert exact_answer("what is 2^3?") == "8"
+    assert exact_answer("what is h_2o?") == "water"
+    assert exact_answer("What is H2O?") is None
+
+
 def test_threshold_edges(db_path: Path, fake_embedder: FakeEmbedder) -> None:
     with SemanticCache(db_path, embedder=fake_embedder, threshold=0.0) as cache:
         assert cache.threshold == 0.0  # 0 is a value, not "unset"
