@@ -37,12 +37,14 @@ Decisions a user can rely on (also in the README, "Lifecycle"):
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, cast
 
 from .errors import InvalidInputError
+from .validation import MAX_TIMESTAMP
 
 Eviction = Literal["lru", "lfu", "fifo"]
 OnDuplicate = Literal["replace", "keep", "keep_both"]
@@ -74,24 +76,27 @@ class Unset(Enum):
 UNSET = Unset.UNSET
 
 
-#: The longest TTL, in seconds (~3,170 years): ``now + ttl`` must stay a time that
-#: ``datetime`` can represent (validation.MAX_TIMESTAMP, the year 9999). Use None
-#: for "never expires".
-MAX_TTL = 1e11
-
-
 def check_ttl(value: Any) -> float | None:
-    """A time-to-live in seconds (> 0, at most MAX_TTL), or None for "never expires"."""
+    """A time-to-live in seconds (a finite number > 0), or None for "never expires"."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidInputError(f"ttl must be a number of seconds or None, got {value!r}")
-    if not 0 < value <= MAX_TTL:  # also refuses NaN and inf
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float's range
+        seconds = math.inf
+    if not 0 < seconds < math.inf:  # also refuses NaN
         raise InvalidInputError(
-            f"ttl must be a positive number of seconds up to {MAX_TTL:.0f} "
-            f"(None: never expires), got {value!r}"
+            f"ttl must be a positive, finite number of seconds (None: never expires), got {value!r}"
         )
-    return float(value)
+    return seconds
+
+
+def expiry(now: float, ttl: float) -> float:
+    """``now + ttl``, at most the last time ``datetime`` can represent (the year 9999):
+    a longer ttl means "practically never" and the entry must stay readable."""
+    return min(now + ttl, MAX_TIMESTAMP)
 
 
 def check_limit(value: Any, what: str) -> int | None:
@@ -161,7 +166,7 @@ class NamespacePolicy:
     def expires_at(self, now: float, ttl: float | Unset | None = UNSET) -> float | None:
         """When an entry written now expires: per-call ``ttl`` if given, else the policy's."""
         seconds = self.ttl if ttl is UNSET else check_ttl(ttl)
-        return None if seconds is None else now + seconds
+        return None if seconds is None else expiry(now, seconds)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,14 @@ from .errors import (
     UpgradeRequiredError,
     VersionConflictError,
 )
-from .lifecycle import UNSET, LifecycleConfig, OnDuplicate, Unset, check_on_duplicate
+from .lifecycle import (
+    UNSET,
+    LifecycleConfig,
+    OnDuplicate,
+    Unset,
+    check_on_duplicate,
+    expiry,
+)
 from .store_lifecycle import LifecycleStore, count_inserted
 from .store_reembed import ReembedStore
 from .validation import FloatVector, metadata_json, similarity_hits
@@ -468,7 +475,7 @@ class Store(LifecycleStore, ReembedStore):
             seconds: float | None = None
             if not isinstance(ttl, Unset):
                 seconds = ttl
-                expires_at = None if ttl is None else now + ttl
+                expires_at = None if ttl is None else expiry(now, ttl)
             conn.execute(
                 "UPDATE entries SET response = ?, metadata = ?, query = coalesce(?, query), "
                 "query_hash = coalesce(?, query_hash), "

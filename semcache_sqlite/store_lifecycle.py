@@ -31,6 +31,7 @@ from .lifecycle import (
     NamespacePolicy,
     check_namespace_settings,
     eviction_target,
+    expiry,
 )
 from .validation import FloatVector
 from .vector_index import (
@@ -325,7 +326,7 @@ class LifecycleStore:
         row = conn.execute("SELECT ttl FROM entries WHERE id = ?", (entry_id,)).fetchone()
         if row is None or row[0] is None:
             return
-        expires_at = now + float(row[0])
+        expires_at = expiry(now, float(row[0]))
         conn.execute("UPDATE entries SET expires_at = ? WHERE id = ?", (expires_at, entry_id))
         set_expiry(conn, entry_id, expires_at)
 

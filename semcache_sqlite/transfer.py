@@ -42,7 +42,7 @@ from .inputs import (
     no_progress,
     raise_problems,
 )
-from .lifecycle import MAX_TTL
+from .lifecycle import check_ttl
 from .store import Store
 from .validation import (
     SQLITE_INT_MIN,
@@ -50,8 +50,8 @@ from .validation import (
     as_unit_matrix,
     as_unit_vector,
     check_query,
-    check_response,
     check_scope_name,
+    check_text,
     query_hash,
 )
 
@@ -242,7 +242,8 @@ def _import_row(
         context_key=field_str(obj, "context_key", ""),
         query=query,
         query_hash=query_hash(query),
-        response=checked(check_response, field_str(obj, "response")),
+        # As export wrote it: files of earlier versions may hold empty responses.
+        response=checked(check_text, field_str(obj, "response"), "response"),
         created_at=float(created if created is not None else now),
         updated_at=float(updated if updated is not None else now),
         version=field_int(obj, "version", 1, 1),
@@ -252,23 +253,12 @@ def _import_row(
         preferred_id=preferred
         if isinstance(preferred, int) and not isinstance(preferred, bool)
         else None,
-        ttl=_field_ttl(obj),
+        ttl=checked(check_ttl, obj.get("ttl")),
         expires_at=field_number(obj, "expires_at", None),
     )
     vector = obj.get("vector")
     dim = header.embedding_dim if header is not None else None
     return row, None if vector is None else decode_vector(vector, dim)
-
-
-def _field_ttl(obj: dict[str, Any]) -> float | None:
-    value = obj.get("ttl")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise LineError(f"'ttl' must be a positive number of seconds or null, got {value!r}")
-    if not value <= MAX_TTL:  # expires_at = now + ttl must stay a representable time
-        raise LineError(f"'ttl' must be at most {MAX_TTL:.0f} seconds, got {value!r}")
-    return float(value)
 
 
 def _iter_import(path: Path) -> Iterator[tuple[int, ExportHeader | None, Any]]:

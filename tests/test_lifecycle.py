@@ -13,7 +13,6 @@ from fakes import FakeEmbedder
 
 from semcache_sqlite import InvalidInputError, SemanticCache, VersionConflictError
 from semcache_sqlite import vector_index as vector_index_module
-from semcache_sqlite.lifecycle import MAX_TTL
 
 
 @pytest.fixture
@@ -344,12 +343,11 @@ def test_invalid_lifecycle_settings(db_path: Path, clock: FakeClock) -> None:
         assert cache.namespace_policy("ns").max_entries is None
 
 
-@pytest.mark.parametrize("ttl", [1e300, 10**400, MAX_TTL * 1.5, float("inf"), float("nan")])
-def test_ttl_beyond_the_representable_times_is_refused(
-    db_path: Path, clock: FakeClock, ttl: float
+@pytest.mark.parametrize("ttl", [0, -5.0, 10**400, float("inf"), float("nan"), "60", True])
+def test_ttl_that_is_not_a_positive_finite_number_is_refused(
+    db_path: Path, clock: FakeClock, ttl: Any
 ) -> None:
-    """now + ttl must stay a time datetime can represent, or the entry could not be read."""
-    with pytest.raises(InvalidInputError, match="ttl must be a positive number"):
+    with pytest.raises(InvalidInputError, match="ttl must be a"):
         make_cache(db_path, clock, ttl=ttl)
     with make_cache(db_path, clock) as cache:
         entry_id = cache.store("kept question", None, "kept")
@@ -359,14 +357,27 @@ def test_ttl_beyond_the_representable_times_is_refused(
             lambda: cache.update(entry_id, response="changed", ttl=ttl),
             lambda: cache.configure_namespace("ns", ttl=ttl),
         ):
-            with pytest.raises(InvalidInputError, match="ttl must be a positive number"):
+            with pytest.raises(InvalidInputError, match="ttl must be a"):
                 write()
         assert cache.stats()["cached_entries"] == 1 and cache.get(entry_id).version == 1
         assert cache.namespace_policy("ns").ttl is None
-        longest = cache.store("lives longest", None, "r", ttl=MAX_TTL)
-        expires = cache.get(longest).expires_at
-        assert expires is not None and expires.timestamp() == clock() + MAX_TTL
-        assert cache.get_or_compute("lives longest", lambda q: "x") == ("r", True)
+
+
+def test_a_ttl_beyond_the_year_9999_expires_then(db_path: Path, clock: FakeClock) -> None:
+    """now + ttl is clamped to the last time datetime represents: the entry stays readable,
+    servable, exportable, whether the ttl is the entry's, the namespace's or sliding."""
+    with make_cache(db_path, clock, sliding_ttl=True) as cache:
+        cache.configure_namespace("long", ttl=3e11)  # earlier versions took it, then broke
+        ids = [
+            cache.store("lives longest", None, "r", ttl=1e300),
+            cache.store("namespace ttl", None, "n", namespace="long"),
+        ]
+        for entry_id in ids:
+            expires = cache.get(entry_id).expires_at
+            assert expires is not None and expires.year == 9999
+        assert cache.get_or_compute("lives longest", lambda q: "x") == ("r", True)  # slides
+        assert cache.lookup("namespace ttl", namespace="long") is not None
+        assert cache.get(ids[0]).expires_at.year == 9999  # type: ignore[union-attr]
 
 
 # -- updates ---------------------------------------------------------------------------------
