@@ -40,14 +40,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from .errors import (
     CacheTimeoutError,
     EmbedderError,
-    EmbedderMismatchError,
     EmbedderResponseError,
     EmbedderTimeoutError,
     InvalidInputError,
     InvalidQueryError,
     LLMError,
     SemCacheError,
-    StorageError,
 )
 from .llms import Completion, complete
 from .prompts import Prompt, key_prompt
@@ -368,7 +366,8 @@ def conclude_answer(
     """The LLM answered: store it if cacheable (``store`` writes it), count, report.
 
     The answer is paid for, so a store the file refuses (lock timeout, full disk,
-    any StorageError, or a re-embed by another process) does not lose it: it is
+    any StorageError, a re-embed by another process, a namespace setting the file
+    holds that cannot be used: any SemCacheError) does not lose it: it is
     returned uncached (reason "store_failed", the exception in ``result.error``)
     with a WARNING, under the strict policy too (strict is about answering
     without the cache before the LLM is paid; raising now would only throw the
@@ -378,12 +377,12 @@ def conclude_answer(
     """
     reason = uncacheable_reason(cache, found, completion)
     entry_id = None
-    error: StorageError | EmbedderMismatchError | None = None
+    error: SemCacheError | None = None
     if reason is None:
         try:
             with req.watch.phase("store"):
                 entry_id = store()
-        except (StorageError, EmbedderMismatchError) as exc:
+        except SemCacheError as exc:
             reason, error = "store_failed", exc
             logger.warning(
                 "could not store the LLM's answer, returning it uncached%s: %s namespace=%s",

@@ -817,6 +817,29 @@ def test_disk_full_after_the_llm_answered_returns_the_answer(cache: SemanticCach
     assert snapshot(Path(cache.path)) == before
 
 
+def test_a_setting_in_the_file_that_refuses_the_store_returns_the_answer(
+    cache: SemanticCache,
+) -> None:
+    """Not only StorageErrors: whatever SemCacheError the store raises after the LLM was
+    paid (here a namespace setting no version writes, edited in by hand), the answer is
+    returned uncached, not lost."""
+    with cache._db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO namespace_config (namespace, settings, updated_at) VALUES (?, ?, 0)",
+            ("default", '{"eviction": "mru"}'),
+        )
+    calls: list[str] = []
+
+    def llm(query: str) -> str:
+        calls.append(query)
+        return "paid"
+
+    result = cache.get_or_compute_result("a new question", llm)
+    assert (result.response, result.is_cached, result.reason) == ("paid", False, "store_failed")
+    assert isinstance(result.error, InvalidInputError) and calls == ["a new question"]
+    assert cache.stats()["cached_entries"] == 0
+
+
 @needs_mount
 def test_disk_full_on_a_small_tmpfs(tmp_path: Path) -> None:
     with mounted(["-t", "tmpfs", "-o", "size=4m", "tmpfs"], tmp_path / "small") as disk:
