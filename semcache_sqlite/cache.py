@@ -187,7 +187,10 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         self.namespace = check_scope_name(namespace, "namespace", allow_empty=False)
         self.user_id = check_scope_name(user_id, "user_id", allow_empty=True)
         self.context = context
-        self.max_query_chars = check_int(max_query_chars, "max_query_chars", minimum=1)
+        # An int, so that a limit stays a limit: for none, pass a huge one (sys.maxsize).
+        self.max_query_chars = check_int(
+            max_query_chars, "max_query_chars (sys.maxsize: no limit)", minimum=1
+        )
         self._db = Database(
             path,
             busy_timeout=busy_timeout,

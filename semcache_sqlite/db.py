@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import numbers
 import os
 import threading
 import time
@@ -104,8 +105,8 @@ def check_busy_timeout(value: object) -> float:
     """``busy_timeout``: seconds to wait for another connection's lock, 0 to MAX_BUSY_TIMEOUT."""
     if (
         isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0 <= value <= MAX_BUSY_TIMEOUT  # also refuses NaN and inf
+        or not isinstance(value, numbers.Real)  # numpy numbers too
+        or not 0 <= float(value) <= MAX_BUSY_TIMEOUT  # also refuses NaN and inf
     ):
         raise InvalidInputError(
             f"busy_timeout must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT:g}, "

@@ -103,7 +103,7 @@ def check_limit(value: Any, what: str) -> int | None:
     """A size limit: a positive int, or None for "no limit"."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InvalidInputError(f"{what} must be a positive integer or None, got {value!r}")
     return int(value)
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import threading
 import time
 from collections import OrderedDict
@@ -22,7 +23,7 @@ from .db import Database
 from .embedders import Embedder
 from .errors import InvalidInputError
 from .quality import GuardConfig, Signals
-from .validation import check_threshold
+from .validation import check_int, check_threshold
 
 FILE_WIDE = ""  # the namespace value of a file-wide calibration
 #: The schema version (migration 0003) that creates these tables. Readers that never
@@ -308,6 +309,8 @@ class FeedbackLog:
         """``entry(id) -> (namespace, user_id, cached query)`` for ids not remembered."""
         if isinstance(correct, bool) is False and correct not in (0, 1):
             raise InvalidInputError(f"correct must be True or False, got {correct!r}")
+        if isinstance(result, numbers.Integral) and not isinstance(result, bool):
+            result = check_int(result, "entry id")  # numpy ints too; SQLite's range
         if isinstance(result, int) and not isinstance(result, bool):
             with self._lock:
                 remembered = self._recent.get(result)

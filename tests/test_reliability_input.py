@@ -389,6 +389,23 @@ def test_bad_constructor_arguments(db_path: Path, options: dict[str, Any]) -> No
     assert not db_path.exists()
 
 
+def test_numpy_numbers_work_where_python_numbers_do(db_path: Path) -> None:
+    with SemanticCache(
+        db_path,
+        embedder=FakeEmbedder(),
+        busy_timeout=np.float32(5),
+        ttl=np.int64(60),
+        max_entries=np.int64(5),
+        max_query_chars=np.int64(1000),
+    ) as cache:
+        entry_id = np.int64(cache.store("numpy question", None, "numpy answer"))
+        assert cache.get(entry_id).response == "numpy answer"
+        assert cache.feedback(entry_id, correct=True) >= 1
+        assert cache.update(entry_id, response="changed", ttl=np.float64(30)).version == 2
+        assert cache.namespace_policy().max_entries is None  # namespace limit: not set
+        assert cache.delete(entry_id)
+
+
 @pytest.mark.parametrize(
     "options", [{"embed_timeout": "1"}, {"coalesce_timeout": float("inf")}, {"embed_timeout": 0}]
 )
