@@ -50,7 +50,7 @@ from .errors import EmbedderResponseError, InvalidInputError, SemCacheError
 from .fallback import (
     FallbackMixin,
     FallbackPolicy,
-    checked_vector,
+    embed_one,
     embedder_errors,
     prepare,
     run_find_similar,
@@ -286,8 +286,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     def _embed_one(self, query: str) -> FloatVector:
         """Embed one query (search, update, forget_similar); a failure or an unusable
         vector is the embedder's fault, typed so, as in lookups."""
-        with embedder_errors():
-            return checked_vector(self.embedder, self.embedder.embed([query]))
+        return embed_one(self.embedder, query)  # no deadline: no LLM to fall back on
 
     # -- lookups -----------------------------------------------------------------
 

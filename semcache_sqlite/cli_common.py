@@ -32,7 +32,7 @@ from .errors import (
     SemCacheError,
     UpgradeRequiredError,
 )
-from .migrate import check_file_identity, check_not_newer, check_openable, migrate
+from .migrate import check_openable, migrate
 from .store import EntryRow, Store
 from .validation import SQLITE_INT_MAX, SQLITE_INT_MIN, check_metadata
 
@@ -172,8 +172,7 @@ def open_existing(path: str, *, upgrade: bool = False) -> Database:
 
 
 def _check_existing(conn: Any, path: str) -> None:
-    check_file_identity(conn, path)
-    if check_not_newer(conn, path) == 0:
+    if check_openable(conn, path) == 0:
         raise NotACacheFileError(
             f"{path}: an empty SQLite file, not a semcache-sqlite cache "
             "(`semcache migrate` turns it into an empty cache)"

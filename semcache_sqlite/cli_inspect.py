@@ -40,7 +40,7 @@ from .cli_common import (
 from .db import Database
 from .decision import Judgement, judge
 from .embedders import Embedder
-from .fallback import checked_vector, embedder_errors
+from .fallback import embed_one
 from .migrate import latest_version
 from .quality import GuardConfig
 from .quality_store import FILE_WIDE, QUALITY_SCHEMA_VERSION, QualityStore, resolve_rule
@@ -363,12 +363,6 @@ def _peek_tools(
     return _Peek(admin.store, embedder, facts.has_vector_table, _Rule(limit, config, source))
 
 
-def _embed(embedder: Embedder, query: str) -> FloatVector:
-    """As the library embeds a query: its failures and unusable vectors are EmbedderErrors."""
-    with embedder_errors():
-        return checked_vector(embedder, embedder.embed([query]))
-
-
 def _decide(peek: _Peek, scope: Scope, query: str, vector: FloatVector | None = None) -> Judgement:
     """What lookup() would do: the exact-match path first (no embedding), then judge."""
     exact = peek.store.find_exact(scope, query_hash(query))
@@ -377,7 +371,7 @@ def _decide(peek: _Peek, scope: Scope, query: str, vector: FloatVector | None = 
     if not peek.has_vectors:  # nothing was ever embedded into this file
         return Judgement(peek.rule.threshold)
     if vector is None:
-        vector = _embed(peek.embedder, query)
+        vector = embed_one(peek.embedder, query)
     return judge(peek.store, scope, vector, query, peek.rule.threshold, peek.rule.guards)
 
 
@@ -455,7 +449,7 @@ def search(
         found: list[tuple[EntryRow, float]] = []
         verdict = Judgement(peek.rule.threshold)
         if peek.has_vectors:
-            vector = _embed(peek.embedder, query)
+            vector = embed_one(peek.embedder, query)
             found = [(r, min(1.0, 1.0 - d)) for r, d in peek.store.nearest(scope, vector, k)]
             verdict = _decide(peek, scope, query, vector)
     results = [_result_json(row, sim, verdict) for row, sim in found]

@@ -198,14 +198,15 @@ def embedder_errors() -> Iterator[None]:
         raise error from exc
 
 
-def embed_query(cache: SemanticCache, query: str) -> FloatVector:
-    timeout = cache.policy.embed_timeout
+def embed_one(embedder: Embedder, query: str, timeout: float | None = None) -> FloatVector:
+    """One query's vector: the embedder's failures and unusable vectors typed as
+    EmbedderErrors; with ``timeout``, EmbedderTimeoutError past that many seconds."""
     with embedder_errors():
         if timeout is None:
-            matrix = cache.embedder.embed([query])
+            matrix = embedder.embed([query])
         else:
-            matrix = call_with_deadline(lambda: cache.embedder.embed([query]), timeout)
-        return checked_vector(cache.embedder, matrix)
+            matrix = call_with_deadline(lambda: embedder.embed([query]), timeout)
+        return checked_vector(embedder, matrix)
 
 
 def call_with_deadline(call: Callable[[], T], timeout: float) -> T:
@@ -458,7 +459,7 @@ def find(cache: SemanticCache, req: Request, *, fail_open: bool) -> Found:
         return Found(cache._exact_result(row, req.query), None, 1.0)
     try:
         with req.watch.phase("embed"):
-            vector = embed_query(cache, req.query)
+            vector = embed_one(cache.embedder, req.query, cache.policy.embed_timeout)
     except EmbedderError as exc:
         return embed_failed(cache, req, exc, fail_open=fail_open)
     with req.watch.phase("search"):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from .errors import InvalidFileError, InvalidInputError
-from .validation import SQLITE_INT_MAX, check_metadata, check_timestamp
+from .validation import check_int, check_metadata, check_timestamp
 
 T = TypeVar("T")
 
@@ -49,16 +49,7 @@ def field_number(obj: dict[str, Any], key: str, default: float | None) -> float 
 
 
 def field_int(obj: dict[str, Any], key: str, default: int, minimum: int) -> int:
-    value = obj.get(key, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not minimum <= value <= SQLITE_INT_MAX
-    ):
-        raise LineError(
-            f"{key!r} must be an integer from {minimum} to {SQLITE_INT_MAX}, got {value!r}"
-        )
-    return value
+    return checked(check_int, obj.get(key, default), repr(key), minimum=minimum)
 
 
 def field_metadata(obj: dict[str, Any]) -> dict[str, Any]:

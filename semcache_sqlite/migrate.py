@@ -106,11 +106,11 @@ def check_not_newer(conn: Any, path: str) -> int:
     return version
 
 
-def check_openable(conn: Any, path: str) -> None:
+def check_openable(conn: Any, path: str) -> int:
     """Refuse another program's file or a newer one; ``Database(check_file=...)`` runs it
-    before anything (WAL mode included) changes the file."""
+    before anything (WAL mode included) changes the file. Returns the schema version."""
     check_file_identity(conn, path)
-    check_not_newer(conn, path)
+    return check_not_newer(conn, path)
 
 
 def migrate(db: Database, target: int | None = None) -> int:

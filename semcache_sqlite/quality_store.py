@@ -67,6 +67,13 @@ class FeedbackRow:
     created_at: float
 
 
+#: A calibrations row as ``_calibration`` reads it; callers add WHERE / ORDER BY.
+_CALIBRATION_SELECT = (
+    "SELECT namespace, threshold, embedding_model, guards, source, target, figures, "
+    "created_at FROM calibrations "
+)
+
+
 class QualityStore:
     """Reads and writes the two quality tables of one cache file."""
 
@@ -83,8 +90,7 @@ class QualityStore:
         ``calibrations_not_for``)."""
         with self.db.reading() as conn:
             row = conn.execute(
-                "SELECT namespace, threshold, embedding_model, guards, source, target, figures, "
-                "created_at FROM calibrations WHERE namespace IN (?, '') AND embedding_model = ? "
+                _CALIBRATION_SELECT + "WHERE namespace IN (?, '') AND embedding_model = ? "
                 "ORDER BY namespace = '' LIMIT 1",
                 (namespace, model),
             ).fetchone()
@@ -96,8 +102,7 @@ class QualityStore:
         ``semcache doctor``."""
         with self.db.reading() as conn:
             rows = conn.execute(
-                "SELECT namespace, threshold, embedding_model, guards, source, target, figures, "
-                "created_at FROM calibrations WHERE embedding_model != ? ORDER BY namespace",
+                _CALIBRATION_SELECT + "WHERE embedding_model != ? ORDER BY namespace",
                 (model,),
             ).fetchall()
         return [_calibration(row) for row in rows]
@@ -106,8 +111,7 @@ class QualityStore:
         """Exactly this namespace's row ('' = the file-wide row)."""
         with self.db.reading() as conn:
             row = conn.execute(
-                "SELECT namespace, threshold, embedding_model, guards, source, target, figures, "
-                "created_at FROM calibrations WHERE namespace = ?",
+                _CALIBRATION_SELECT + "WHERE namespace = ?",
                 (namespace,),
             ).fetchone()
         return None if row is None else _calibration(row)

@@ -278,7 +278,7 @@ def test_import_malformed_line_reported_and_nothing_imported(source: Path, tmp_p
         # integers beyond SQLite's 64-bit INTEGER
         ('{"query": "q", "response": "r", "version": 9223372036854775808}', "'version' must"),
         ('{"query": "q", "response": "r", "hit_count": 9223372036854775808}', "'hit_count'"),
-        ('{"query": "q", "response": "r", "id": 9223372036854775808}', "'id' must be an integer"),
+        ('{"query": "q", "response": "r", "id": 9223372036854775808}', "'id' must be an int"),
         # metadata JSON cannot hold (json.loads reads NaN and Infinity)
         ('{"query": "q", "response": "r", "metadata": {"x": NaN}}', "metadata cannot be stored"),
         ('{"query": "q", "response": "r", "metadata": {"x": -Infinity}}', "metadata cannot"),
