@@ -418,14 +418,25 @@ class OpenAIEmbedder:
         return self._rows(response, len(batch))
 
     def _rows(self, response: Any, expected: int) -> list[Any]:
-        data = sorted(getattr(response, "data", None) or [], key=lambda item: item.index)
-        if [item.index for item in data] != list(range(expected)):
+        data = list(getattr(response, "data", None) or [])
+        indexes = [getattr(item, "index", None) for item in data]
+        if all(i is None for i in indexes):  # a server that leaves it out: the list's order
+            indexes = list(range(len(data)))
+        by_index = dict(zip(indexes, data, strict=True))
+        if len(by_index) != len(data) or set(by_index) != set(range(expected)):
             raise EmbedderResponseError(
                 f"asked {self._model!r} for {expected} embeddings, the server returned "
-                f"{len(data)} (indexes {[item.index for item in data][:10]})"
+                f"{len(data)} (indexes {indexes[:10]})"
             )
+        data = [by_index[i] for i in range(expected)]
         for item in data:
-            length = len(item.embedding)
+            vector = getattr(item, "embedding", None)
+            # A list of numbers (openai decodes base64 into one); not null, nor a str.
+            if not isinstance(vector, (Sequence, np.ndarray)) or isinstance(vector, str):
+                raise EmbedderResponseError(
+                    f"{self._model!r} returned {type(vector).__name__} for an embedding"
+                )
+            length = len(vector)
             if length != self._dim:
                 raise EmbedderResponseError(
                     f"{self._model!r} returned {length}-d vectors, this embedder is declared "

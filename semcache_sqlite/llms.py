@@ -69,14 +69,27 @@ class Completion:
     model: str | None = None
 
     def uncacheable_reason(self, *, cache_truncated: bool = False) -> str | None:
-        """Why this answer must not be cached ("refusal", "content_filter", "truncated")."""
+        """Why this answer must not be cached: "refusal", "content_filter", "truncated",
+        "tool_call" (the text only leads into a tool call), or "unfinished" (any other
+        way of ending than :data:`FINISHED`, e.g. vLLM's "abort", OpenRouter's "error")."""
+        reason = self.finish_reason
         if self.refusal:
             return "refusal"
-        if self.finish_reason == "content_filter":
+        if reason is None or reason in FINISHED:
+            return None
+        if reason == "length":
+            return None if cache_truncated else "truncated"
+        if reason == "content_filter":
             return "content_filter"
-        if self.finish_reason == "length" and not cache_truncated:
-            return "truncated"
-        return None
+        return "tool_call" if reason in TOOL_CALL_FINISHES else "unfinished"
+
+
+#: ``finish_reason`` values of an answer that ended as a whole, final answer ("stop"
+#: for OpenAI and most compatible servers; the others from servers that pass their
+#: own through). None (a plain callable's text) counts as finished too.
+FINISHED = frozenset({"stop", "eos", "eos_token", "end_turn", "stop_sequence"})
+#: ``finish_reason`` values of an answer that hands over to a tool instead.
+TOOL_CALL_FINISHES = frozenset({"tool_calls", "function_call", "tool_use"})
 
 
 def as_completion(answer: object) -> Completion:
@@ -120,11 +133,16 @@ def llm_cache_context(llm: object | None) -> Mapping[str, Any] | None:
     return context
 
 
-def _failed(exc: Exception) -> LLMError:
+def llm_error(exc: Exception) -> LLMError:
+    """``exc`` as the LLMError to raise (``raise llm_error(exc)``, no ``from``): itself if
+    typed already, keeping its own cause; else a new one caused by it. A TimeoutError
+    of the LLM's own is an LLMTimeoutError, as the embedder's is an EmbedderTimeoutError."""
     if isinstance(exc, LLMError):
         return exc
-    error = LLMError(f"the LLM call failed, nothing was cached: {exc}")
+    kind = LLMTimeoutError if isinstance(exc, TimeoutError) else LLMError
+    error = kind(f"the LLM call failed, nothing was cached: {exc}")
     error.status_code = getattr(exc, "status_code", None)
+    error.__cause__ = exc
     return error
 
 
@@ -141,7 +159,7 @@ def complete(llm: Any, prompt: Prompt) -> Completion:
     try:
         answer = method(prompt) if callable(method) else llm(prompt)
     except Exception as exc:
-        raise _failed(exc) from exc
+        raise llm_error(exc)  # noqa: B904 - chained in llm_error
     if inspect.isawaitable(answer):
         if inspect.iscoroutine(answer):
             answer.close()  # never awaited: close it so Python does not warn
@@ -163,7 +181,7 @@ async def acomplete(llm: Any, prompt: Prompt) -> Completion:
             if inspect.isawaitable(answer):
                 answer = await answer
     except Exception as exc:
-        raise _failed(exc) from exc
+        raise llm_error(exc)  # noqa: B904 - chained in llm_error
     return as_completion(answer)
 
 
@@ -258,9 +276,11 @@ class OpenAIChat:
         choice = response.choices[0]
         message = choice.message
         refusal = getattr(message, "refusal", None) or None
+        # Some servers say "stop" beside tool calls: the text is still not the answer.
+        calls_tool = getattr(message, "tool_calls", None) or getattr(message, "function_call", None)
         return Completion(
             text=message.content or refusal or "",
-            finish_reason=choice.finish_reason,
+            finish_reason="tool_calls" if calls_tool else choice.finish_reason,
             refusal=refusal,
             model=getattr(response, "model", None),
         )
@@ -330,6 +350,7 @@ class _Accumulator:
         self.parts: list[str] = []
         self.refusal: list[str] = []
         self.finish_reason: str | None = None
+        self.calls_tool = False  # a delta carried tool_calls / function_call
         self.model: str | None = None
 
     def feed(self, chunk: Any) -> str:
@@ -341,6 +362,10 @@ class _Accumulator:
         if choice.finish_reason:
             self.finish_reason = choice.finish_reason
         delta = choice.delta
+        if delta is not None and (
+            getattr(delta, "tool_calls", None) or getattr(delta, "function_call", None)
+        ):
+            self.calls_tool = True
         piece = ""
         if delta is not None and delta.content:
             piece = delta.content
@@ -359,7 +384,8 @@ class _Accumulator:
             raise LLMError("the chat stream ended before the model finished (connection lost?)")
         refusal = "".join(self.refusal) or None
         text = "".join(self.parts) or refusal or ""
-        return Completion(text, self.finish_reason, refusal, self.model)
+        finish = "tool_calls" if self.calls_tool else self.finish_reason
+        return Completion(text, finish, refusal, self.model)
 
 
 class ChatStream:

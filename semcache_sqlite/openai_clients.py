@@ -39,10 +39,11 @@ def _resolve(api_key: str | None, base_url: str | None) -> tuple[str, str | None
     return key, url
 
 
-def without_retries(client: Any) -> Any:
-    """``client`` with its built-in retries off, if it is an openai client."""
+def our_options(client: Any, timeout: float) -> Any:
+    """``client`` (the caller's) with its built-in retries off (ours run instead) and our
+    ``timeout``, which the errors then report truly; if it is an openai client."""
     with_options = getattr(client, "with_options", None)
-    return with_options(max_retries=0) if callable(with_options) else client
+    return with_options(max_retries=0, timeout=timeout) if callable(with_options) else client
 
 
 class OpenAIClients:
@@ -60,9 +61,11 @@ class OpenAIClients:
         self._api_key, self._base_url = _resolve(api_key, base_url)
         self.timeout = float(timeout)
         self._lock = threading.Lock()  # lazy creation from several threads builds one client
-        self._sync = None if client is None else without_retries(client)
+        self._sync = None if client is None else our_options(client, self.timeout)
         self._owns_sync = client is None
-        self._given_async = None if async_client is None else without_retries(async_client)
+        self._given_async = (
+            None if async_client is None else our_options(async_client, self.timeout)
+        )
         # Weak keys: a loop that is closed and gone takes its client with it.
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()

@@ -51,7 +51,7 @@ from .fallback import (
     prepare,
     store_answer,
 )
-from .llms import Completion, as_completion, is_async_callable
+from .llms import Completion, as_completion, is_async_callable, llm_error
 from .prompts import Prompt
 from .singleflight import FLIGHTS, Flight
 from .timing import CacheResult, logger
@@ -253,8 +253,11 @@ class _StreamBase:
         self._settle_flight(None, None)
 
     def _failed(self, exc: Exception) -> Exception:
+        """The error to raise (``raise self._failed(exc)``, no ``from``): ``exc`` itself if
+        typed, keeping its own cause; else an LLMError (LLMTimeoutError for a
+        TimeoutError) caused by it. Concludes the request and releases the waiters."""
         self._finished = True
-        error = exc if isinstance(exc, SemCacheError) else LLMError(f"the LLM stream failed: {exc}")
+        error = exc if isinstance(exc, SemCacheError) else llm_error(exc)
         self.result = conclude_error(self._cache, self._req, self._found, error)
         self._settle_flight(None, error)
         return error
@@ -317,7 +320,7 @@ class CachedStream(_StreamBase):
             with req.watch.phase("llm"):
                 self._source = open_stream(req.llm, req.prompt)
         except Exception as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc)  # noqa: B904 - chained inside _failed
 
     def __enter__(self) -> CachedStream:
         self._start()
@@ -353,7 +356,7 @@ class CachedStream(_StreamBase):
                 piece = _piece(raw)
         except Exception as exc:
             self._close_source()
-            raise self._failed(exc) from exc
+            raise self._failed(exc)  # noqa: B904 - chained inside _failed
         except BaseException:
             self._close_source()
             self._stopped_early()
@@ -431,7 +434,7 @@ class AsyncCachedStream(_StreamBase):
             with req.watch.phase("llm"):
                 self._source = await open_astream(req.llm, req.prompt)
         except Exception as exc:
-            raise await asyncio.to_thread(self._failed, exc) from exc
+            raise await asyncio.to_thread(self._failed, exc)  # noqa: B904 - chained there
 
     async def __aenter__(self) -> AsyncCachedStream:
         await self._start()
@@ -467,7 +470,7 @@ class AsyncCachedStream(_StreamBase):
                 piece = _piece(raw)
         except Exception as exc:
             await self._close_source()
-            raise await asyncio.to_thread(self._failed, exc) from exc
+            raise await asyncio.to_thread(self._failed, exc)  # noqa: B904 - chained there
         except BaseException:  # cancelled mid-stream: behave as if closed early
             self._stopped_early_quietly()
             await self._close_source()

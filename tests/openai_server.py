@@ -15,7 +15,10 @@ Knobs on ``server.state`` for scripting failures:
 - ``gate``: chat requests wait until this event is set (concurrency tests hold
   the leader's LLM call open with it, with no sleeps);
 - ``finish_reason``, ``refusal``: how the answer ends (refusal: content null);
+- ``tool_call``: the answer also calls a tool (``tool_calls`` in the message, or
+  in a delta of the stream), whatever ``finish_reason`` says;
 - ``wrong_dim``: embeddings of that length instead of the requested one;
+- ``omit_index``: embeddings without their ``index`` field (in input order);
 - ``stream_fail_after``: a stream stops after that many chunks, without its
   final chunk (a connection lost mid-answer).
 """
@@ -31,6 +34,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from fakes import bag_of_words_vector
+
+#: The tool call a ``tool_call`` answer makes.
+TOOL_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "lookup_order", "arguments": '{"order": 42}'},
+}
 
 
 @dataclass
@@ -53,7 +63,9 @@ class OpenAIServerState:
     gate: threading.Event | None = None
     finish_reason: str = "stop"
     refusal: str | None = None
+    tool_call: bool = False
     wrong_dim: int | None = None
+    omit_index: bool = False
     stream_fail_after: int | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -116,6 +128,9 @@ class _Handler(BaseHTTPRequestHandler):
             {"object": "embedding", "index": i, "embedding": bag_of_words_vector(t, dim).tolist()}
             for i, t in enumerate(inputs)
         ]
+        if state.omit_index:
+            for item in data:
+                del item["index"]
         return {
             "object": "list",
             "data": data,
@@ -125,6 +140,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self, body: dict[str, Any], state: OpenAIServerState) -> dict[str, Any]:
         content = None if state.refusal else state.answer(body["messages"])
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": content,
+            "refusal": state.refusal,
+        }
+        if state.tool_call:
+            message["tool_calls"] = [TOOL_CALL]
         return {
             "id": "chatcmpl-test",
             "object": "chat.completion",
@@ -134,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {
                     "index": 0,
                     "finish_reason": state.finish_reason,
-                    "message": {"role": "assistant", "content": content, "refusal": state.refusal},
+                    "message": message,
                 }
             ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
@@ -152,6 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
             if state.stream_fail_after is not None and number >= state.stream_fail_after:
                 return  # connection dropped: no final chunk, no [DONE]
             self._event(self._chunk(body, {field_name: piece}, None))
+        if state.tool_call:
+            self._event(self._chunk(body, {"tool_calls": [{"index": 0, **TOOL_CALL}]}, None))
         self._event(self._chunk(body, {}, state.finish_reason))
         self.wfile.write(b"data: [DONE]\n\n")
 

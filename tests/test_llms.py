@@ -172,6 +172,70 @@ def test_refusals_and_truncated_answers_are_returned_not_cached(
     assert cache.stats()["cached_entries"] == 1
 
 
+@pytest.mark.parametrize(
+    ("finish_reason", "tool_call", "reason"),
+    [
+        ("tool_calls", True, "tool_call"),
+        ("stop", True, "tool_call"),  # some servers say "stop" beside a tool call
+        ("function_call", False, "tool_call"),
+        ("abort", False, "unfinished"),  # vLLM: an aborted, partial answer
+        ("error", False, "unfinished"),  # OpenRouter: failed mid-answer
+    ],
+)
+def test_answers_that_are_not_final_are_returned_not_cached(
+    cache: SemanticCache, server: OpenAIServer, finish_reason: str, tool_call: bool, reason: str
+) -> None:
+    server.state.answer = lambda messages: "Let me look that up for you."
+    server.state.finish_reason, server.state.tool_call = finish_reason, tool_call
+    result = cache.get_or_compute_result("where is my order")
+    assert (result.response, result.is_cached, result.reason) == (
+        "Let me look that up for you.",
+        False,
+        reason,
+    )
+    with cache.stream("where is my parcel") as stream:
+        assert "".join(stream) == "Let me look that up for you."
+    assert stream.result is not None and stream.result.reason == reason
+    assert cache.stats()["cached_entries"] == 0
+    server.state.finish_reason, server.state.tool_call = "stop", False
+    assert cache.get_or_compute_result("where is my order").stored
+
+
+def test_llm_errors_chain_the_servers_error(cache: SemanticCache, server: OpenAIServer) -> None:
+    import openai
+
+    server.state.fail_next, server.state.fail_path = [401, 401], "/chat/completions"
+    with pytest.raises(LLMError) as caught:
+        cache.get_or_compute("who am I")
+    assert isinstance(caught.value.__cause__, openai.AuthenticationError)
+    with pytest.raises(LLMError) as streamed, cache.stream("who are you"):
+        pass
+    assert isinstance(streamed.value.__cause__, openai.AuthenticationError)
+
+
+def test_an_llms_own_timeout_is_an_llm_timeout_error(tmp_path: Path) -> None:
+    def hung(prompt: str) -> str:
+        raise TimeoutError("upstream read timed out")
+
+    with SemanticCache(tmp_path / "t.db", embedder=FakeEmbedder(), llm=hung) as cache:
+        with pytest.raises(LLMTimeoutError, match="upstream read timed out") as caught:
+            cache.get_or_compute("a slow question")
+        assert isinstance(caught.value.__cause__, TimeoutError)
+        with pytest.raises(LLMTimeoutError), cache.stream("a slow stream"):
+            pass
+        assert cache.stats()["cached_entries"] == 0
+
+
+def test_timeout_applies_to_a_client_passed_in(server: OpenAIServer) -> None:
+    import openai
+
+    server.state.delay, server.state.delay_path = 5.0, "/chat/completions"
+    client = openai.OpenAI(base_url=server.base_url, api_key="test-key", timeout=30.0)
+    chat = make_chat(server, client=client, timeout=0.3, retry=NO_RETRY)
+    with pytest.raises(LLMTimeoutError, match=r"0\.3 s"):
+        chat.complete("hello")
+
+
 def test_empty_refusal_raises_and_truncated_can_be_cached(
     tmp_path: Path, server: OpenAIServer
 ) -> None:

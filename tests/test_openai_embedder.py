@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import bag_of_words_vector
 from openai_server import OpenAIServer
 from providers import NO_RETRY, make_embedder
 
@@ -54,6 +55,14 @@ def test_token_budget_splits_real_requests(server: OpenAIServer) -> None:
     sizes = [len(body["input"]) for body in server.state.bodies("/embeddings")]
     assert sizes == [3, 3] and sum(sizes) == 6
     embedder.close()
+
+
+def test_embeddings_without_index_come_in_input_order(server: OpenAIServer) -> None:
+    server.state.omit_index = True
+    texts = ["first text", "second text here", "third"]
+    embedder = make_embedder(server)
+    vectors = embedder.embed(texts)
+    assert np.allclose(vectors, np.stack([bag_of_words_vector(t, 64) for t in texts]), atol=1e-6)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
