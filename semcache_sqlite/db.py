@@ -78,6 +78,11 @@ DEFAULT_MMAP_SIZE = 0
 WAL_LIMIT_BYTES = 32 * 1024 * 1024
 #: Longest a committing connection waits for readers and writers to let it checkpoint.
 WAL_CHECKPOINT_WAIT = 1.0
+#: After a wait that a reader outlasted (an export holding its snapshot, say), the
+#: next waits are this far apart, doubling up to WAL_BACKOFF_MAX: otherwise every
+#: commit would stall WAL_CHECKPOINT_WAIT for as long as that reader stays.
+WAL_BACKOFF_MIN = 1.0
+WAL_BACKOFF_MAX = 30.0
 
 logger = logging.getLogger("semcache_sqlite")
 
@@ -273,6 +278,8 @@ class Database:
         self.driver = select_driver(driver)
         self.read_only = bool(read_only)
         self.wal_limit_bytes = WAL_LIMIT_BYTES
+        self._wal_backoff = 0.0  # seconds between checkpoint waits; 0 = wait at once
+        self._wal_wait_after = 0.0  # time.monotonic() before which no commit waits
         self._check_file = check_file  # None once it passed: the first connection runs it
         self._local = threading.local()
         self._pid = os.getpid()
@@ -489,18 +496,38 @@ class Database:
 
     def _bound_wal(self, conn: Any) -> None:
         """Checkpoint and truncate an oversized WAL (see WAL_LIMIT_BYTES); never fails
-        the write that was just committed, and waits at most WAL_CHECKPOINT_WAIT."""
+        the write that was just committed.
+
+        A passive checkpoint first (it never waits): when it copies every frame, no
+        reader holds an older snapshot and the truncation needs no wait. Otherwise a
+        reader pins the WAL: the truncation waits at most WAL_CHECKPOINT_WAIT for it
+        to move on, and if it does not (a long export), the commits of the next
+        WAL_BACKOFF_MIN seconds (doubling) do not wait again.
+        """
         try:
             if os.stat(f"{self.path}-wal").st_size <= self.wal_limit_bytes:
                 return
         except OSError:
             return
-        wait = int(min(self.busy_timeout, WAL_CHECKPOINT_WAIT) * 1000)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {wait}")
+            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            pinned = copied < frames
+            if pinned and time.monotonic() < self._wal_wait_after:
+                return
+            wait = min(self.busy_timeout, WAL_CHECKPOINT_WAIT) if pinned else 0.0
+            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            if busy:
-                logger.info("WAL checkpoint deferred: readers or writers still busy")
+            if busy and pinned:
+                self._wal_backoff = min(
+                    WAL_BACKOFF_MAX, max(WAL_BACKOFF_MIN, 2 * self._wal_backoff)
+                )
+                self._wal_wait_after = time.monotonic() + self._wal_backoff
+                logger.info(
+                    "WAL checkpoint deferred %.0f s: a reader holds an older snapshot",
+                    self._wal_backoff,
+                )
+            elif not busy:
+                self._wal_backoff = 0.0
         except self.driver.Error as exc:
             logger.warning("WAL checkpoint failed (the write was committed): %s", exc)
         finally:

@@ -370,3 +370,32 @@ def test_an_oversized_wal_is_checkpointed_after_a_commit(
     cache.store("third entry", None, "3")
     assert wal.stat().st_size == 0
     assert check_file(db_path).ok
+
+
+def test_a_long_reader_stalls_one_commit_per_backoff_not_every_commit(
+    cache: SemanticCache, db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A reader holding an old snapshot (an export) pins the WAL: the first commit past
+    the limit waits for it, the next ones (within WAL_BACKOFF_MIN) do not; once the reader
+    is gone, the next commit truncates the WAL."""
+    monkeypatch.setattr("semcache_sqlite.db.WAL_CHECKPOINT_WAIT", 0.05)
+    monkeypatch.setattr("semcache_sqlite.db.WAL_BACKOFF_MIN", 3600.0)  # no expiry in the test
+    cache._db.wal_limit_bytes = 1
+    wal = Path(f"{db_path}-wal")
+    cache.store("before the reader", None, "0")
+    reader = select_driver().connect(str(db_path), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM entries").fetchone()
+        with caplog.at_level(logging.INFO, logger="semcache_sqlite"):
+            ids = [cache.store(f"while reading {i}", None, str(i)) for i in range(5)]
+        deferred = [r for r in caplog.records if "checkpoint deferred" in r.getMessage()]
+        assert len(deferred) == 1  # one wait, then the backoff
+        assert [cache.get(i).response for i in ids] == [str(i) for i in range(5)]
+        assert wal.stat().st_size > 0
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    cache.store("after the reader", None, "6")
+    assert wal.stat().st_size == 0
+    assert check_file(db_path).ok
