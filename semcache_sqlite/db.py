@@ -57,6 +57,7 @@ from .errors import (
     StorageError,
     StorageFullError,
 )
+from .fork_gate import GATE
 
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for the lock before CacheTimeoutError
 
@@ -471,9 +472,11 @@ class Database:
         conn = state.conn
         depth = state.depth
         if depth == 0:
+            GATE.enter()  # a fork() waits for this transaction (fork_gate.py)
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except self.driver.Error as exc:
+                GATE.leave()
                 raise translate_error(exc, self.path) from exc
         state.depth = depth + 1
         try:
@@ -482,6 +485,7 @@ class Database:
             state.depth = depth
             if depth == 0:
                 self._rollback(conn)
+                GATE.leave()
             if isinstance(exc, self.driver.Error):
                 raise translate_error(exc, self.path) from exc
             raise
@@ -492,6 +496,8 @@ class Database:
             except self.driver.Error as exc:
                 self._rollback(conn)
                 raise translate_error(exc, self.path) from exc
+            finally:
+                GATE.leave()
             self._bound_wal(conn)
 
     def _bound_wal(self, conn: Any) -> None:

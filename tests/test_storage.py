@@ -257,6 +257,46 @@ def test_usable_after_fork(cache: SemanticCache) -> None:
     assert hit is not None and hit.response == "child"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_fork_waits_for_another_threads_write_transaction(db_path: Path) -> None:
+    """SQLite keeps locks in process memory: a child forked while another thread of the
+    parent is inside a write transaction would inherit its lock and never write (every
+    write timed out). fork() waits for that transaction instead (fork_gate.py)."""
+    cache = SemanticCache(db_path, embedder=FakeEmbedder(), busy_timeout=1.0)
+    cache.store("before the fork", None, "parent")
+    inside, finish = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with cache._db.transaction() as conn:
+            conn.execute("UPDATE entries SET hit_count = hit_count + 1")
+            inside.set()
+            finish.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert inside.wait(10)
+    finish.set()  # the writer commits now; the fork right below must wait for it
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            cache.store("from the child", None, "child")  # CacheTimeoutError after 1 s if locked
+            code = 0
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(code)
+    os.close(write_end)
+    status = os.read(read_end, 1)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    thread.join()
+    assert status == b"\x00"
+    hit = cache.lookup("from the child")
+    assert hit is not None and hit.response == "child"
+    cache.close()
+
+
 def test_stock_sqlite3_shell_reads_entries_without_extension(cache: SemanticCache) -> None:
     shell = shutil.which("sqlite3")
     if shell is None:

@@ -1,0 +1,76 @@
+"""fork() waits for the write transactions of the process's other threads.
+
+SQLite keeps a file's locks in process memory. A child forked while another thread
+of the parent is inside a write transaction inherits that lock state with no thread
+to release it: every write of the child, even through a new connection, times out
+(CacheTimeoutError). So a fork waits (``os.register_at_fork``) until no other thread
+is inside a transaction, and no transaction begins until the fork is done.
+
+The forking thread's own transaction cannot be waited for (it would never end): a
+fork from inside one is the caller's to avoid. A fork waits at most
+:data:`FORK_WAIT` seconds, then goes ahead (with a warning): a stuck transaction
+must not hang the parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+
+#: The longest a fork waits for other threads' transactions to end.
+FORK_WAIT = 10.0
+
+logger = logging.getLogger("semcache_sqlite")
+
+
+class TransactionGate:
+    """Counts the threads inside a write transaction; holds forks until there are none."""
+
+    def __init__(self) -> None:
+        # A plain Lock: the child releases the copy it inherits, held by the forking thread.
+        self._changed = threading.Condition(threading.Lock())
+        self._inside: Counter[int] = Counter()
+
+    def enter(self) -> None:
+        """Before BEGIN: waits while a fork is in progress."""
+        with self._changed:
+            self._inside[threading.get_ident()] += 1
+
+    def leave(self) -> None:
+        """After COMMIT or ROLLBACK."""
+        me = threading.get_ident()
+        with self._changed:
+            self._inside[me] -= 1
+            if self._inside[me] <= 0:
+                del self._inside[me]
+            self._changed.notify_all()
+
+    def before_fork(self) -> None:
+        me = threading.get_ident()
+        self._changed.acquire()  # held across the fork: no transaction begins meanwhile
+        if not self._changed.wait_for(lambda: set(self._inside) <= {me}, FORK_WAIT):
+            logger.warning(
+                "fork() after waiting %.0f s for other threads' write transactions: the "
+                "child may be unable to write the cache file",
+                FORK_WAIT,
+            )
+
+    def after_fork_in_parent(self) -> None:
+        self._changed.release()
+
+    def after_fork_in_child(self) -> None:
+        me = threading.get_ident()
+        self._inside = Counter({me: self._inside[me]} if self._inside[me] else {})
+        self._changed.release()
+
+
+GATE = TransactionGate()
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork()
+    os.register_at_fork(
+        before=GATE.before_fork,
+        after_in_parent=GATE.after_fork_in_parent,
+        after_in_child=GATE.after_fork_in_child,
+    )
