@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import numbers
 import os
 import threading
@@ -109,16 +110,16 @@ MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000
 
 def check_busy_timeout(value: object) -> float:
     """``busy_timeout``: seconds to wait for another connection's lock, 0 to MAX_BUSY_TIMEOUT."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)  # numpy numbers too
-        or not 0 <= float(value) <= MAX_BUSY_TIMEOUT  # also refuses NaN and inf
-    ):
+    seconds = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy numbers too
+        with suppress(OverflowError):  # an int beyond float's range
+            seconds = float(value)
+    if not 0 <= seconds <= MAX_BUSY_TIMEOUT:  # also refuses NaN and inf
         raise InvalidInputError(
             f"busy_timeout must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT:g}, "
             f"got {value!r}"
         )
-    return float(value)
+    return seconds
 
 
 def select_driver(preferred: str | None = None) -> ModuleType:
@@ -504,26 +505,29 @@ class Database:
         """Checkpoint and truncate an oversized WAL (see WAL_LIMIT_BYTES); never fails
         the write that was just committed.
 
-        A passive checkpoint first (it never waits): when it copies every frame, no
-        reader holds an older snapshot and the truncation needs no wait. Otherwise a
-        reader pins the WAL: the truncation waits at most WAL_CHECKPOINT_WAIT for it
-        to move on, and if it does not (a long export), the commits of the next
-        WAL_BACKOFF_MIN seconds (doubling) do not wait again.
+        The truncation waits at most WAL_CHECKPOINT_WAIT for readers to let go of the
+        WAL (short lookups do, within milliseconds; if they keep it busy, the next
+        commit tries again). A reader that still holds an older snapshot after the wait
+        (a long export: frames are left uncopied) would make every commit wait again,
+        so the commits of the next WAL_BACKOFF_MIN seconds (doubling, up to
+        WAL_BACKOFF_MAX) do not: they only run a passive checkpoint (it never waits),
+        which tells when that reader is gone, and then the truncation goes ahead.
         """
         try:
             if os.stat(f"{self.path}-wal").st_size <= self.wal_limit_bytes:
                 return
         except OSError:
             return
+        wait = min(self.busy_timeout, WAL_CHECKPOINT_WAIT)
         try:
-            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            pinned = copied < frames
-            if pinned and time.monotonic() < self._wal_wait_after:
-                return
-            wait = min(self.busy_timeout, WAL_CHECKPOINT_WAIT) if pinned else 0.0
+            if time.monotonic() < self._wal_wait_after:
+                _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if copied < frames:
+                    return  # still pinned: no wait
+                self._wal_wait_after = 0.0
             conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            if busy and pinned:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy and copied < frames:  # an older snapshot pins the WAL
                 self._wal_backoff = min(
                     WAL_BACKOFF_MAX, max(WAL_BACKOFF_MIN, 2 * self._wal_backoff)
                 )
@@ -534,6 +538,8 @@ class Database:
                 )
             elif not busy:
                 self._wal_backoff = 0.0
+            else:
+                logger.info("WAL checkpoint deferred: readers or writers still busy")
         except self.driver.Error as exc:
             logger.warning("WAL checkpoint failed (the write was committed): %s", exc)
         finally:

@@ -4,12 +4,13 @@ SQLite keeps a file's locks in process memory. A child forked while another thre
 of the parent is inside a write transaction inherits that lock state with no thread
 to release it: every write of the child, even through a new connection, times out
 (CacheTimeoutError). So a fork waits (``os.register_at_fork``) until no other thread
-is inside a transaction, and no transaction begins until the fork is done.
+is inside a transaction; meanwhile no other transaction begins (except in a thread
+already inside one, which may be waiting to finish it), so writers cannot starve it.
 
 The forking thread's own transaction cannot be waited for (it would never end): a
-fork from inside one is the caller's to avoid. A fork waits at most
-:data:`FORK_WAIT` seconds, then goes ahead (with a warning): a stuck transaction
-must not hang the parent.
+fork from inside one goes ahead at once, and is the caller's to avoid. A fork waits
+at most :data:`FORK_WAIT` seconds, then goes ahead (with a warning): a stuck
+transaction must not hang the parent.
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ class TransactionGate:
         # A plain Lock: the child releases the copy it inherits, held by the forking thread.
         self._changed = threading.Condition(threading.Lock())
         self._inside: Counter[int] = Counter()
+        self._fork_pending = False
 
     def enter(self) -> None:
-        """Before BEGIN: waits while a fork is in progress."""
+        """Before BEGIN: waits while a fork is waiting or in progress, unless this thread
+        is inside a transaction already (of another file: it must be able to finish)."""
+        me = threading.get_ident()
         with self._changed:
-            self._inside[threading.get_ident()] += 1
+            self._changed.wait_for(lambda: not self._fork_pending or self._inside[me] > 0)
+            self._inside[me] += 1
 
     def leave(self) -> None:
         """After COMMIT or ROLLBACK."""
@@ -50,6 +55,9 @@ class TransactionGate:
     def before_fork(self) -> None:
         me = threading.get_ident()
         self._changed.acquire()  # held across the fork: no transaction begins meanwhile
+        if self._inside[me] > 0:  # our own transaction: waiting for the others could deadlock
+            return
+        self._fork_pending = True  # new transactions wait (enter) while we wait for these
         if not self._changed.wait_for(lambda: set(self._inside) <= {me}, FORK_WAIT):
             logger.warning(
                 "fork() after waiting %.0f s for other threads' write transactions: the "
@@ -58,11 +66,14 @@ class TransactionGate:
             )
 
     def after_fork_in_parent(self) -> None:
+        self._fork_pending = False
+        self._changed.notify_all()
         self._changed.release()
 
     def after_fork_in_child(self) -> None:
         me = threading.get_ident()
         self._inside = Counter({me: self._inside[me]} if self._inside[me] else {})
+        self._fork_pending = False
         self._changed.release()
 
 

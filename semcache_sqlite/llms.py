@@ -16,8 +16,13 @@ What counts as "not cacheable" (decided here, documented in the README):
 - a **refusal**: the message's ``refusal`` field is set (OpenAI's structured
   refusal); its text is returned to the caller, never stored;
 - a **content-filtered** answer (``finish_reason == "content_filter"``);
-- a **truncated** answer (``finish_reason == "length"``: it hit ``max_tokens``),
-  unless the cache's policy says ``cache_truncated=True``;
+- a **truncated** answer (``finish_reason == "length"``: it hit ``max_tokens``;
+  other servers' names in :data:`TRUNCATED`), unless the cache's policy says
+  ``cache_truncated=True``;
+- an answer that **calls a tool** (``tool_calls`` / ``function_call``): its text only
+  leads into the call;
+- an answer that ended any other way than :data:`FINISHED` (vLLM's "abort",
+  OpenRouter's "error", ...): "unfinished";
 - an empty or whitespace-only answer is an error (``LLMError``; a refusal or a
   filter with no text at all raises ``LLMRefusalError``), and so is text that is
   not a str or cannot be stored (a lone surrogate).
@@ -72,22 +77,26 @@ class Completion:
         """Why this answer must not be cached: "refusal", "content_filter", "truncated",
         "tool_call" (the text only leads into a tool call), or "unfinished" (any other
         way of ending than :data:`FINISHED`, e.g. vLLM's "abort", OpenRouter's "error")."""
-        reason = self.finish_reason
+        reason = None if self.finish_reason is None else self.finish_reason.lower()
         if self.refusal:
             return "refusal"
         if reason is None or reason in FINISHED:
             return None
-        if reason == "length":
+        if reason in TRUNCATED:
             return None if cache_truncated else "truncated"
         if reason == "content_filter":
             return "content_filter"
         return "tool_call" if reason in TOOL_CALL_FINISHES else "unfinished"
 
 
-#: ``finish_reason`` values of an answer that ended as a whole, final answer ("stop"
-#: for OpenAI and most compatible servers; the others from servers that pass their
-#: own through). None (a plain callable's text) counts as finished too.
-FINISHED = frozenset({"stop", "eos", "eos_token", "end_turn", "stop_sequence"})
+#: ``finish_reason`` values (compared in lower case: gateways pass Gemini's "STOP"
+#: through) of an answer that ended as a whole, final answer: "stop" for OpenAI and
+#: most compatible servers, the others from servers that pass their own through. None
+#: (a plain callable's text) counts as finished too.
+FINISHED = frozenset({"stop", "eos", "eos_token", "end_turn", "stop_sequence", "complete"})
+#: ``finish_reason`` values of an answer cut by the token limit (OpenAI's "length",
+#: Gemini's "MAX_TOKENS", Mistral's "model_length").
+TRUNCATED = frozenset({"length", "max_tokens", "model_length"})
 #: ``finish_reason`` values of an answer that hands over to a tool instead.
 TOOL_CALL_FINISHES = frozenset({"tool_calls", "function_call", "tool_use"})
 

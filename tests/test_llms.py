@@ -201,6 +201,24 @@ def test_answers_that_are_not_final_are_returned_not_cached(
     assert cache.get_or_compute_result("where is my order").stored
 
 
+@pytest.mark.parametrize(
+    ("finish_reason", "reason"),
+    [
+        ("STOP", None),  # Gemini's, passed through by gateways
+        ("complete", None),
+        ("eos", None),
+        ("MAX_TOKENS", "truncated"),
+        ("model_length", "truncated"),
+        ("SAFETY", "unfinished"),
+    ],
+)
+def test_finish_reasons_of_other_servers(finish_reason: str, reason: str | None) -> None:
+    answer = Completion("an answer", finish_reason=finish_reason)
+    assert answer.uncacheable_reason() == reason
+    if reason == "truncated":
+        assert answer.uncacheable_reason(cache_truncated=True) is None
+
+
 def test_llm_errors_chain_the_servers_error(cache: SemanticCache, server: OpenAIServer) -> None:
     import openai
 

@@ -275,7 +275,10 @@ def test_fork_waits_for_another_threads_write_transaction(db_path: Path) -> None
     thread = threading.Thread(target=writer)
     thread.start()
     assert inside.wait(10)
-    finish.set()  # the writer commits now; the fork right below must wait for it
+    # The writer may finish only once the fork has begun: this hook runs before the gate's
+    # (hooks run in reverse order of registration). Without the gate the fork would go on
+    # at once, holding the GIL, so the writer could not have left its transaction.
+    os.register_at_fork(before=finish.set)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
