@@ -346,6 +346,19 @@ def test_stress_verifier_catches_lost_and_resurrected_writes(tmp_path: Path) -> 
     assert not report.ok and "lost writes" in report.summary()
 
 
+@contextmanager
+def _reader_holding_a_snapshot(db_path: Path) -> Iterator[Any]:
+    """A plain connection in an open read transaction (its first SELECT takes the
+    snapshot), as a long export holds one."""
+    reader = select_driver().connect(str(db_path), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        yield reader
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+
+
 def test_an_oversized_wal_is_checkpointed_after_a_commit(
     cache: SemanticCache, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -357,16 +370,11 @@ def test_an_oversized_wal_is_checkpointed_after_a_commit(
     wal = Path(f"{db_path}-wal")
     cache.store("first entry", None, "1")
     assert wal.stat().st_size == 0  # checkpointed and truncated
-    reader = select_driver().connect(str(db_path), isolation_level=None)
-    try:
-        reader.execute("BEGIN")
+    with _reader_holding_a_snapshot(db_path) as reader:
         assert reader.execute("SELECT count(*) FROM entries").fetchone()[0] == 1
         entry_id = cache.store("second entry", None, "2")  # cannot truncate: not an error
         assert cache.get(entry_id).response == "2"
         assert wal.stat().st_size > 0
-    finally:
-        reader.execute("ROLLBACK")
-        reader.close()
     cache.store("third entry", None, "3")
     assert wal.stat().st_size == 0
     assert check_file(db_path).ok
@@ -383,9 +391,7 @@ def test_a_long_reader_stalls_one_commit_per_backoff_not_every_commit(
     cache._db.wal_limit_bytes = 1
     wal = Path(f"{db_path}-wal")
     cache.store("before the reader", None, "0")
-    reader = select_driver().connect(str(db_path), isolation_level=None)
-    try:
-        reader.execute("BEGIN")
+    with _reader_holding_a_snapshot(db_path) as reader:
         reader.execute("SELECT count(*) FROM entries").fetchone()
         with caplog.at_level(logging.INFO, logger="semcache_sqlite"):
             ids = [cache.store(f"while reading {i}", None, str(i)) for i in range(5)]
@@ -393,9 +399,6 @@ def test_a_long_reader_stalls_one_commit_per_backoff_not_every_commit(
         assert len(deferred) == 1  # one wait, then the backoff
         assert [cache.get(i).response for i in ids] == [str(i) for i in range(5)]
         assert wal.stat().st_size > 0
-    finally:
-        reader.execute("ROLLBACK")
-        reader.close()
     cache.store("after the reader", None, "6")
     assert wal.stat().st_size == 0
     assert check_file(db_path).ok

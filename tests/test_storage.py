@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -234,17 +235,14 @@ def test_threads_share_one_cache(cache: SemanticCache) -> None:
     assert cache._store.orphan_counts() == (0, 0)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
-def test_usable_after_fork(cache: SemanticCache) -> None:
-    cache.store("before the fork", None, "parent")
+def _in_forked_child(child: Callable[[], bool]) -> bool:
+    """Run ``child`` in a forked child process; what it returned (False if it raised)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: must open its own connection, never reuse the parent's
+    if pid == 0:
         code = 1
         try:
-            hit = cache.lookup("before the fork")
-            cache.store("from the child", None, "child")
-            code = 0 if hit is not None and hit.response == "parent" else 2
+            code = 0 if child() else 2
         finally:
             os.write(write_end, bytes([code]))
             os._exit(code)
@@ -252,7 +250,19 @@ def test_usable_after_fork(cache: SemanticCache) -> None:
     status = os.read(read_end, 1)
     os.close(read_end)
     os.waitpid(pid, 0)
-    assert status == b"\x00"
+    return status == b"\x00"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_usable_after_fork(cache: SemanticCache) -> None:
+    cache.store("before the fork", None, "parent")
+
+    def child() -> bool:  # must open its own connection, never reuse the parent's
+        hit = cache.lookup("before the fork")
+        cache.store("from the child", None, "child")
+        return hit is not None and hit.response == "parent"
+
+    assert _in_forked_child(child)
     hit = cache.lookup("from the child")
     assert hit is not None and hit.response == "child"
 
@@ -279,22 +289,9 @@ def test_fork_waits_for_another_threads_write_transaction(db_path: Path) -> None
     # (hooks run in reverse order of registration). Without the gate the fork would go on
     # at once, holding the GIL, so the writer could not have left its transaction.
     os.register_at_fork(before=finish.set)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            cache.store("from the child", None, "child")  # CacheTimeoutError after 1 s if locked
-            code = 0
-        finally:
-            os.write(write_end, bytes([code]))
-            os._exit(code)
-    os.close(write_end)
-    status = os.read(read_end, 1)
-    os.close(read_end)
-    os.waitpid(pid, 0)
+    # In the child, a lock inherited mid-transaction makes this a CacheTimeoutError (1 s).
+    assert _in_forked_child(lambda: cache.store("from the child", None, "child") > 0)
     thread.join()
-    assert status == b"\x00"
     hit = cache.lookup("from the child")
     assert hit is not None and hit.response == "child"
     cache.close()
