@@ -181,7 +181,7 @@ def normalize_query(query: str) -> str:
     """The form used by the exact-match path: NFKC, case-folded, whitespace collapsed;
     super- and subscripts keep a mark (``x²`` -> ``x^2``, ``H₂O`` -> ``h_2o``), since
     NFKC alone makes "What is 2³?" and "What is 23?" one query."""
-    marked = query.translate(_script_marks())
+    marked = query if query.isascii() else query.translate(_script_marks())  # ASCII: none
     return " ".join(unicodedata.normalize("NFKC", marked).casefold().split())
 
 
