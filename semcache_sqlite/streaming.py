@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from types import TracebackType
@@ -140,10 +141,17 @@ async def open_astream(llm: Any, prompt: Prompt) -> Any:
 
 
 class _ThreadedIterator:
-    """A blocking iterator read from async code, one ``next()`` per worker-thread hop."""
+    """A blocking iterator read from async code, one ``next()`` per worker-thread hop.
+
+    A cancelled read leaves its worker thread inside ``next()``, where the iterator
+    cannot be closed ("generator already executing"): ``aclose`` then leaves the close
+    to that thread, which does it as soon as its read returns.
+    """
 
     def __init__(self, pieces: Iterator[Any]) -> None:
         self._pieces = pieces
+        self._reading = threading.Lock()  # held by the worker thread inside next()
+        self._close_pending = False
 
     @property
     def completion(self) -> Any:
@@ -155,15 +163,32 @@ class _ThreadedIterator:
 
     async def __anext__(self) -> Any:
         done = object()
-        piece = await asyncio.to_thread(next, self._pieces, done)
+        piece = await asyncio.to_thread(self._next, done)
         if piece is done:
             raise StopAsyncIteration
         return piece
 
+    def _next(self, done: object) -> Any:
+        with self._reading:
+            try:
+                return next(self._pieces, done)
+            finally:
+                if self._close_pending:  # asked while this read ran
+                    self._close()
+
     async def aclose(self) -> None:
+        self._close_pending = True
+        if not self._reading.acquire(blocking=False):
+            return  # a worker thread is inside next(): it closes as it returns
+        try:
+            await asyncio.to_thread(self._close)
+        finally:
+            self._reading.release()
+
+    def _close(self) -> None:
         close = getattr(self._pieces, "close", None)
         if callable(close):
-            await asyncio.to_thread(close)
+            close()
 
 
 #: Returned by next()/anext() when the LLM's stream has ended.

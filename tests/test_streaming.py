@@ -155,6 +155,50 @@ def test_async_stream_miss_hit_error_and_early_stop(
     asyncio.run(main())
 
 
+def test_cancelled_astream_closes_a_sync_llm_stream_whose_read_is_running(
+    tmp_path: Path,
+) -> None:
+    """A cancelled astream cannot close a sync stream while a worker thread is inside its
+    next(); the close then happens when that read returns, not only whenever the
+    generator is garbage-collected (here it is kept alive, as a caller's LLM may)."""
+    reading, release, closed = threading.Event(), threading.Event(), threading.Event()
+    kept: list[Iterator[str]] = []
+
+    def sync_llm(prompt: str) -> Iterator[str]:
+        def pieces() -> Iterator[str]:
+            try:
+                yield "first "
+                reading.set()
+                release.wait(10)  # a network read that outlives the cancellation
+                yield "second "
+                yield "third"
+            finally:
+                closed.set()
+
+        kept.append(pieces())
+        return kept[-1]
+
+    async def main() -> None:
+        async with SemanticCache(tmp_path / "c.db", embedder=FakeEmbedder()) as cache:
+
+            async def consume() -> None:
+                async with cache.astream("cancel me mid-read", sync_llm) as stream:
+                    async for _ in stream:
+                        pass
+
+            task = asyncio.create_task(consume())
+            assert await asyncio.to_thread(reading.wait, 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not closed.is_set()
+            release.set()
+            assert await asyncio.to_thread(closed.wait, 10)
+            assert (await cache.astats())["cached_entries"] == 0
+
+    asyncio.run(main())
+
+
 def test_async_generator_llm_and_cancelled_stream(tmp_path: Path) -> None:
     async def main() -> None:
         started = asyncio.Event()
