@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -190,18 +191,34 @@ def _export(
 def _export_to_file(
     state: CliState, database: Database, output: Path, flt: EntryFilter, vectors: str | None
 ) -> int:
-    directory = output.resolve().parent
+    target = output.resolve()  # through a symlink: the file it points to is replaced
+    if target.exists() and not target.is_file():  # a FIFO or a device: written to as it is
+        with open(target, "w", encoding="utf-8") as handle:
+            return _export(state, database, handle, flt, vectors)
+    directory = target.parent
     if not directory.is_dir():
         raise CliError(f"{output}: directory {directory} does not exist", EXIT_ERROR)
-    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{output.name}.", suffix=".tmp")
+    # A complete file or none: written beside the target, then renamed over it.
+    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with open(fd, "w", encoding="utf-8") as handle:
             count = _export(state, database, handle, flt, vectors)
-        os.replace(temp_name, output)
+        os.chmod(temp_name, _file_mode(target))
+        os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return count
+
+
+def _file_mode(target: Path) -> int:
+    """The replaced file's permissions, or a new file's (0666 less the umask), not
+    mkstemp's private 0600."""
+    if target.exists():
+        return stat.S_IMODE(target.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @click.command(name="import", short_help="Load an export file, all or nothing.")

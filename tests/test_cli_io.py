@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -402,6 +405,35 @@ def test_export_output_file_is_atomic(source: Path, tmp_path: Path) -> None:
     fake_cli().run("export", source, "-o", out)
     assert len(out.read_text().splitlines()) == 6
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_export_output_through_a_symlink_a_fifo_and_with_the_usual_mode(
+    source: Path, tmp_path: Path
+) -> None:
+    real = tmp_path / "backups" / "latest.jsonl"
+    real.parent.mkdir()
+    real.write_text("previous backup\n")
+    real.chmod(0o640)
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(real)
+    fake_cli().run("export", source, "-o", link)
+    assert link.is_symlink() and len(real.read_text().splitlines()) == 6  # the target replaced
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640  # its permissions kept
+    fresh = tmp_path / "fresh.jsonl"
+    fake_cli().run("export", source, "-o", fresh)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    # The reader a FIFO needs; a daemon, so a FIFO replaced by a file cannot hang the run.
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    fake_cli().run("export", source, "-o", fifo)
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)  # still a FIFO, not replaced by a file
+    assert len(received) == 1 and len(received[0].splitlines()) == 6
 
 
 def test_import_keeps_a_namespace_within_its_entry_limit(tmp_path: Path) -> None:
