@@ -176,9 +176,8 @@ class EntryWriter:
 
     def write_batch(self, rows: Sequence[WarmRow]) -> tuple[list[int | None], WriteCounts]:
         """Write one batch in one transaction; return (id per row, None if skipped), counts."""
-        if not self._bound:
-            self.store.bind_embedder(self.embedder.model_id, self.embedder.dim)
-            self._bound = True
+        if not self._bound and self.store.info().get("embedding_model") is not None:
+            self._bind()  # a file with a model: check ours before embedding anything
         counts = WriteCounts()
         groups: dict[Scope, dict[str, int]] = {}  # scope -> query hash -> last row index
         for index, row in enumerate(rows):
@@ -227,6 +226,8 @@ class EntryWriter:
                 vectors[p][i] = vector
         model = self.embedder.model_id
         with self.db.transaction():
+            if not self._bound:  # a new file takes the model with its first entries, so an
+                self._bind()  # embedder that failed above leaves it unbound, for another
             for (scope, indexes, entries), given in zip(plans, vectors, strict=True):
                 if not entries:
                     continue
@@ -240,6 +241,10 @@ class EntryWriter:
                 for index, entry_id in zip(indexes, written, strict=True):
                     ids[index] = entry_id
         return ids, counts
+
+    def _bind(self) -> None:
+        self.store.bind_embedder(self.embedder.model_id, self.embedder.dim)
+        self._bound = True
 
     def _embed(self, texts: list[str]) -> list[FloatVector]:
         matrix = self.embedder.embed(texts)

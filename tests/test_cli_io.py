@@ -16,7 +16,7 @@ import pytest
 from clitools import FAQ, Cli, fake_cli, write_jsonl
 from fakes import FakeEmbedder
 
-from semcache_sqlite import SemanticCache
+from semcache_sqlite import EmbedderError, SemanticCache
 from semcache_sqlite.db import Database
 from semcache_sqlite.store import Store
 from semcache_sqlite.validation import query_hash
@@ -42,6 +42,24 @@ def test_warm_jsonl_then_rerun_changes_nothing(tmp_path: Path) -> None:
         ("dev", ""),
         ("default", "alice"),
     }
+
+
+class _DownEmbedder(FakeEmbedder):
+    """Another model than the fake CLI's, whose service is down."""
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        raise EmbedderError("embedding service unreachable")
+
+
+def test_a_failed_first_write_leaves_a_new_file_to_the_next_embedder(tmp_path: Path) -> None:
+    """warm/put on a new file with an embedder that fails bind nothing: the file is not
+    left to a model none of its entries were embedded with (a retry exited 6)."""
+    faq = write_jsonl(tmp_path / "faq.jsonl", FAQ)
+    down = Cli(_DownEmbedder(dim=32, model_id="down-model"))
+    for command in (["warm", tmp_path / "w.db", faq], ["put", tmp_path / "p.db", "q", "a"]):
+        assert "unreachable" in down.run(*command, expect=1).stderr
+        fake_cli().run(*command)  # the default embedder takes the file
+    assert fake_cli().json("stats", tmp_path / "w.db")["entries"] == len(FAQ)
 
 
 def test_warm_replaces_changed_responses_instead_of_duplicating(tmp_path: Path) -> None:
