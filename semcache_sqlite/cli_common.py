@@ -268,7 +268,10 @@ def resolve_embedder(state: CliState, path: str, info: dict[str, str]) -> Embedd
     elif name == "local":
         embedder = LocalEmbedder()
     else:
-        requested = state.embedding_model or file_model or "text-embedding-3-small"
+        # The local model's file is not an OpenAI model's: asking the service for it
+        # would fail after a network round trip; the mismatch below names the way out.
+        known = file_model if file_model != LOCAL_MODEL_ID else None
+        requested = state.embedding_model or known or "text-embedding-3-small"
         model, dimensions = split_openai_model(requested)
         dim = state.embedding_dim
         if dim is None and requested == file_model:

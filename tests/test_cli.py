@@ -228,6 +228,21 @@ def test_file_of_another_model_names_the_options_to_pass(tmp_path: Path) -> None
     default.run("export", db)
 
 
+def test_openai_embedder_on_a_local_models_file_is_refused_before_any_request(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "local.db"
+    local_like = FakeEmbedder(dim=LOCAL_DIM, model_id=LOCAL_MODEL_ID)
+    with SemanticCache(db, embedder=local_like) as cache:
+        cache.store("How do I reset my password?", None, "Settings")
+    with OpenAIServer() as server:
+        refused = Cli().run(
+            "--embedder", "openai", "--base-url", server.base_url, "get", db, "x", expect=6
+        )
+        assert "--embedder local" in refused.stderr
+        assert server.state.count("/embeddings") == 0
+
+
 def test_openai_embedder_through_global_options(tmp_path: Path) -> None:
     db = tmp_path / "oa.db"
     with OpenAIServer() as server:
