@@ -210,7 +210,7 @@ def ls_command(
 
     shown = f"{offset + 1}-{offset + len(rows)}" if rows else "none"
     caption = f"entries {shown} of {total:,}"
-    if offset + len(rows) < total:
+    if rows and offset + len(rows) < total:  # --limit 0 has no next page to point to
         caption += f" (next page: --offset {offset + len(rows)})"
     table = Table(caption=caption, caption_justify="left")
     cells = [

@@ -302,8 +302,8 @@ def import_command(state: CliState, db: str, file: Path, reembed: bool, batch_si
             database.close()
     how = (
         "vectors from the file"
-        if needs_embedding == 0
-        else f"{needs_embedding} embedded with {model}"
+        if result.embedded == 0
+        else f"{result.embedded} embedded with {model}"
     )
     skipped = f", {result.expired} expired (not imported)" if result.expired else ""
     evicted = f"; then {result.evicted} evicted by the namespaces' limits" if result.evicted else ""

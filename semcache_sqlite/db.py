@@ -180,7 +180,7 @@ def translate_error(exc: BaseException, path: str) -> StorageError:
         )
     if "unable to open" in lowered:
         if Path(path).is_dir():
-            return StorageError(f"{path} is a directory, not a cache file")
+            return NotACacheFileError(f"{path} is a directory, not a cache file")
         problem = writability_problem(path)
         if problem is not None:
             return ReadOnlyError(f"{path}: {problem} ({message}){_READ_ONLY_HINT}")

@@ -150,13 +150,15 @@ class ExportHeader:
 @dataclass(frozen=True)
 class ImportResult:
     """What ``import_entries`` wrote: entries added, replaced, and left out because
-    they had expired (``expires_at`` at or before the import); and entries the
-    namespaces' limits then evicted (imported ones or not) or purged as expired."""
+    they had expired (``expires_at`` at or before the import); entries the
+    namespaces' limits then evicted (imported ones or not) or purged as expired; and
+    how many of the written entries were embedded (the others kept the file's vectors)."""
 
     added: int
     replaced: int
     expired: int
     evicted: int = 0
+    embedded: int = 0
 
 
 @dataclass(frozen=True)
@@ -327,7 +329,7 @@ def import_entries(
     are not written, only counted: they could never be served.
     """
     admin, store = Admin(db), Store(db)
-    added = replaced = expired = 0
+    added = replaced = expired = embedded = 0
     cutoff = time.time() if now is None else now
     loaded: Embedder | None = None
     with db.transaction() as conn:
@@ -336,7 +338,7 @@ def import_entries(
         namespaces: set[str] = set()
 
         def flush() -> None:
-            nonlocal added, replaced, loaded
+            nonlocal added, replaced, embedded, loaded
             need = [i for i, (_, v) in enumerate(batch) if v is None or not use_vectors]
             vectors = [v if use_vectors else None for _, v in batch]
             if need:
@@ -346,6 +348,7 @@ def import_entries(
                 matrix = loaded.embed([batch[i][0].query for i in need])
                 for i, vector in zip(need, as_unit_matrix(matrix, dim, len(need)), strict=True):
                     vectors[i] = vector
+                embedded += len(need)
             a, r = admin.import_rows(
                 conn, [row for row, _ in batch], [v for v in vectors if v is not None], model_id
             )
@@ -368,4 +371,4 @@ def import_entries(
             flush()
         # Limits hold for imported entries too (a restored backup may exceed them).
         evicted = store.enforce_limits(conn, namespaces, cutoff)
-    return ImportResult(added, replaced, expired, evicted)
+    return ImportResult(added, replaced, expired, evicted, embedded)

@@ -110,8 +110,9 @@ def _csv_objects(handle: TextIO) -> Iterator[tuple[int, Any]]:
             )
             continue
         row = {name: cell for name, cell in zip(columns, cells, strict=False) if name}
-        if not row.get("namespace"):
-            row.pop("namespace", None)
+        for optional in ("namespace", "user_id"):  # a blank cell: the command's default
+            if not row.get(optional, "").strip():
+                row.pop(optional, None)
         yield line, row
 
 

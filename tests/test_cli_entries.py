@@ -92,6 +92,7 @@ def test_ls_filters_sorting_and_paging(db: Path) -> None:
     assert cli.json("ls", db, "--sort", "most-hit")["entries"][0]["id"] == 2
     table = cli.run("ls", db, "--limit", "2").stdout
     assert "next page: --offset 2" in table and "entries 1-2 of 5" in table
+    assert "next page" not in cli.run("ls", db, "--limit", "0").stdout  # not itself again
 
 
 def test_ls_match_is_unicode_case_insensitive_and_literal(tmp_path: Path) -> None:

@@ -125,6 +125,11 @@ def test_warm_csv_with_and_without_header(tmp_path: Path) -> None:
     assert entries["do you back up my data"]["response"] == "Yes, daily"
     assert entries["how do i rotate keys"]["user_id"] == "alice"
     assert entries["where are invoices"]["namespace"] == "billing"
+    blank = tmp_path / "blank.csv"  # blank namespace / user_id cells take the options'
+    blank.write_text("query,response,namespace,user_id\nhow to cancel?,Billing > Cancel,,\n")
+    cli.run("warm", db, blank, "-n", "support", "-u", "dave")
+    cancel = next(e for e in cli.json("ls", db)["entries"] if e["query"] == "how to cancel?")
+    assert (cancel["namespace"], cancel["user_id"]) == ("support", "dave")
 
 
 def test_warm_malformed_line_reported_with_line_number_nothing_written(tmp_path: Path) -> None:

@@ -74,9 +74,10 @@ def test_import_leaves_out_entries_expired_at_export_time(tmp_path: Path) -> Non
     _seed(src, ago=7200)  # the 1 h TTL ran out an hour ago; nothing purged it yet
     fake_cli().run("export", src, "-o", dump)
     assert "how do i reset my password" in dump.read_text(encoding="utf-8")
-    result = fake_cli().run("import", dst, dump)
+    result = fake_cli().run("import", dst, dump, "--reembed")
     assert "imported 1 entry" in result.stdout
     assert "1 expired (not imported)" in result.stdout
+    assert "(1 embedded with" in result.stdout  # the expired one was not
     assert list(_expiry(dst)) == ["what are the pricing plans"]
 
 

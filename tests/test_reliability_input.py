@@ -495,7 +495,7 @@ def test_files_that_are_not_sqlite(tmp_path: Path) -> None:
         with pytest.raises(NotACacheFileError):
             SemanticCache(path, embedder=FakeEmbedder(), read_only=True)
         assert path.read_bytes() == content, name
-    with pytest.raises(StorageError, match="is a directory"):
+    with pytest.raises(NotACacheFileError, match="is a directory"):  # CLI: exit 5
         SemanticCache(tmp_path, embedder=FakeEmbedder())
     with pytest.raises(StorageError, match="does the directory exist"):
         SemanticCache(tmp_path / "missing" / "cache.db", embedder=FakeEmbedder())
