@@ -27,12 +27,12 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .embedder_calls import checked_vector, embedder_errors
 from .errors import EmbedderError, EmbedderTimeoutError
 from .fallback import (
     Found,
     Request,
     _as_cache,
-    checked_vector,
     conclude,
     conclude_answer,
     conclude_error,
@@ -40,7 +40,6 @@ from .fallback import (
     conclude_hit,
     conclude_miss_without_llm,
     embed_failed,
-    embedder_errors,
     prepare,
     store_answer,
 )

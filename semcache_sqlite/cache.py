@@ -45,13 +45,12 @@ from .aio import AsyncCacheMixin
 from .cache_lifecycle import LifecycleMixin
 from .db import DEFAULT_BUSY_TIMEOUT, DEFAULT_MMAP_SIZE, Database
 from .decision import CacheEntry, Judgement, LookupResult, judge
+from .embedder_calls import embed_many, embed_one
 from .embedders import Embedder, LocalEmbedder
-from .errors import EmbedderResponseError, InvalidInputError, SemCacheError
+from .errors import InvalidInputError, SemCacheError
 from .fallback import (
     FallbackMixin,
     FallbackPolicy,
-    embed_one,
-    embedder_errors,
     prepare,
     run_find_similar,
     run_lookup,
@@ -574,13 +573,7 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     def _embed_rows(self, texts: list[str]) -> FloatMatrix:
         """Embed texts for storing; a failure or an unusable vector is the embedder's
         fault, typed so."""
-        with embedder_errors():
-            matrix = self.embedder.embed(texts)
-            try:
-                return as_unit_matrix(matrix, self.embedder.dim, len(texts))
-            except InvalidInputError as exc:
-                message = f"the embedder returned an unusable vector: {exc}"
-                raise EmbedderResponseError(message) from exc
+        return embed_many(self.embedder, texts)
 
     def update(
         self,

@@ -39,8 +39,8 @@ from .cli_common import (
 )
 from .db import Database
 from .decision import Judgement, judge
+from .embedder_calls import embed_one
 from .embedders import Embedder
-from .fallback import embed_one
 from .migrate import latest_version
 from .quality import GuardConfig
 from .quality_store import FILE_WIDE, QUALITY_SCHEMA_VERSION, QualityStore, resolve_rule

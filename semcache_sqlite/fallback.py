@@ -31,19 +31,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import threading
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from .embedder_calls import embed_one
 from .errors import (
     CacheTimeoutError,
     EmbedderError,
-    EmbedderResponseError,
-    EmbedderTimeoutError,
     InvalidInputError,
-    InvalidQueryError,
     LLMError,
     SemCacheError,
 )
@@ -52,12 +48,11 @@ from .prompts import Prompt, key_prompt
 from .singleflight import FLIGHTS, Flight, leading
 from .store import Scope
 from .timing import CacheResult, Outcome, Stopwatch, logger, report
-from .validation import FloatVector, as_unit_vector, check_query, query_hash
+from .validation import FloatVector, check_query, query_hash
 
 if TYPE_CHECKING:
     from .cache import Context, SemanticCache
     from .decision import LookupResult
-    from .embedders import Embedder
 
 T = TypeVar("T")
 
@@ -156,84 +151,6 @@ def prepare(
         limit,
     )
     return Request(operation, prompt, query, digest, scope, limit, llm, watch, key)
-
-
-def checked_vector(embedder: Embedder, matrix: Any) -> FloatVector:
-    """The one vector ``embedder`` returned for one query, validated."""
-    try:
-        if len(matrix) != 1:
-            raise EmbedderResponseError(f"the embedder returned {len(matrix)} vectors for 1 text")
-        return as_unit_vector(matrix[0], embedder.dim)
-    except InvalidInputError as exc:  # NaN, zero or wrong-length vector: the embedder's fault
-        raise EmbedderResponseError(f"the embedder returned an unusable vector: {exc}") from exc
-
-
-def embedder_failure(exc: Exception) -> EmbedderError:
-    """Any failure of a (possibly third-party) embedder as an EmbedderError."""
-    if isinstance(exc, EmbedderError):
-        return exc
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, TimeoutError):  # e.g. socket.timeout: its own, not our deadline
-        return EmbedderTimeoutError(f"the embedder timed out: {detail}")
-    return EmbedderError(f"the embedder failed: {detail}")
-
-
-@contextmanager
-def embedder_errors() -> Iterator[None]:
-    """Raise any failure inside the block as an EmbedderError (the original chained as
-    ``__cause__``); an InvalidQueryError is the caller's text and passes as it is.
-
-    Around every embedder call (lookups, search, writes, sync and async), so that a
-    third-party embedder's RuntimeError, None or NaN never reaches the caller untyped
-    or as the caller's fault.
-    """
-    try:
-        yield
-    except InvalidQueryError:
-        raise
-    except Exception as exc:
-        error = embedder_failure(exc)
-        if error is exc:
-            raise
-        raise error from exc
-
-
-def embed_one(embedder: Embedder, query: str, timeout: float | None = None) -> FloatVector:
-    """One query's vector: the embedder's failures and unusable vectors typed as
-    EmbedderErrors; with ``timeout``, EmbedderTimeoutError past that many seconds."""
-    with embedder_errors():
-        if timeout is None:
-            matrix = embedder.embed([query])
-        else:
-            matrix = call_with_deadline(lambda: embedder.embed([query]), timeout)
-        return checked_vector(embedder, matrix)
-
-
-def call_with_deadline(call: Callable[[], T], timeout: float) -> T:
-    """Run ``call`` in a daemon thread and wait at most ``timeout`` seconds for it.
-
-    A thread cannot be killed: on timeout the call keeps running in the
-    background and its result is dropped. A daemon thread, so a hung embedder
-    never keeps the process from exiting.
-    """
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # handed to the waiting thread, not lost
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="semcache-embed", daemon=True).start()
-    if not done.wait(timeout):
-        raise EmbedderTimeoutError(f"the embedder did not answer within the {timeout:g} s deadline")
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
 
 
 def uncacheable_reason(cache: SemanticCache, found: Found, completion: Completion) -> str | None:
