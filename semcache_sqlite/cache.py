@@ -347,11 +347,16 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         vector = as_unit_vector(query_embedding, self.embedder.dim)
         # No query text here: a placeholder keeps the request (and its CacheResult) whole.
         req = prepare(
-            self, "find_similar", "(embedding)", self.llm, namespace, user_id, context, threshold
+            self,
+            "find_similar",
+            "(embedding)",
+            self.llm,
+            namespace,
+            user_id,
+            context,
+            threshold,
+            with_text=False,
         )
-        if threshold is None:
-            limit = self._rule(req.scope.namespace, None, with_text=False)[0]
-            req = replace(req, threshold=limit)
         return run_find_similar(self, req, vector)
 
     def search(

@@ -129,8 +129,11 @@ def prepare(
     user_id: str | None,
     context: Context,
     threshold: float | None,
+    *,
+    with_text: bool = True,
 ) -> Request:
-    """Validate everything before any I/O, and derive the scope and flight key."""
+    """Validate everything before any I/O, and derive the scope and flight key.
+    ``with_text=False``: a lookup by embedding alone (see ``SemanticCache._rule``)."""
     watch = Stopwatch()
     keyed = key_prompt(prompt)
     query = check_query(keyed.text, max_chars=cache.max_query_chars)
@@ -140,7 +143,7 @@ def prepare(
         base = context if context is not None else cache.context
         scoped_context = {"context": base, "instructions": [list(i) for i in keyed.instructions]}
     scope = cache._scope(namespace, user_id, scoped_context, llm)
-    limit = cache._rule(scope.namespace, threshold)[0]  # stored calibrations included
+    limit = cache._rule(scope.namespace, threshold, with_text=with_text)[0]  # calibrations too
     digest = query_hash(query)
     key = (
         os.path.realpath(cache.path),
