@@ -228,9 +228,12 @@ def _import_row(
     query = checked(check_query, field_str(obj, "query"))
     created = field_number(obj, "created_at", now)
     updated = field_number(obj, "updated_at", created)
-    preferred = obj.get("id")
-    if isinstance(preferred, int) and not isinstance(preferred, bool):
-        preferred = field_int(obj, "id", 1, SQLITE_INT_MIN)  # kept only when free (>= 1)
+    given_id = obj.get("id")  # an int is kept when free (>= 1); anything else is ignored
+    preferred = (
+        field_int(obj, "id", 1, SQLITE_INT_MIN)
+        if isinstance(given_id, int) and not isinstance(given_id, bool)
+        else None
+    )
     row = ImportRow(
         namespace=checked(
             check_scope_name,
@@ -252,9 +255,7 @@ def _import_row(
         hit_count=field_int(obj, "hit_count", 0, 0),
         last_hit_at=field_number(obj, "last_hit_at", None),
         metadata=field_metadata(obj),
-        preferred_id=preferred
-        if isinstance(preferred, int) and not isinstance(preferred, bool)
-        else None,
+        preferred_id=preferred,
         ttl=checked(check_ttl, obj.get("ttl")),
         expires_at=field_number(obj, "expires_at", None),
     )
