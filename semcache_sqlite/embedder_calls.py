@@ -2,10 +2,9 @@
 returns is validated, so a third-party embedder's RuntimeError, None, NaN or wrong
 shape never reaches the caller untyped or as the caller's fault.
 
-The library's embedder calls go through here: lookups (with the policy's
-deadline), search and the writes, the async twins, ``semcache get``/``search``.
-Warm-up, import and re-embedding call their embedder directly still (a raw error
-there keeps its own type).
+Every embedder call of the library goes through here: lookups (with the policy's
+deadline), search and the writes, the async twins, ``semcache get``/``search``,
+warm-up, import and re-embedding.
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .embedder_calls import embed_many
 from .embedders import Embedder
 from .errors import InvalidInputError
 from .quality_store import QualityStore, describe_calibrations
 from .store import Store
 from .timing import logger
-from .validation import FloatMatrix, as_unit_matrix
+from .validation import FloatMatrix
 
 
 def run_reembed(
@@ -41,7 +42,7 @@ def run_reembed(
     model_id, dim = new.model_id, int(new.dim)
 
     def embed(queries: list[str]) -> FloatMatrix:
-        return as_unit_matrix(new.embed(queries), dim, len(queries))
+        return embed_many(new, queries)  # its failures typed as EmbedderErrors
 
     store.purge_expired()
     state = store.reembed_begin(model_id, dim)

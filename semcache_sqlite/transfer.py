@@ -27,8 +27,9 @@ import numpy as np
 from ._version import __version__
 from .admin import Admin, EntryFilter, ImportRow
 from .db import Database
+from .embedder_calls import embed_many
 from .embedders import Embedder
-from .errors import InvalidFileError, InvalidInputError, SemCacheError
+from .errors import EmbedderMismatchError, InvalidFileError, InvalidInputError, SemCacheError
 from .inputs import (
     MAX_REPORTED_PROBLEMS,
     Advance,
@@ -47,7 +48,6 @@ from .store import Store
 from .validation import (
     SQLITE_INT_MIN,
     FloatVector,
-    as_unit_matrix,
     as_unit_vector,
     check_query,
     check_scope_name,
@@ -309,6 +309,17 @@ def validate_import_file(path: Path) -> ImportPlan:
     return ImportPlan(header, rows, with_vectors)
 
 
+def _matching(embedder: Embedder, model_id: str, dim: int) -> Embedder:
+    """``embedder`` if it makes the vectors the file is bound to: another model's vectors
+    would be written under this model's name."""
+    if (embedder.model_id, int(embedder.dim)) != (model_id, dim):
+        raise EmbedderMismatchError(
+            f"the file uses {model_id!r} ({dim}-d) but the embedder is "
+            f"{embedder.model_id!r} ({embedder.dim}-d)"
+        )
+    return embedder
+
+
 def import_entries(
     db: Database,
     path: Path,
@@ -345,9 +356,9 @@ def import_entries(
             if need:
                 if embedder is None:
                     raise SemCacheError("internal: rows need embedding but no embedder was given")
-                loaded = loaded or embedder()
-                matrix = loaded.embed([batch[i][0].query for i in need])
-                for i, vector in zip(need, as_unit_matrix(matrix, dim, len(need)), strict=True):
+                loaded = loaded or _matching(embedder(), model_id, dim)
+                matrix = embed_many(loaded, [batch[i][0].query for i in need])  # typed failures
+                for i, vector in zip(need, matrix, strict=True):
                     vectors[i] = vector
                 embedded += len(need)
             a, r = admin.import_rows(

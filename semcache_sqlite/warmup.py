@@ -17,6 +17,7 @@ from typing import Any, Literal, TextIO
 
 from .admin import Admin
 from .db import Database
+from .embedder_calls import embed_many
 from .embedders import Embedder
 from .errors import InvalidFileError, InvalidInputError
 from .inputs import (
@@ -33,7 +34,6 @@ from .inputs import (
 from .store import NewEntry, Scope, Store
 from .validation import (
     FloatVector,
-    as_unit_matrix,
     check_query,
     check_response,
     check_scope_name,
@@ -248,8 +248,7 @@ class EntryWriter:
         self._bound = True
 
     def _embed(self, texts: list[str]) -> list[FloatVector]:
-        matrix = self.embedder.embed(texts)
-        return list(as_unit_matrix(matrix, self.embedder.dim, len(texts)))
+        return list(embed_many(self.embedder, texts))  # its failures typed as EmbedderErrors
 
 
 def warm(

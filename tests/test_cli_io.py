@@ -16,9 +16,10 @@ import pytest
 from clitools import FAQ, Cli, fake_cli, write_jsonl
 from fakes import FakeEmbedder
 
-from semcache_sqlite import EmbedderError, SemanticCache
+from semcache_sqlite import EmbedderError, EmbedderMismatchError, SemanticCache
 from semcache_sqlite.db import Database
 from semcache_sqlite.store import Store
+from semcache_sqlite.transfer import import_entries, validate_import_file
 from semcache_sqlite.validation import query_hash
 from semcache_sqlite.warmup import EntryWriter, WarmRow
 
@@ -386,6 +387,71 @@ def test_import_failing_half_way_rolls_everything_back(source: Path, tmp_path: P
     assert "embedding service went away" in result.stderr
     assert [e["query"] for e in _entries(target)] == ["already here"]
     assert fake_cli().json("doctor", target)["ok"]
+
+
+class _BrokenEmbedder(FakeEmbedder):
+    """A third-party embedder failing its own way: a raw error from its second call on,
+    or (``nan=True``) NaN vectors."""
+
+    def __init__(self, nan: bool = False) -> None:
+        super().__init__()
+        self.nan = nan
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        matrix = super().embed(texts)
+        if self.calls > 1 and self.nan:
+            matrix[:] = np.nan
+        elif self.calls > 1:
+            raise RuntimeError("upstream 500")
+        return matrix
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_warm_and_import_report_a_failing_embedder_as_its_failure(
+    source: Path, tmp_path: Path, nan: bool
+) -> None:
+    """The embedder's fault exits 1 with its message (not a traceback for its RuntimeError,
+    nor exit 2 "bad input" for its NaN vectors); warm keeps its whole first batch,
+    import nothing."""
+    message = "unusable vector" if nan else "the embedder failed: upstream 500"
+    faq = write_jsonl(tmp_path / "faq.jsonl", FAQ)
+    warmed = tmp_path / "w.db"
+    result = Cli(_BrokenEmbedder(nan)).run("warm", warmed, faq, "--batch-size", "2", expect=1)
+    assert message in result.stderr
+    assert fake_cli().json("ls", warmed)["total"] == 2
+    dump = tmp_path / "dump.jsonl"
+    fake_cli().run("export", source, "-o", dump)
+    target = tmp_path / "target.db"
+    fake_cli().run("put", target, "already here", "keep me")
+    failed = Cli(_BrokenEmbedder(nan)).run("import", target, dump, "--batch-size", "2", expect=1)
+    assert message in failed.stderr
+    assert [e["query"] for e in _entries(target)] == ["already here"]
+    assert fake_cli().json("doctor", target)["ok"]
+
+
+def test_import_refuses_an_embedder_of_another_model_than_the_file(
+    source: Path, tmp_path: Path
+) -> None:
+    dump = tmp_path / "dump.jsonl"
+    fake_cli().run("export", source, "-o", dump)
+    target = tmp_path / "t.db"
+    fake_cli().run("put", target, "already here", "keep me")
+    other = FakeEmbedder(dim=64, model_id="another-64")  # same size, another model
+    database = Database(target)
+    try:
+        with pytest.raises(EmbedderMismatchError, match="another-64"):
+            import_entries(
+                database,
+                dump,
+                validate_import_file(dump),
+                model_id=FakeEmbedder().model_id,
+                dim=64,
+                use_vectors=False,
+                embedder=lambda: other,
+            )
+    finally:
+        database.close()
+    assert other.calls == 0 and [e["query"] for e in _entries(target)] == ["already here"]
 
 
 def test_import_vectors_of_another_model_need_reembed(source: Path, tmp_path: Path) -> None:

@@ -11,7 +11,13 @@ import pytest
 from clock import FakeClock
 from fakes import FakeEmbedder
 
-from semcache_sqlite import EmbedderMismatchError, SemanticCache, vector_index
+from semcache_sqlite import (
+    EmbedderError,
+    EmbedderMismatchError,
+    EmbedderResponseError,
+    SemanticCache,
+    vector_index,
+)
 
 
 def old_model() -> FakeEmbedder:
@@ -66,8 +72,9 @@ def test_reembed_switches_model_and_refuses_the_old_embedder(db_path: Path) -> N
 
 def test_interrupted_reembed_resumes_where_it_stopped(db_path: Path) -> None:
     with filled(db_path) as cache:
-        with pytest.raises(RuntimeError, match="went away"):
+        with pytest.raises(EmbedderError, match="went away") as failed:
             cache.reembed(FailingEmbedder(good_calls=2), batch_size=10)
+        assert isinstance(failed.value.__cause__, RuntimeError)  # the embedder's own error
         status = cache.reembed_status()
         assert status is not None and (status.model_id, status.done, status.total) == (
             "new-model",
@@ -93,9 +100,33 @@ def test_interrupted_reembed_resumes_where_it_stopped(db_path: Path) -> None:
         assert cache._store.orphan_counts() == (0, 0)
 
 
+class NaNEmbedder(FakeEmbedder):
+    """Returns NaN vectors from its second call on: the embedder's fault, not the input's."""
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        matrix = super().embed(texts)
+        if self.calls > 1:
+            matrix[:] = np.nan
+        return matrix
+
+
+def test_unusable_vectors_from_the_new_model_are_its_error_and_change_nothing(
+    db_path: Path,
+) -> None:
+    with filled(db_path) as cache:
+        with pytest.raises(EmbedderResponseError, match="unusable vector"):
+            cache.reembed(NaNEmbedder(dim=32, model_id="new-model"), batch_size=10)
+        status = cache.reembed_status()
+        assert status is not None and status.done == 10  # the good batch stays staged
+        assert cache.stats()["embedding_model"] == old_model().model_id
+        hit = cache.lookup(QUERIES[30] + " extra")
+        assert hit is not None and hit.response == "answer 30"
+        assert cache.reembed(new_model(), batch_size=10) == 50
+
+
 def test_reembed_towards_another_model_starts_over(db_path: Path) -> None:
     with filled(db_path) as cache:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(EmbedderError):
             cache.reembed(FailingEmbedder(good_calls=1), batch_size=10)
         other = FakeEmbedder(dim=16, model_id="third-model")
         assert cache.reembed(other, batch_size=25) == 50
