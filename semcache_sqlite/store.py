@@ -62,6 +62,7 @@ from .vector_index import (
     delete_vectors_where,
     has_vector_table,
     lookup_cells,
+    partitions_unindexed,
     put_vectors,
     scan_scope,
     scope_conditions,
@@ -253,8 +254,9 @@ class Store(LifecycleStore, ReembedStore):
             return self.ensure_vector_layout(conn, int(dim))
 
     def _vector_layout_current(self) -> bool:
+        """The vector index has this version's layout, its partitions indexed."""
         with self.db.reading() as conn:
-            return vector_layout_current(conn)
+            return vector_layout_current(conn) and not partitions_unindexed(conn)
 
     def check_embedder(self, model_id: str, dim: int) -> None:
         """bind_embedder() for a read-only file: check only (a file never written matches)."""

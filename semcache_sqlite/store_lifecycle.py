@@ -40,6 +40,7 @@ from .vector_index import (
     delete_vectors,
     has_float_index,
     has_vector_table,
+    index_partitions,
     put_vectors,
     rebuild_index,
     scan_scope,
@@ -403,6 +404,7 @@ class LifecycleStore:
         ``entry_embeddings`` first. Returns True if the index was (re)built.
         """
         if vector_layout_current(conn):
+            index_partitions(conn)  # a file of a version before the partition index
             return False
         if has_float_index(conn):
             self._copy_vectors_out(conn)

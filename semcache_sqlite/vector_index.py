@@ -118,13 +118,59 @@ _BATCH = 4096
 CELLS_TABLE = "vector_cells"
 
 
+#: Rows per vec0 chunk. Every partition (namespace, cell) pre-allocates one chunk:
+#: ~21 KiB at 256 rows of bit[384] against ~85 KiB at sqlite-vec's default 1,024,
+#: which over 1,000 small namespaces was ~600 bytes per entry of a 100k-entry file.
+#: With the partition index below, scans of cells (a few thousand rows each) cost
+#: the same at 256 as at 1,024; one unsplit partition of 10k-65k rows costs ~1.2x.
+CHUNK_ROWS = 256
+
+#: sqlite-vec 0.1.9 finds a partition's chunks (every KNN query, every insert) with
+#: ``... FROM <table>_chunks WHERE partition00 = ? AND partition01 = ?`` on a table
+#: it does not index: a scan of every chunk of every partition. This index turns
+#: that into a lookup (measured: a KNN over a small namespace of a 1,000-namespace
+#: file 0.2 -> 0.13 ms at 1,024 rows per chunk, 2 -> 0.05 ms at 256).
+_CHUNKS_TABLE = f"{VECTOR_TABLE}_chunks"  # sqlite-vec's shadow table of the chunks
+PARTITION_INDEX = f"{_CHUNKS_TABLE}_partition"
+
+
 def vector_table_ddl(dim: int) -> str:
     """The vec0 index: one bit per coordinate, one partition per namespace and cell."""
     return (
         f"CREATE VIRTUAL TABLE {VECTOR_TABLE} USING vec0("
         "namespace text partition key, cell integer partition key, "
-        f"embedding bit[{bit_width(dim)}], context integer, owner integer, expires_at float)"
+        f"embedding bit[{bit_width(dim)}], context integer, owner integer, expires_at float, "
+        f"chunk_size={CHUNK_ROWS})"
     )
+
+
+def create_vector_table(conn: Any, dim: int) -> None:
+    """CREATE the vec0 index and the index of its partitions (caller's transaction)."""
+    conn.execute(vector_table_ddl(dim))
+    index_partitions(conn)
+
+
+def index_partitions(conn: Any) -> bool:
+    """Index the vec0 table's chunks by partition if they are not (files of earlier
+    versions); True if the index was created. Best effort: it is sqlite-vec's shadow
+    table, so a version of it with another one leaves the lookups as they were."""
+    if not partitions_unindexed(conn):
+        return False
+    conn.execute(f"CREATE INDEX {PARTITION_INDEX} ON {_CHUNKS_TABLE}(partition00, partition01)")
+    return True
+
+
+def partitions_unindexed(conn: Any) -> bool:
+    """The vec0 table's chunks could be indexed by partition and are not."""
+    if not has_vector_table(conn):
+        return False
+    indexed = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (PARTITION_INDEX,)
+    ).fetchone()
+    if indexed is not None:
+        return False
+    columns = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({_CHUNKS_TABLE})")}
+    return {"partition00", "partition01"} <= columns
 
 
 def bit_width(dim: int) -> int:
@@ -449,7 +495,7 @@ def rebuild_index(conn: Any, dim: int) -> int:
     transaction); exact vectors without an entry are dropped. Returns rows indexed."""
     conn.execute(f"DELETE FROM {EMBEDDING_TABLE} WHERE id NOT IN (SELECT id FROM entries)")
     conn.execute(f"DROP TABLE IF EXISTS {VECTOR_TABLE}")
-    conn.execute(vector_table_ddl(dim))
+    create_vector_table(conn, dim)
     # Cells trained on the namespaces as they are now, before their rows go in.
     conn.execute(f"DELETE FROM {CELLS_TABLE}")
     large = conn.execute(

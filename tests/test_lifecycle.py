@@ -322,8 +322,11 @@ def test_sparse_vector_chunks_are_freed_after_eviction(
             cache.store_many([f"round {round_} item {i}" for i in range(700)], ["r"] * 700)
         assert surviving(cache, hot) == set(hot)
         live = entry_count(cache)
-        # 20 survivors would pin the first chunk; moved out, it was freed
-        assert vec_chunks(cache) == (2 if compact else 3) and live <= 1000
+        assert live <= 1000
+        # 20 survivors pin the chunks they sit in; moved out, those were freed: the
+        # live rows then fill as few chunks as they can, but for the newest one.
+        fewest = -(-live // vector_index_module.CHUNK_ROWS)
+        assert (vec_chunks(cache) <= fewest + 1) if compact else (vec_chunks(cache) > fewest + 1)
         for entry_id in hot:  # the moved vectors are intact (search() always runs the KNN)
             found = cache.search(cache.get(entry_id).query, k=3)  # k=3: hashed words collide
             assert any(r.entry_id == entry_id and r.similarity > 0.9999 for r in found)

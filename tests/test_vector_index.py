@@ -245,6 +245,73 @@ def test_layout_of_a_new_file(cache: SemanticCache) -> None:
     assert stored == pytest.approx(expected / np.linalg.norm(expected), abs=1e-6)
 
 
+def _vec0_chunk_statements(cache: SemanticCache, query: str) -> list[str]:
+    """The statements sqlite-vec itself runs on its chunks table during a lookup and a
+    store, each with its query plan (SQLite traces an extension's statements as
+    ``-- SQL``)."""
+    traced: list[str] = []
+    conn = cache._db.connection()  # this thread's: the one the lookup and store use
+    conn.set_trace_callback(traced.append)
+    try:
+        cache.lookup(query)
+        cache.store(query + " again", None, "another answer")
+    finally:
+        conn.set_trace_callback(None)
+    inner = {t.removeprefix("-- ").strip() for t in traced if "entry_vectors_chunks" in t}
+    chunk_queries = sorted(t for t in inner if "partition00 = ?" in t)
+    return [
+        " ".join(
+            str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (0,) * sql.count("?"))
+        )
+        for sql in chunk_queries
+    ]
+
+
+def test_sqlite_vec_finds_a_partitions_chunks_through_the_index(cache: SemanticCache) -> None:
+    """sqlite-vec 0.1.9 looks a partition's chunks up by (namespace, cell) on every KNN
+    and insert, in a table it does not index: the library's index must serve both."""
+    cache.store("alpha beta gamma", None, "a")
+    plans = _vec0_chunk_statements(cache, "alpha beta gamma delta")
+    assert len(plans) == 2  # the KNN's chunk list, the insert's newest chunk
+    assert all(vector_index_module.PARTITION_INDEX in plan for plan in plans), plans
+    with cache._db.reading() as conn:
+        ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'entry_vectors'").fetchone()
+    assert f"chunk_size={vector_index_module.CHUNK_ROWS}" in ddl[0]
+
+
+def test_a_file_of_a_version_before_the_partition_index_gains_it_without_a_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened writable, such a file gets the index (a few ms), not a rebuild of its vectors
+    (its chunk size stays); read-only, it works without. `semcache migrate` adds it too."""
+    path = tmp_path / "old.db"
+    with monkeypatch.context() as old_version:
+        old_version.setattr(vector_index_module, "CHUNK_ROWS", 1024)
+        old_version.setattr(vector_index_module, "index_partitions", lambda conn: False)
+        with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
+            ids = cache.store_many(["alpha beta", "gamma delta"], ["a", "g"], namespace="n1")
+            cache.store("epsilon zeta", None, "e", namespace="n2")
+
+    def indexed_and_chunk_size() -> tuple[bool, bool]:
+        with SemanticCache(path, embedder=FakeEmbedder(), read_only=True) as reader:
+            conn = reader._db.connection()
+            ddl = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE name = 'entry_vectors'"
+            ).fetchone()[0]
+            return not vector_index_module.partitions_unindexed(conn), "1024" in ddl
+
+    assert indexed_and_chunk_size() == (False, True)
+    with SemanticCache(path, embedder=FakeEmbedder(), read_only=True, guards=False) as reader:
+        found = reader.lookup("alpha beta", namespace="n1")
+        assert found is not None and found.entry_id == ids[0]
+    assert indexed_and_chunk_size() == (False, True)  # a read-only open changes nothing
+    with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
+        found = cache.lookup("gamma delta", namespace="n1")
+        assert found is not None and found.entry_id == ids[1]
+        assert _vec0_chunk_statements(cache, "epsilon zeta eta")  # still served
+    assert indexed_and_chunk_size() == (True, True)  # indexed, not rebuilt
+
+
 def test_orphans_in_either_vector_table_are_found(cache: SemanticCache) -> None:
     ids = cache.store_many(["alpha", "beta", "gamma"], ["a", "b", "c"])
     assert cache._store.orphan_counts() == (0, 0)
