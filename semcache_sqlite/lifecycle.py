@@ -208,5 +208,7 @@ class LifecycleConfig:
 
 
 def eviction_target(limit: int) -> int:
-    """How many entries may remain after a write crossed ``limit``."""
-    return max(0, math.floor(limit * EVICT_TO))
+    """How many entries may remain after a write crossed ``limit``: 95% of it, but at
+    least one. A limit of 1 rounded down to 0, so a write that crossed it evicted the
+    entry it had just written along with the old one (and left the namespace empty)."""
+    return max(1, math.floor(limit * EVICT_TO))

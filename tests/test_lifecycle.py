@@ -281,6 +281,24 @@ def test_one_write_larger_than_the_limit(db_path: Path, clock: FakeClock) -> Non
         assert cache._store.orphan_counts() == (0, 0)
 
 
+@pytest.mark.parametrize("option", ["max_entries", "namespace_max_entries"])
+def test_a_limit_of_one_keeps_the_entry_just_written(
+    db_path: Path, clock: FakeClock, option: str
+) -> None:
+    """95% of 1 rounds down to 0: the write evicted its own entry with the old one."""
+    with make_cache(db_path, clock, **{option: 1}) as cache:
+        for i in range(3):
+            newest = cache.store(f"question number {i}", None, "r")
+            assert entry_count(cache) == 1 and cache.get(newest).query == f"question number {i}"
+            clock.advance(1)
+    with make_cache(db_path, clock) as cache:
+        cache.configure_namespace("small", max_entries=1)
+        for i in range(3):
+            newest = cache.store(f"small {i}", None, "r", namespace="small")
+            assert cache.stats("small")["cached_entries"] == 1 and cache.get(newest)
+        assert cache._store.orphan_counts() == (0, 0)
+
+
 def test_max_bytes_evicts_oldest_first(db_path: Path, clock: FakeClock) -> None:
     with make_cache(db_path, clock, max_bytes=1, eviction="lfu") as cache:
         ids = fill(cache, clock, 6)
