@@ -44,6 +44,7 @@ from .lifecycle import (
     OnDuplicate,
     Unset,
     check_on_duplicate,
+    check_ttl,
     expiry,
 )
 from .store_lifecycle import LifecycleStore, count_inserted
@@ -476,8 +477,10 @@ class Store(LifecycleStore, ReembedStore):
             expires_at = current.expires_at
             seconds: float | None = None
             if not isinstance(ttl, Unset):
-                seconds = ttl
-                expires_at = None if ttl is None else expiry(now, ttl)
+                # As a float: a numpy number was bound as a BLOB (an np.int64 ttl made every
+                # later sliding hit fail) and a Fraction not at all.
+                seconds = check_ttl(ttl)
+                expires_at = None if seconds is None else expiry(now, seconds)
             conn.execute(
                 "UPDATE entries SET response = ?, metadata = ?, query = coalesce(?, query), "
                 "query_hash = coalesce(?, query_hash), "

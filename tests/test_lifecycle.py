@@ -4,9 +4,11 @@ invalidation and vacuum, all with a clock the tests move by hand."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from clock import FakeClock
 from fakes import FakeEmbedder
@@ -429,6 +431,24 @@ def test_update_ttl(ttl_cache: SemanticCache, clock: FakeClock) -> None:
     clock.advance(10_000)
     assert ttl_cache.lookup("alpha beta gamma delta epsilon") is not None
     assert ttl_cache.update(entry_id, response="new").expires_at is None  # ttl left alone
+
+
+@pytest.mark.parametrize("ttl", [np.int64(60), np.float32(60.0), Fraction(60)])
+def test_update_ttl_of_any_real_number_type(db_path: Path, clock: FakeClock, ttl: Any) -> None:
+    """A numpy ttl was stored as a BLOB (np.int64: every later sliding hit then failed;
+    np.float32: the update failed) and a Fraction could not be bound at all."""
+    with make_cache(db_path, clock, sliding_ttl=True) as cache:
+        entry_id = cache.store("alpha beta gamma delta", None, "answer")
+        assert cache.update(entry_id, ttl=ttl).expires_at is not None
+        with cache._store.db.reading() as conn:
+            row = conn.execute(
+                "SELECT typeof(ttl), ttl, expires_at FROM entries WHERE id = ?", (entry_id,)
+            ).fetchone()
+        assert tuple(row) == ("real", 60.0, clock.now + 60)
+        clock.advance(50)
+        assert cache.lookup("alpha beta gamma delta") is not None  # slides to now + 60
+        clock.advance(50)
+        assert cache.lookup("alpha beta gamma delta epsilon") is not None
 
 
 # -- invalidation ----------------------------------------------------------------------------
