@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .embedders import Embedder
-from .errors import InvalidInputError
 from .lifecycle import (
     UNSET,
     Eviction,
     NamespacePolicy,
     OnDuplicate,
     Unset,
+    check_age,
 )
 from .reembed import run_reembed
 from .store import Store
@@ -111,11 +111,10 @@ class LifecycleMixin:
         Age counts from the last write of the response (store, replace or
         ``update``), not from the first store: a refreshed answer is not old.
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise InvalidInputError(f"seconds must be a number >= 0, got {seconds!r}")
+        age = check_age(seconds)
         if namespace is not None:
             check_scope_name(namespace, "namespace", allow_empty=False)
-        return self._store.delete_older_than(self._store.now() - float(seconds), namespace)
+        return self._store.delete_older_than(self._store.now() - age, namespace)
 
     def forget_similar(
         self: _Cache,

@@ -93,6 +93,21 @@ def check_ttl(value: Any) -> float | None:
     return seconds
 
 
+def check_age(value: Any) -> float:
+    """An age in seconds for ``delete_older_than``: a number >= 0 (inf: nothing is that
+    old). NaN is refused: ``updated_at < NaN`` matches no row, so it deleted nothing
+    and said so as if the cache held nothing that old."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy numbers too
+        raise InvalidInputError(f"seconds must be a number >= 0, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float's range
+        seconds = math.inf
+    if not seconds >= 0:  # also refuses NaN
+        raise InvalidInputError(f"seconds must be a number >= 0, got {value!r}")
+    return seconds
+
+
 def expiry(now: float, ttl: float) -> float:
     """``now + ttl``, at most the last time ``datetime`` can represent (the year 9999):
     a longer ttl means "practically never" and the entry must stay readable."""

@@ -464,8 +464,12 @@ def test_delete_older_than(db_path: Path, clock: FakeClock) -> None:
         assert cache.delete_older_than(50, namespace="default") == 4
         assert surviving(cache, [*old, *new, other]) == {refreshed, *new, other}
         assert cache.delete_older_than(50) == 1
-        with pytest.raises(InvalidInputError):
-            cache.delete_older_than(-1)
+        for bad in (-1, float("nan"), np.float64("nan"), True, "50"):
+            with pytest.raises(InvalidInputError):
+                cache.delete_older_than(bad)  # type: ignore[arg-type]
+        assert cache.delete_older_than(np.int64(50)) == 0  # numpy numbers work
+        assert cache.delete_older_than(float("inf")) == 0
+        assert cache.delete_older_than(0) == 4  # all were written before now
         assert cache._store.orphan_counts() == (0, 0)
 
 
