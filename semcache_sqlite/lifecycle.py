@@ -202,11 +202,13 @@ class LifecycleConfig:
     on_duplicate: OnDuplicate = "replace"
 
     def __post_init__(self) -> None:
-        check_ttl(self.ttl)
+        # Kept as the checks return them (float, int): a numpy ttl kept its type, and
+        # now + np.float32(ttl) is an np.float32, which SQLite stored as a BLOB (the entry
+        # could then not be read back) and which is minutes off at today's timestamps.
+        object.__setattr__(self, "ttl", check_ttl(self.ttl))
         check_flag(self.sliding_ttl, "sliding_ttl")
-        check_limit(self.max_entries, "max_entries")
-        check_limit(self.namespace_max_entries, "namespace_max_entries")
-        check_limit(self.max_bytes, "max_bytes")
+        for name in ("max_entries", "namespace_max_entries", "max_bytes"):
+            object.__setattr__(self, name, check_limit(getattr(self, name), name))
         check_eviction(self.eviction)
         check_on_duplicate(self.on_duplicate)
 

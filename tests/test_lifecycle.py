@@ -386,6 +386,21 @@ def test_ttl_that_is_not_a_positive_finite_number_is_refused(
         assert cache.namespace_policy("ns").ttl is None
 
 
+@pytest.mark.parametrize("ttl", [np.float32(60), np.float16(60), np.int64(60), Fraction(60)])
+def test_constructor_ttl_of_any_real_number_type(db_path: Path, clock: FakeClock, ttl: Any) -> None:
+    """now + np.float32(ttl) is an np.float32: the expiry was stored as a BLOB (reading
+    the entry back raised ValueError; np.float16 overflowed to inf)."""
+    with make_cache(db_path, clock, ttl=ttl, sliding_ttl=True) as cache:
+        entry_id = cache.store("alpha beta gamma delta", None, "answer")
+        with cache._store.db.reading() as conn:
+            row = conn.execute("SELECT ttl, expires_at FROM entries WHERE id = ?", (entry_id,))
+            assert tuple(row.fetchone()) == (60.0, clock.now + 60)
+        clock.advance(59)
+        assert cache.lookup("alpha beta gamma delta") is not None
+        clock.advance(60)
+        assert cache.lookup("alpha beta gamma delta") is None
+
+
 def test_a_ttl_beyond_the_year_9999_expires_then(db_path: Path, clock: FakeClock) -> None:
     """now + ttl is clamped to the last time datetime represents: the entry stays readable,
     servable, exportable, whether the ttl is the entry's, the namespace's or sliding."""
