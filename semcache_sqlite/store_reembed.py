@@ -51,6 +51,8 @@ class ReembedStore:
 
     db: Database
     bound: tuple[str, int] | None
+    #: (model, dim) of the re-embed this Store began staging towards (reembed_begin).
+    _staging_towards: tuple[str, int] | None = None
 
     def reembed_state(self) -> ReembedState | None:
         with self.db.reading() as conn:
@@ -98,6 +100,7 @@ class ReembedStore:
                 )
                 state = self._state(conn)
             assert state is not None
+            self._staging_towards = (model_id, int(dim))
             return state
 
     def reembed_cancel(self) -> bool:
@@ -132,8 +135,25 @@ class ReembedStore:
         return [(int(r[0]), str(r[1])) for r in conn.execute(sql, params)]
 
     def reembed_save(self, rows: Sequence[tuple[int, str]], vectors: FloatMatrix) -> None:
+        """Stage a batch of the re-embed this Store began (reembed_begin)."""
         with self.db.transaction() as conn:
+            self._check_staging(conn)
             self._save(conn, rows, vectors)
+
+    def _check_staging(self, conn: Any) -> None:
+        """Refuse to stage into a re-embed this Store did not begin: another process may
+        have cancelled ours, or started one towards another model (which drops and
+        recreates the staging table) since. Its run would take our vectors as staged
+        vectors of its model, skip those entries, and switch the file to its model with
+        ours in it."""
+        state = self._state(conn)
+        current = None if state is None else (state.model_id, state.dim)
+        if self._staging_towards is None or current != self._staging_towards:
+            now = "none" if state is None else f"one towards {state.model_id!r}"
+            raise EmbedderMismatchError(
+                f"{self.db.path}: the re-embed this cache began was cancelled or replaced "
+                f"while it ran ({now} is in progress now); nothing of this batch was staged"
+            )
 
     @staticmethod
     def _save(conn: Any, rows: Sequence[tuple[int, str]], vectors: FloatMatrix) -> None:

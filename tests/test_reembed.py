@@ -44,6 +44,16 @@ class FailingEmbedder(FakeEmbedder):
         return super().embed(texts)
 
 
+class RolledEmbedder(FakeEmbedder):
+    """Another model of new_model()'s dimension: its vectors, rotated."""
+
+    def __init__(self) -> None:
+        super().__init__(dim=32, model_id="rolled-model")
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return np.roll(super().embed(texts), 5, axis=1)
+
+
 def filled(path: Path) -> SemanticCache:
     cache = SemanticCache(path, embedder=old_model(), threshold=0.8, guards=False)
     cache.store_many(QUERIES, [f"answer {i}" for i in range(len(QUERIES))])
@@ -98,6 +108,35 @@ def test_interrupted_reembed_resumes_where_it_stopped(db_path: Path) -> None:
         hit = cache.lookup("rewritten first question about owls")
         assert hit is not None and hit.entry_id == 1
         assert cache._store.orphan_counts() == (0, 0)
+
+
+def test_a_reembed_replaced_by_another_stages_nothing_more(db_path: Path) -> None:
+    """Two re-embeds at once (two processes) towards different models: the second one
+    drops and recreates the staging table, and the first one's later batches went into
+    it; the second took them for its own model's vectors, skipped those entries and
+    switched the file to its model with the first model's vectors in it."""
+    with (
+        filled(db_path) as first,
+        SemanticCache(db_path, embedder=old_model(), threshold=0.8, guards=False) as second,
+    ):
+
+        def second_begins(done: int, total: int) -> None:
+            if done == 10:  # after the first batch
+                second._store.reembed_begin("rolled-model", 32)
+
+        with pytest.raises(EmbedderMismatchError, match="cancelled or replaced while"):
+            first.reembed(new_model(), batch_size=10, progress=second_begins)
+        rolled = RolledEmbedder()
+        assert second.reembed(rolled, batch_size=10) == 50
+        with second._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT e.query, b.embedding FROM entries e JOIN entry_embeddings b USING (id)"
+            ).fetchall()
+        assert len(rows) == 50
+        for query, blob in rows:
+            assert np.allclose(np.frombuffer(blob, dtype="<f4"), rolled.embed([query])[0])
+        hit = second.lookup(QUERIES[12] + " extra")
+        assert hit is not None and hit.response == "answer 12"
 
 
 class NaNEmbedder(FakeEmbedder):
