@@ -53,7 +53,7 @@ from .quality_store import QUALITY_SCHEMA_VERSION, QualityStore, describe_calibr
 from .reembed import run_reembed
 from .store import Store
 from .validation import check_scope_name
-from .vector_index import bit_width, sign_bit_information
+from .vector_index import bit_width, index_up_to_date, sign_bit_information
 
 Status = Literal["ok", "info", "warn", "problem"]
 
@@ -294,20 +294,23 @@ def migrate(state: CliState, db: str) -> None:
       semcache migrate cache.db
     """
     existed = Path(db).exists()
-    before = 0
+    before, index_was_current = 0, True
     if existed:
         probe = Database(db, check_file=check_openable)  # refused before WAL mode
         try:
             with probe.reading() as conn:
                 before = schema_version(conn)
+                index_was_current = index_up_to_date(conn)
         finally:
             probe.close()
     with closing(open_or_create(db)) as database, database.reading() as conn:
         after = schema_version(conn)
     if not existed:
         click.echo(f"{db}: created at schema version {after}")
-    elif after == before:
+    elif after == before and index_was_current:
         click.echo(f"{db}: already at schema version {after} (latest)")
+    elif after == before:  # the schema was current, the vector index was not
+        click.echo(f"{db}: at schema version {after} (latest); vector index upgraded")
     else:
         click.echo(f"{db}: migrated from schema version {before} to {after}")
 

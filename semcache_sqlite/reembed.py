@@ -24,7 +24,7 @@ from .errors import InvalidInputError
 from .quality_store import QualityStore, describe_calibrations
 from .store import Store
 from .timing import logger
-from .validation import FloatMatrix
+from .validation import FloatMatrix, check_int
 
 
 def run_reembed(
@@ -37,8 +37,7 @@ def run_reembed(
     """Convert every entry of ``store``'s file to ``new``; return how many were converted."""
     if not isinstance(new, Embedder):
         raise InvalidInputError(f"reembed needs an Embedder, got {type(new).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size", 1, 1_000_000)  # numpy ints too
     model_id, dim = new.model_id, int(new.dim)
 
     def embed(queries: list[str]) -> FloatMatrix:

@@ -223,6 +223,14 @@ def vector_layout_current(conn: Any) -> bool:
     )
 
 
+def index_up_to_date(conn: Any) -> bool:
+    """No vector index yet, or one of this version's layout with its partitions indexed:
+    nothing for an upgrade to do."""
+    if not has_vector_table(conn):
+        return True
+    return vector_layout_current(conn) and not partitions_unindexed(conn)
+
+
 def has_float_index(conn: Any) -> bool:
     """The vec0 table is of a layout before migration 0005: it holds the float32
     vectors themselves (there is no ``entry_embeddings`` content yet)."""

@@ -166,7 +166,8 @@ class WriteCounts:
 class EntryWriter:
     """Store (query, response) rows like ``SemanticCache.store_many``: the same
     normalised query in the same namespace, user and context is replaced, not
-    duplicated; rows identical to what is stored are skipped without embedding."""
+    duplicated, whatever the namespace's ``on_duplicate``; rows identical to what is
+    stored are skipped without embedding."""
 
     def __init__(self, db: Database, embedder: Embedder) -> None:
         self.embedder = embedder
@@ -232,11 +233,17 @@ class EntryWriter:
             for (scope, indexes, entries), given in zip(plans, vectors, strict=True):
                 if not entries:
                     continue
-                written, missing = self.store.upsert_many(scope, entries, given, model)
+                # "replace" whatever the namespace's on_duplicate: warm and put load the
+                # answers given (and count them as updated), as their help says.
+                written, missing = self.store.upsert_many(
+                    scope, entries, given, model, on_duplicate="replace"
+                )
                 if missing:  # deleted by another writer since we looked: embed, write those
                     retry = [entries[i] for i in missing]
                     vectors_now = self._embed([e.query for e in retry])
-                    again, _ = self.store.upsert_many(scope, retry, list(vectors_now), model)
+                    again, _ = self.store.upsert_many(
+                        scope, retry, list(vectors_now), model, on_duplicate="replace"
+                    )
                     for i, entry_id in zip(missing, again, strict=True):
                         written[i] = entry_id
                 for index, entry_id in zip(indexes, written, strict=True):

@@ -63,13 +63,22 @@ def test_a_failed_first_write_leaves_a_new_file_to_the_next_embedder(tmp_path: P
     assert fake_cli().json("stats", tmp_path / "w.db")["entries"] == len(FAQ)
 
 
-def test_warm_replaces_changed_responses_instead_of_duplicating(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_duplicate", [None, "keep", "keep_both"])
+def test_warm_replaces_changed_responses_instead_of_duplicating(
+    tmp_path: Path, on_duplicate: str | None
+) -> None:
+    """Whatever the namespace's on_duplicate: "keep" made warm and put report "updated"
+    while the old answer stayed, "keep_both" added a second entry."""
     db = tmp_path / "c.db"
     cli = fake_cli()
     cli.run("warm", db, write_jsonl(tmp_path / "a.jsonl", FAQ))
+    if on_duplicate is not None:
+        cli.run("config", db, "--namespace", "default", "--on-duplicate", on_duplicate)
+        put = cli.json("put", db, FAQ[1]["query"], "Put answer")
+        assert put["status"] == "updated" and cli.json("show", db, 2)["response"] == "Put answer"
     changed = [dict(FAQ[0], response="New answer"), *FAQ[1:]]
     result = cli.run("warm", db, write_jsonl(tmp_path / "b.jsonl", changed))
-    assert "0 added, 1 updated, 4 unchanged" in result.stdout
+    assert f"0 added, {1 if on_duplicate is None else 2} updated" in result.stdout
     entry = cli.json("show", db, 1)
     assert (entry["response"], entry["version"]) == ("New answer", 2)
     assert cli.json("stats", db)["entries"] == 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from semcache_sqlite import Calibration, SemanticCache, vector_cells
 from semcache_sqlite.admin import Admin
 from semcache_sqlite.db import Database
 from semcache_sqlite.migrate import latest_version
-from semcache_sqlite.vector_index import quantize
+from semcache_sqlite.vector_index import PARTITION_INDEX, quantize
 
 
 @pytest.fixture
@@ -182,6 +183,20 @@ def test_migrate_creates_reports_and_is_idempotent(tmp_path: Path) -> None:
         f"{empty}: migrated from schema version 0 to {latest}\n"
     )
     assert fake_cli().json("stats", empty)["entries"] == 0
+
+
+def test_migrate_reports_a_vector_index_it_upgraded(tmp_path: Path) -> None:
+    """A file whose schema is current but whose vector index is not (here: made before
+    the partition index) is upgraded, and says so instead of "already at"."""
+    db = tmp_path / "m.db"
+    fake_cli().run("put", db, "a question", "an answer")
+    with closing(Database(db)) as database, database.transaction() as conn:
+        conn.execute(f"DROP INDEX {PARTITION_INDEX}")
+    assert fake_cli().run("migrate", db).stdout == (
+        f"{db}: at schema version {latest_version()} (latest); vector index upgraded\n"
+    )
+    assert "already at schema version" in fake_cli().run("migrate", db).stdout
+    assert fake_cli().json("get", db, "a question")["hit"]
 
 
 def test_vacuum_reclaims_space_after_deletes(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from semcache_sqlite import (
     EmbedderError,
     EmbedderMismatchError,
     EmbedderResponseError,
+    InvalidInputError,
     SemanticCache,
     vector_index,
 )
@@ -137,6 +138,15 @@ def test_a_reembed_replaced_by_another_stages_nothing_more(db_path: Path) -> Non
             assert np.allclose(np.frombuffer(blob, dtype="<f4"), rolled.embed([query])[0])
         hit = second.lookup(QUERIES[12] + " extra")
         assert hit is not None and hit.response == "answer 12"
+
+
+def test_batch_size_is_checked_and_may_be_a_numpy_int(db_path: Path) -> None:
+    with filled(db_path) as cache:
+        for bad in (0, -1, 2.5, True, "10"):
+            with pytest.raises(InvalidInputError, match="batch_size"):
+                cache.reembed(new_model(), batch_size=bad)  # type: ignore[arg-type]
+        assert cache.reembed_status() is None  # refused before anything was staged
+        assert cache.reembed(new_model(), batch_size=np.int64(20)) == 50
 
 
 class NaNEmbedder(FakeEmbedder):
