@@ -143,8 +143,11 @@ def prepare(
         base = context if context is not None else cache.context
         scoped_context = {"context": base, "instructions": [list(i) for i in keyed.instructions]}
     scope = cache._scope(namespace, user_id, scoped_context, llm)
-    limit = cache._rule(scope.namespace, threshold, with_text=with_text)[0]  # calibrations too
+    limit, guards = cache._rule(scope.namespace, threshold, with_text=with_text)  # calibrations too
     digest = query_hash(query)
+    # A follower is handed the leader's decision: only requests judged by the same
+    # rule (threshold, guards and weights, verifier) may share a flight, even when
+    # several caches with different settings share the file.
     key = (
         os.path.realpath(cache.path),
         scope.namespace,
@@ -152,6 +155,9 @@ def prepare(
         scope.context_key,
         digest,
         limit,
+        guards,
+        id(cache.verify),  # held by the cache, so the id names it while it runs
+        cache.verify_band,
     )
     return Request(operation, prompt, query, digest, scope, limit, llm, watch, key)
 

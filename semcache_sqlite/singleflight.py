@@ -7,8 +7,8 @@ query up and, on a miss, calls the LLM and stores the answer. The others are
 calling the LLM themselves (they also skip the embedding and the search).
 
 - **Key**: (cache file, namespace, user id, context key, normalised query,
-  threshold). Only identical (normalised) queries coalesce; paraphrases that
-  arrive together each do their own lookup.
+  threshold, guards, verifier). Only identical (normalised) queries judged by the
+  same rule coalesce; paraphrases that arrive together each do their own lookup.
 - **Order**: the leader stores before it ends the flight, so a request arriving
   just after the flight ended finds the stored entry on the exact-match path:
   no window in which a second LLM call can slip through in this process.

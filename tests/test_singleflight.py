@@ -11,10 +11,12 @@ import asyncio
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from fakes import FakeEmbedder
 from openai_server import OpenAIServer
@@ -257,6 +259,54 @@ def test_reentrant_call_from_a_worker_thread_of_an_async_leader(tmp_path: Path) 
 
     with SemanticCache(tmp_path / "w.db", embedder=FakeEmbedder()) as cache:
         assert asyncio.run(main(cache)) == ("inner answer (via sync llm)", False)
+
+
+class GatedEmbedder(FakeEmbedder):
+    """A FakeEmbedder whose embed() waits for ``gate`` (holds a leader in its lookup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.entered.set()
+        self.gate.wait(10)
+        return super().embed(texts)
+
+
+def test_caches_with_other_rules_on_one_file_do_not_coalesce(tmp_path: Path) -> None:
+    """A follower is handed the leader's decision, so only requests judged by the same
+    rule may share a flight: a cache whose verifier refuses every semantic hit must
+    not be served the hit of another cache (same file, no verifier)."""
+    path = tmp_path / "rules.db"
+    gated = GatedEmbedder()
+    refused: list[str] = []
+
+    def refuse(query: str, cached: str, response: str) -> bool:
+        refused.append(query)
+        return False
+
+    with (
+        SemanticCache(path, embedder=gated, guards=False) as plain,
+        SemanticCache(path, embedder=FakeEmbedder(), guards=False, verify=refuse) as strict,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        cached = "how do i reset my password"
+        plain.store(cached, gated.vector(cached), "cached answer")
+        question = "how can i reset my password"
+        leader = pool.submit(plain.get_or_compute_result, question)
+        assert gated.entered.wait(10)  # the leader's flight is open, held in embed()
+        other = pool.submit(strict.get_or_compute_result, question, lambda q: "fresh answer")
+        done = threading.Thread(target=lambda: other.exception(timeout=10))
+        done.start()
+        while done.is_alive() and FLIGHTS.waiting() == 0:
+            done.join(0.01)
+        gated.gate.set()
+        result = other.result(timeout=10)
+        assert leader.result(timeout=10).is_cached  # its own hit (maybe the fresh entry)
+        assert (result.response, result.outcome) == ("fresh answer", "miss")
+        assert refused == [question]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
