@@ -7,7 +7,15 @@ embeddings cached as for perf_search.py; ~3 minutes at 100k entries):
     python benchmarks/option_ab.py --variant "default" --variant "c12 search_cells=12"
 
 Each ``--variant "NAME [option=value ...]"`` opens the file once with those
-``SemanticCache`` options (values are Python literals). Every probe of the suite is
+``SemanticCache`` options (values are Python literals); ``file='PATH'`` opens another
+file instead, e.g. a copy of the suite's in another layout (the same entries and ids),
+to compare layouts the same way:
+
+    python benchmarks/option_ab.py --namespaces 1000 \
+        --variant "old file='/tmp/old.db' read_only=True" \
+        --variant "new file='/tmp/new.db' read_only=True"
+
+Every probe of the suite is
 asked of every variant in turn, the order rotating per probe, so that each variant
 meets the same machine load and the same state of the CPU caches: differences of a
 few percent between separate runs of the suite are the machine's noise, not the
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     layout = make_layout(source, rows, args.namespaces, args.seed)
     embedder = LocalEmbedder()
     caches = {
-        name: SemanticCache(path, embedder=embedder, **opts) for name, opts in variants.items()
+        name: SemanticCache(opts.pop("file", path), embedder=embedder, **opts)
+        for name, opts in variants.items()
     }
     first = next(iter(caches.values()))
     if first.stats()["cached_entries"] != args.entries:

@@ -286,7 +286,7 @@ def test_a_file_of_a_version_before_the_partition_index_gains_it_without_a_rebui
     (its chunk size stays); read-only, it works without. `semcache migrate` adds it too."""
     path = tmp_path / "old.db"
     with monkeypatch.context() as old_version:
-        old_version.setattr(vector_index_module, "CHUNK_ROWS", 1024)
+        old_version.setattr(vector_index_module, "CHUNK_ROWS", 512)  # to see a rebuild
         old_version.setattr(vector_index_module, "index_partitions", lambda conn: False)
         with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
             ids = cache.store_many(["alpha beta", "gamma delta"], ["a", "g"], namespace="n1")
@@ -298,7 +298,7 @@ def test_a_file_of_a_version_before_the_partition_index_gains_it_without_a_rebui
             ddl = conn.execute(
                 "SELECT sql FROM sqlite_master WHERE name = 'entry_vectors'"
             ).fetchone()[0]
-            return not vector_index_module.partitions_unindexed(conn), "1024" in ddl
+            return not vector_index_module.partitions_unindexed(conn), "chunk_size=512" in ddl
 
     assert indexed_and_chunk_size() == (False, True)
     with SemanticCache(path, embedder=FakeEmbedder(), read_only=True, guards=False) as reader:
