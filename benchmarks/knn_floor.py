@@ -117,6 +117,9 @@ def fill(db: Database, bits: Bits, chunk_size: int) -> int:
             "CREATE VIRTUAL TABLE v USING vec0(namespace text partition key, "
             f"embedding bit[{width}], context integer, owner integer, expires_at float{option})"
         )
+        # As the library's (vector_index.PARTITION_INDEX): sqlite-vec finds a
+        # partition's chunks with a query on this table, which it leaves unindexed.
+        conn.execute("CREATE INDEX v_chunks_partition ON v_chunks(partition00)")
     for start in range(0, len(bits), BATCH):
         stop = min(len(bits), start + BATCH)
         with db.transaction() as conn:
