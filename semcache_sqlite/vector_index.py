@@ -37,7 +37,9 @@ Why this layout (measured with sqlite-vec 0.1.9, 384-d, on the build machine):
   so leaving a filter out can cost recall only, never a wrong answer.
 - Namespace as the partition key: a lookup scans only its namespace's chunks
   (0.2 ms instead of 3 ms at 100k entries over 1,000 namespaces). Each
-  namespace pre-allocates one chunk (1,024 rows, ~85 KiB at 384-d).
+  namespace pre-allocates one chunk (1,024 rows, ~85 KiB at 384-d). sqlite-vec
+  finds a partition's chunks with a query on a table it leaves unindexed: the
+  library indexes it (:data:`PARTITION_INDEX`).
 - Cell as the second partition key: a lookup in a namespace of 100k entries
   scans 8 of its 32 cells, ~2 ms instead of ~4.5 ms (vector_cells.py). sqlite-vec
   answers ``cell IN (...)`` with one KNN per value anyway, so each cell is its own
