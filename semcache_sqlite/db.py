@@ -289,6 +289,7 @@ class Database:
         # every live thread connection this process opened, for close() and fork()
         self._all: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._closed = False
+        self._memory_owner: int | None = None  # the one thread a ":memory:" file may use
 
     # -- connections -------------------------------------------------------------
 
@@ -427,11 +428,31 @@ class Database:
             self._after_fork()
         state: _ThreadConnection | None = getattr(self._local, "state", None)
         if state is None or state.conn is None:
+            self._check_memory_thread()
             state = _ThreadConnection(self._open())
             self._local.state = state
             with self._lock:
                 self._all.add(state)
         return state
+
+    def _check_memory_thread(self) -> None:
+        """Refuse a second thread's connection to ``:memory:``: SQLite would give it a
+        new, empty database (AsyncSemanticCache's worker threads failed with "no such
+        table", a threaded server's threads each had a cache of their own, lost when
+        the thread ended)."""
+        if self.path != ":memory:":
+            return
+        owner = threading.get_ident()
+        with self._lock:
+            if self._memory_owner is None:
+                self._memory_owner = owner
+                return
+        if owner != self._memory_owner:
+            raise StorageError(
+                ":memory: is one database per connection, so a cache in memory can only be "
+                "used from the thread that opened it; from other threads (or "
+                "AsyncSemanticCache) use a file, e.g. in tempfile.mkdtemp()"
+            )
 
     def _after_fork(self) -> None:
         with self._lock:

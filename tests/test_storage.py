@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from semcache_sqlite import (
     NotACacheFileError,
     SchemaTooNewError,
     SemanticCache,
+    StorageError,
 )
 from semcache_sqlite import migrate as migrate_module
 from semcache_sqlite.db import DEFAULT_MMAP_SIZE, Database
@@ -350,3 +352,27 @@ def test_stdlib_driver_used_when_it_can_load_extensions(db_path: Path) -> None:
         with pytest.raises(DriverUnavailableError, match="sqlean"):
             select_driver("sqlite3")
     assert select_driver().__name__ in {"sqlean", "sqlite3"}
+
+
+def test_an_in_memory_cache_serves_its_own_thread_and_refuses_others() -> None:
+    """ ":memory:" is one database per connection: another thread (or the async API's
+    workers) would get a new, empty one; it gets a StorageError that says so instead."""
+    with SemanticCache(":memory:", embedder=FakeEmbedder(), guards=False) as cache:
+        cache.store("how do i reset my password", None, "Settings")
+        failures: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                cache.lookup("how do i reset my password")
+            except BaseException as exc:  # handed to the test thread
+                failures.append(exc)
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert len(failures) == 1 and isinstance(failures[0], StorageError)
+        assert ":memory:" in str(failures[0]) and "thread" in str(failures[0])
+        with pytest.raises(StorageError, match="memory"):
+            asyncio.run(cache.alookup("how do i reset my password"))
+        found = cache.lookup("how do i reset my password")  # its own thread: as before
+        assert found is not None and found.response == "Settings"
