@@ -209,7 +209,9 @@ class AsyncCacheMixin:
         """Async ``get_or_compute_result``: the CacheResult with outcome and timings."""
         cache = _as_cache(self)
         model = llm if llm is not None else cache.llm
-        req = prepare(cache, "get_or_compute", query, model, namespace, user_id, context, threshold)
+        req = await asyncio.to_thread(  # reads the file's calibrations: not on the loop
+            prepare, cache, "get_or_compute", query, model, namespace, user_id, context, threshold
+        )
         return await arun_get_or_compute(cache, req)
 
     async def alookup(
@@ -223,7 +225,9 @@ class AsyncCacheMixin:
     ) -> LookupResult | None:
         """Async ``lookup``."""
         cache = _as_cache(self)
-        req = prepare(cache, "lookup", query, cache.llm, namespace, user_id, context, threshold)
+        req = await asyncio.to_thread(  # reads the file's calibrations: not on the loop
+            prepare, cache, "lookup", query, cache.llm, namespace, user_id, context, threshold
+        )
         return await arun_lookup(cache, req)
 
     async def afind_similar(

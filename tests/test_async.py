@@ -192,6 +192,39 @@ def test_plain_async_and_sync_callables(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_lookups_run_no_sql_on_the_event_loop_thread(tmp_path: Path) -> None:
+    """alookup / aget_or_compute (hit, miss, the exact path) read the file only in worker
+    threads: the loop's thread never opens a connection (it read the calibrations)."""
+    opened: list[SemanticCache] = []
+    opener = threading.Thread(
+        target=lambda: opened.append(
+            SemanticCache(tmp_path / "loop.db", embedder=FakeEmbedder(), guards=False)
+        )
+    )
+    opener.start()
+    opener.join()
+    cache = opened[0]
+
+    async def llm(prompt: str) -> str:
+        return f"answer to {prompt}"
+
+    async def main() -> None:
+        assert await cache.alookup("alpha beta gamma") is None
+        assert await cache.aget_or_compute("alpha beta gamma", llm) == (
+            "answer to alpha beta gamma",
+            False,
+        )
+        assert (await cache.aget_or_compute("Alpha beta gamma", llm))[1]  # the exact path
+        found = await cache.alookup("alpha beta gamma delta")  # the similar path
+        assert found is not None and found.response == "answer to alpha beta gamma"
+
+    try:
+        asyncio.run(main())
+        assert getattr(cache._db._local, "state", None) is None  # this (the loop's) thread
+    finally:
+        cache.close()
+
+
 def test_async_io_methods(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
 
