@@ -33,6 +33,7 @@ from .lifecycle import (
     eviction_target,
     expiry,
 )
+from .store_reembed import staged_bytes
 from .validation import FloatVector
 from .vector_index import (
     EMBEDDING_TABLE,
@@ -249,8 +250,7 @@ class LifecycleStore:
             if count > limit:
                 excess = count - eviction_target(limit)
                 removed += self._evict(conn, excess, self.lifecycle.eviction, now, written)
-        max_bytes = self.lifecycle.max_bytes
-        if max_bytes is not None and self._bytes_in_use(conn) > max_bytes:
+        if self._over_max_bytes(conn):
             # Oldest first whatever the policy: rows sit in vec0 chunks in insertion
             # order, and only emptied chunks give their pages back. A soft limit:
             # the entries just written always stay.
@@ -270,6 +270,15 @@ class LifecycleStore:
                 (namespace,),
             ).fetchone()
         return int(row[0])
+
+    def _over_max_bytes(self, conn: Any) -> bool:
+        """Pages in use above ``max_bytes``, an unfinished re-embed's staged vectors left
+        out (read only when over: they cost a scan of the staging table)."""
+        max_bytes = self.lifecycle.max_bytes
+        if max_bytes is None:
+            return False
+        in_use = self._bytes_in_use(conn)
+        return in_use > max_bytes and in_use - staged_bytes(conn) > max_bytes
 
     @staticmethod
     def _bytes_in_use(conn: Any) -> int:

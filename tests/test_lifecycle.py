@@ -13,7 +13,12 @@ import pytest
 from clock import FakeClock
 from fakes import FakeEmbedder
 
-from semcache_sqlite import InvalidInputError, SemanticCache, VersionConflictError
+from semcache_sqlite import (
+    EmbedderError,
+    InvalidInputError,
+    SemanticCache,
+    VersionConflictError,
+)
 from semcache_sqlite import vector_index as vector_index_module
 
 
@@ -306,6 +311,44 @@ def test_max_bytes_evicts_oldest_first(db_path: Path, clock: FakeClock) -> None:
         ids = fill(cache, clock, 6)
         # every write finds the file over the limit and evicts the oldest, never itself
         assert surviving(cache, ids) == {ids[-1]}
+        assert cache._store.orphan_counts() == (0, 0)
+
+
+class _StopsAfter(FakeEmbedder):
+    """A re-embed's new model that fails after ``good_calls`` batches."""
+
+    def __init__(self, good_calls: int) -> None:
+        super().__init__(dim=384, model_id="new-384")
+        self.good_calls = good_calls
+
+    def embed(self, texts: Any) -> Any:
+        if self.calls >= self.good_calls:
+            raise RuntimeError("went away")
+        return super().embed(texts)
+
+
+def test_max_bytes_leaves_out_an_unfinished_reembeds_staged_vectors(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """They are not entries: counted, they made every later write evict 5% of the
+    cache until they were made up for (half the cache in 20 writes)."""
+    with SemanticCache(
+        db_path, embedder=FakeEmbedder(dim=384), clock=clock, max_bytes=3_000_000
+    ) as cache:
+        for start in range(0, 3000, 50):
+            queries = [f"entry {j} word{j % 97} other{j % 89}" for j in range(start, start + 50)]
+            cache.store_many(queries, ["r"] * 50)
+        steady = entry_count(cache)
+        with pytest.raises(EmbedderError):
+            cache.reembed(_StopsAfter(good_calls=4), batch_size=200)
+        status = cache.reembed_status()
+        assert status is not None and status.done == 800
+        for k in range(20):
+            cache.store(f"later question {k}", None, "r")
+        assert entry_count(cache) >= steady * 0.9  # was 593 of 1,194
+        for k in range(20, 400):  # the limit still holds: the file does not grow unbounded
+            cache.store(f"later question {k}", None, "r")
+        assert entry_count(cache) < steady + 100
         assert cache._store.orphan_counts() == (0, 0)
 
 
