@@ -33,6 +33,7 @@ from .vector_index import (
     delete_vectors_where,
     exact_vector_source,
     has_vector_table,
+    partitions_unindexed,
     put_vectors,
     uniform_blobs,
     vector_layout_current,
@@ -136,6 +137,7 @@ class FileFacts:
     has_vector_table: bool
     vector_table_dim: int | None  # the width in its DDL (bits are rounded up to bytes)
     vector_layout_current: bool
+    partitions_indexed: bool  # vector_index.PARTITION_INDEX (or nothing to index)
 
     @property
     def embedding_model(self) -> str | None:
@@ -208,6 +210,7 @@ class Admin:
                 has_vector_table=row is not None,
                 vector_table_dim=int(dim_match.group(1)) if dim_match else None,
                 vector_layout_current=vector_layout_current(conn),
+                partitions_indexed=not partitions_unindexed(conn),
             )
 
     def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
@@ -526,6 +529,22 @@ class Admin:
 
     def orphan_counts(self) -> tuple[int, int]:
         return self.store.orphan_counts()
+
+    def miscounted_namespaces(self) -> list[tuple[str, int, int]]:
+        """(namespace, counted, stored) where ``entry_counts``, which the limits are
+        checked against, disagrees with the entries (rows written around the library)."""
+        with self.db.reading() as conn:
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entry_counts'"
+            ).fetchone():
+                return []  # a file from before the limits (migration 0002)
+            rows = conn.execute(
+                "SELECT namespace, sum(counted), sum(stored) FROM ("
+                "SELECT namespace, entries AS counted, 0 AS stored FROM entry_counts "
+                "UNION ALL SELECT namespace, 0, count(*) FROM entries GROUP BY namespace"
+                ") GROUP BY namespace HAVING sum(counted) != sum(stored) ORDER BY namespace"
+            ).fetchall()
+        return [(str(n), int(c), int(e)) for n, c, e in rows]
 
     def vector_count(self) -> int:
         with self.db.reading() as conn:

@@ -165,6 +165,14 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
         )
     else:
         add(Check("entries/vectors", "ok", f"{entries} entries, each with its vector"))
+    miscounted = admin.miscounted_namespaces()
+    if miscounted:
+        shown = ", ".join(f"{n!r} counted {c}, holds {e}" for n, c, e in miscounted[:3])
+        detail = f"{shown}: limits are checked against these counts; `semcache vacuum` recounts"
+        add(Check("entry counts", "warn", detail))
+    if facts.has_vector_table and facts.vector_layout_current and not facts.partitions_indexed:
+        detail = "sqlite-vec's chunks are not indexed by partition: `semcache migrate` adds it"
+        add(Check("vector table", "warn", detail))
     wal = file_size(db + "-wal")
     if facts.journal_mode != "wal":
         add(Check("journal mode", "warn", f"{facts.journal_mode} (expected wal)"))

@@ -451,6 +451,13 @@ class LifecycleStore:
         rebuilt = 0
         with self.db.transaction() as conn:
             self._delete_ids(conn, self._expired_ids(conn, self.now(), None))
+            # Recounted from the entries: inserts are counted by the code (0005), so
+            # rows written around it (the sqlite3 shell) were never counted.
+            conn.execute("DELETE FROM entry_counts")
+            conn.execute(
+                "INSERT INTO entry_counts (namespace, entries) "
+                "SELECT namespace, count(*) FROM entries GROUP BY namespace"
+            )
             dim = conn.execute(
                 "SELECT value FROM cache_info WHERE key = 'embedding_dim'"
             ).fetchone()

@@ -68,6 +68,26 @@ def test_doctor_finds_entries_of_another_model(db: Path) -> None:
     ]
 
 
+def test_doctor_warns_of_miscounted_namespaces_and_vacuum_recounts(db: Path) -> None:
+    """Limits are checked against entry_counts; a row written around the library (the
+    sqlite3 shell) is not counted: doctor says so, vacuum recounts."""
+    _sql(db, "UPDATE entry_counts SET entries = entries + 7 WHERE namespace = 'dev'")
+    checks = {c["name"]: c for c in fake_cli().json("doctor", db)["checks"]}
+    assert checks["entry counts"]["status"] == "warn"
+    assert "'dev' counted 8, holds 1" in checks["entry counts"]["detail"]
+    fake_cli().run("vacuum", db)
+    names = [c["name"] for c in fake_cli().json("doctor", db)["checks"]]
+    assert "entry counts" not in names
+
+
+def test_doctor_warns_of_unindexed_partitions_until_migrate(db: Path) -> None:
+    _sql(db, f"DROP INDEX {PARTITION_INDEX}")
+    warned = [c for c in fake_cli().json("doctor", db)["checks"] if c["status"] == "warn"]
+    assert [c["name"] for c in warned] == ["vector table"] and "migrate" in warned[0]["detail"]
+    fake_cli().run("migrate", db)
+    assert not [c for c in fake_cli().json("doctor", db)["checks"] if c["status"] == "warn"]
+
+
 @pytest.mark.parametrize("signs", ["balanced", "all positive"])
 def test_doctor_judges_whether_the_index_bits_tell_entries_apart(
     tmp_path: Path, signs: str
