@@ -62,6 +62,7 @@ from .vector_index import (
     delete_vectors,
     delete_vectors_where,
     has_vector_table,
+    index_partitions,
     lookup_cells,
     partitions_unindexed,
     put_vectors,
@@ -205,7 +206,12 @@ class Store(LifecycleStore, ReembedStore):
         info = self.info()  # a read first: reopening a bound file never waits for the writer
         if info.get("embedding_model") is not None:
             self._check_same_embedder(info, model_id, dim)
-            if self._vector_layout_current():
+            with self.db.reading() as conn:
+                layout_current = vector_layout_current(conn)
+                unindexed = layout_current and partitions_unindexed(conn)
+            if layout_current:
+                if unindexed:  # a file of a version before the partition index
+                    self._index_partitions()
                 self.bound = (model_id, int(dim))
                 return
         with self.db.transaction() as conn:
@@ -253,6 +259,18 @@ class Store(LifecycleStore, ReembedStore):
             return False
         with self.db.transaction() as conn:
             return self.ensure_vector_layout(conn, int(dim))
+
+    def _index_partitions(self) -> None:
+        """Add the partition index to a file of an earlier version as it is opened. Only an
+        optimisation, and the open needs no other write: a writer holding the lock past
+        the busy timeout (an import or a vacuum in another process), a full disk or a
+        read-only file leave the file as it was, working without it, instead of failing
+        the open (the next writable open or `semcache migrate` adds it)."""
+        try:
+            with self.db.transaction() as conn:
+                index_partitions(conn)
+        except (CacheTimeoutError, StorageFullError, ReadOnlyError) as exc:
+            logger.info("%s: vector partition index not added this time: %s", self.db.path, exc)
 
     def _vector_layout_current(self) -> bool:
         """The vector index has this version's layout, its partitions indexed."""

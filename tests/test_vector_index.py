@@ -25,6 +25,7 @@ from semcache_sqlite import (
     SemanticCache,
 )
 from semcache_sqlite import vector_index as vector_index_module
+from semcache_sqlite.db import Database
 from semcache_sqlite.validation import as_unit_matrix, as_unit_vector
 from semcache_sqlite.vector_index import bit_width, quantize, scope_hash
 
@@ -310,6 +311,32 @@ def test_a_file_of_a_version_before_the_partition_index_gains_it_without_a_rebui
         assert found is not None and found.entry_id == ids[1]
         assert _vec0_chunk_statements(cache, "epsilon zeta eta")  # still served
     assert indexed_and_chunk_size() == (True, True)  # indexed, not rebuilt
+
+
+def test_a_busy_file_before_the_partition_index_still_opens(tmp_path: Path) -> None:
+    """The partition index is only an optimisation: a writable open of a file of the
+    version before it needs no write otherwise, so a writer holding the lock past the
+    busy timeout (an import, a vacuum in another process) must not make the open fail.
+    The file works without the index and gains it at a later open."""
+    path = tmp_path / "old.db"
+    with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
+        entry_id = cache.store("alpha beta", None, "a")
+    writer = Database(path)
+    try:
+        with writer.transaction() as conn:
+            conn.execute(f"DROP INDEX {vector_index_module.PARTITION_INDEX}")  # as made before
+        # The writer holds the write lock while the file is reopened.
+        with (
+            writer.transaction(),
+            SemanticCache(path, embedder=FakeEmbedder(), busy_timeout=0.2) as reopened,
+        ):
+            found = reopened.lookup("alpha beta")
+            assert found is not None and found.entry_id == entry_id
+            assert vector_index_module.partitions_unindexed(reopened._db.connection())
+    finally:
+        writer.close()
+    with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
+        assert not vector_index_module.partitions_unindexed(cache._db.connection())
 
 
 def test_orphans_in_either_vector_table_are_found(cache: SemanticCache) -> None:
