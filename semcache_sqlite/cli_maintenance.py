@@ -313,9 +313,10 @@ def migrate(state: CliState, db: str) -> None:
             probe.close()
     with closing(open_or_create(db)) as database, database.reading() as conn:
         after = schema_version(conn)
+        index_upgraded = not index_was_current and index_up_to_date(conn)
     if not existed:
         click.echo(f"{db}: created at schema version {after}")
-    elif after == before and index_was_current:
+    elif after == before and not index_upgraded:
         click.echo(f"{db}: already at schema version {after} (latest)")
     elif after == before:  # the schema was current, the vector index was not
         click.echo(f"{db}: at schema version {after} (latest); vector index upgraded")
