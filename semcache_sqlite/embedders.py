@@ -38,6 +38,7 @@ from .errors import (
     InvalidInputError,
     ModelIntegrityError,
 )
+from .fork_gate import FORK_WAIT
 from .openai_clients import OpenAIClients, translate_error
 from .retry import RetryPolicy, acall_with_retries, call_with_retries
 from .validation import FloatMatrix, as_unit_matrix, check_query
@@ -143,6 +144,36 @@ class _LoadedModel:
 # onnxruntime session must not be used across fork().
 _MODELS: dict[tuple[str, str, int, int | None], _LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
+_FORK_HOLDS_LOCK = False
+
+
+def _before_fork() -> None:
+    # A child forked while another thread loads the model would inherit _MODELS_LOCK held
+    # by a thread it does not have (its first embed() hung forever) and onnxruntime half
+    # set up: the fork waits for the load to end (~0.5 s; at most FORK_WAIT).
+    global _FORK_HOLDS_LOCK
+    _FORK_HOLDS_LOCK = _MODELS_LOCK.acquire(timeout=FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    global _FORK_HOLDS_LOCK
+    if _FORK_HOLDS_LOCK:
+        _FORK_HOLDS_LOCK = False
+        _MODELS_LOCK.release()
+
+
+def _after_fork_in_child() -> None:
+    # A fresh lock even if the wait above timed out: the child has no loading thread.
+    global _MODELS_LOCK, _FORK_HOLDS_LOCK
+    _MODELS_LOCK, _FORK_HOLDS_LOCK = threading.Lock(), False
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork()
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class LocalEmbedder:

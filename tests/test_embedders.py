@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from semcache_sqlite import (
     ModelIntegrityError,
     OpenAIEmbedder,
     SemanticCache,
+    embedders,
 )
 from semcache_sqlite.embedders import _default_model_path, _default_tokenizer_path
 
@@ -80,6 +84,41 @@ def test_tampered_tokenizer_is_refused(tmp_path: Path) -> None:
 def test_missing_model_file_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(ModelIntegrityError, match="not found"):
         LocalEmbedder(model_path=tmp_path / "absent.onnx").embed(["hello"])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_fork_while_another_thread_loads_the_model() -> None:
+    """A child forked while another thread of the parent was loading the model (~0.5 s
+    under the model lock) inherited that lock held by a thread it does not have: its
+    first embed() hung forever. The fork now waits for the load to end."""
+    holding = threading.Event()
+
+    def loader() -> None:  # what LocalEmbedder._load does while it loads the files
+        with embedders._MODELS_LOCK:
+            holding.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=loader)
+    thread.start()
+    assert holding.wait(10)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first embed(), watched (a hang would block forever)
+        done = threading.Event()
+
+        def embed() -> None:
+            LocalEmbedder().embed(["hello from the child"])
+            done.set()
+
+        threading.Thread(target=embed, daemon=True).start()
+        os.write(write_end, b"\x00" if done.wait(30) else b"\x01")
+        os._exit(0)
+    os.close(write_end)
+    status = os.read(read_end, 1)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    thread.join()
+    assert status == b"\x00", "the child's embed() hung on the inherited model lock"
 
 
 def test_openai_embedder_batches_against_real_server(openai_server: OpenAIServer) -> None:
