@@ -137,12 +137,14 @@ def _default_tokenizer_path() -> Path:
 class _LoadedModel:
     session: Any
     tokenizer: Any
-    output_dim: int
+    output_dim: int | None  # None when the model leaves it symbolic
 
 
 # One loaded model per (files, pid): loading costs ~0.5 s and ~100 MB, and an
 # onnxruntime session must not be used across fork().
-_MODELS: dict[tuple[str, str, int, int | None], _LoadedModel] = {}
+# The key also holds the sha256s an instance expects, so that a file loaded unchecked
+# (sha256=None) by one instance is still verified for another that asks for a check.
+_MODELS: dict[tuple[str, str, int, int | None, str | None, str | None], _LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 _FORK_HOLDS_LOCK = False
 
@@ -238,15 +240,27 @@ class LocalEmbedder:
         if self._tokenizer_path is None:
             self._tokenizer_path = _default_tokenizer_path()
         model_path, tokenizer_path = self._model_path, self._tokenizer_path
-        key = (str(model_path), str(tokenizer_path), os.getpid(), self._num_threads)
+        key = (
+            str(model_path),
+            str(tokenizer_path),
+            os.getpid(),
+            self._num_threads,
+            self._model_sha256,
+            self._tokenizer_sha256,
+        )
         loaded = _MODELS.get(key)
-        if loaded is not None:
-            return loaded
-        with _MODELS_LOCK:
-            loaded = _MODELS.get(key)
-            if loaded is None:
-                loaded = self._load_files(model_path, tokenizer_path)
-                _MODELS[key] = loaded
+        if loaded is None:
+            with _MODELS_LOCK:
+                loaded = _MODELS.get(key)
+                if loaded is None:
+                    loaded = self._load_files(model_path, tokenizer_path)
+                    _MODELS[key] = loaded
+        # Checked per instance, not only at the load: another instance with another ``dim``
+        # may have loaded the shared model (embed() then failed with numpy's ValueError).
+        if loaded.output_dim is not None and loaded.output_dim != self._dim:
+            raise EmbedderError(
+                f"model outputs {loaded.output_dim}-d vectors, expected {self._dim}"
+            )
         return loaded
 
     def _load_files(self, model_path: Path, tokenizer_path: Path) -> _LoadedModel:
@@ -269,9 +283,7 @@ class LocalEmbedder:
         except Exception as exc:  # onnxruntime/tokenizers raise their own untyped errors
             raise EmbedderError(f"cannot load the local embedding model: {exc}") from exc
         output_dim = session.get_outputs()[0].shape[-1]
-        if isinstance(output_dim, int) and output_dim != self._dim:
-            raise EmbedderError(f"model outputs {output_dim}-d vectors, expected {self._dim}")
-        return _LoadedModel(session, tokenizer, self._dim)
+        return _LoadedModel(session, tokenizer, output_dim if isinstance(output_dim, int) else None)
 
     def embed(self, texts: Sequence[str]) -> FloatMatrix:
         texts = [check_query(t)[:LOCAL_MAX_CHARS] for t in _as_text_list(texts)]

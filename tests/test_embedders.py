@@ -81,6 +81,22 @@ def test_tampered_tokenizer_is_refused(tmp_path: Path) -> None:
         LocalEmbedder(tokenizer_path=tampered).embed(["hello"])
 
 
+def test_shared_model_still_checks_each_instances_dim_and_sha256(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    """The loaded model is shared per process; an instance whose settings disagree with the
+    instance that loaded it must still be refused (a ValueError from numpy, or no sha256
+    check at all, before)."""
+    local_embedder.embed(["loads the shared model"])
+    with pytest.raises(EmbedderError, match="384-d"):
+        LocalEmbedder(dim=512).embed(["hello"])
+    copy = tmp_path / "model.onnx"
+    shutil.copyfile(_default_model_path(), copy)
+    assert LocalEmbedder(model_path=copy, model_sha256=None).embed(["unchecked"]).shape == (1, 384)
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        LocalEmbedder(model_path=copy, model_sha256="0" * 64).embed(["checked"])
+
+
 def test_missing_model_file_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(ModelIntegrityError, match="not found"):
         LocalEmbedder(model_path=tmp_path / "absent.onnx").embed(["hello"])
