@@ -39,6 +39,22 @@ def test_local_embedder_batch_equals_single(local_embedder: LocalEmbedder) -> No
     assert np.allclose(batch, single, atol=1e-4)  # padding must not change a text's vector
 
 
+def test_long_text_padded_with_whitespace_keeps_its_words(local_embedder: LocalEmbedder) -> None:
+    """The text handed to the tokenizer was cut at 16,384 characters whatever they held:
+    a prompt behind 17,000 blank lines lost every word, so any two such prompts got the
+    same vector (cosine 1.0, a hit at any threshold). Whitespace makes no tokens: the
+    model must see the same words as without it."""
+    padding = "\n" * 17_000
+    questions = ["How do I reset my password?", "What is the capital of France?"]
+    padded = local_embedder.embed([padding + q for q in questions])
+    plain = local_embedder.embed(questions)
+    assert float(padded[0] @ padded[1]) < 0.5
+    assert np.allclose(padded, plain, atol=1e-4)
+    code = ("    " * 40 + "}\n") * 150  # deeply indented code: 150 tokens in 24k characters
+    ends = local_embedder.embed([code + "def refund(): ...", code + "class Invoice: ..."])
+    assert float(ends[0] @ ends[1]) < 0.999
+
+
 def test_local_embedder_rejects_bad_text(local_embedder: LocalEmbedder) -> None:
     with pytest.raises(InvalidQueryError):
         local_embedder.embed(["fine", "  "])
