@@ -350,3 +350,17 @@ def test_stdlib_driver_used_when_it_can_load_extensions(db_path: Path) -> None:
         with pytest.raises(DriverUnavailableError, match="sqlean"):
             select_driver("sqlite3")
     assert select_driver().__name__ in {"sqlean", "sqlite3"}
+
+
+@pytest.mark.parametrize("name", ["json", "no_such_driver_module"])
+def test_forced_driver_that_cannot_serve_is_a_typed_error(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SEMCACHE_SQLITE_DRIVER naming a module that is no DB-API driver raised AttributeError
+    (module has no attribute 'Connection'), from SemanticCache() and every CLI command."""
+    from semcache_sqlite import DriverUnavailableError
+    from semcache_sqlite.db import select_driver
+
+    monkeypatch.setenv("SEMCACHE_SQLITE_DRIVER", name)
+    with pytest.raises(DriverUnavailableError, match=name):
+        select_driver()
