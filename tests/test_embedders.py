@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from semcache_sqlite import (
     ModelIntegrityError,
     OpenAIEmbedder,
     SemanticCache,
+    embedders,
 )
 from semcache_sqlite.embedders import _default_model_path, _default_tokenizer_path
 
@@ -33,6 +37,22 @@ def test_local_embedder_batch_equals_single(local_embedder: LocalEmbedder) -> No
     batch = local_embedder.embed(texts)
     single = np.stack([local_embedder.embed([t])[0] for t in texts])
     assert np.allclose(batch, single, atol=1e-4)  # padding must not change a text's vector
+
+
+def test_long_text_padded_with_whitespace_keeps_its_words(local_embedder: LocalEmbedder) -> None:
+    """The text handed to the tokenizer was cut at 16,384 characters whatever they held:
+    a prompt behind 17,000 blank lines lost every word, so any two such prompts got the
+    same vector (cosine 1.0, a hit at any threshold). Whitespace makes no tokens: the
+    model must see the same words as without it."""
+    padding = "\n" * 17_000
+    questions = ["How do I reset my password?", "What is the capital of France?"]
+    padded = local_embedder.embed([padding + q for q in questions])
+    plain = local_embedder.embed(questions)
+    assert float(padded[0] @ padded[1]) < 0.5
+    assert np.allclose(padded, plain, atol=1e-4)
+    code = ("    " * 40 + "}\n") * 150  # deeply indented code: 150 tokens in 24k characters
+    ends = local_embedder.embed([code + "def refund(): ...", code + "class Invoice: ..."])
+    assert float(ends[0] @ ends[1]) < 0.999
 
 
 def test_local_embedder_rejects_bad_text(local_embedder: LocalEmbedder) -> None:
@@ -77,9 +97,60 @@ def test_tampered_tokenizer_is_refused(tmp_path: Path) -> None:
         LocalEmbedder(tokenizer_path=tampered).embed(["hello"])
 
 
+def test_shared_model_still_checks_each_instances_dim_and_sha256(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    """The loaded model is shared per process; an instance whose settings disagree with the
+    instance that loaded it must still be refused (a ValueError from numpy, or no sha256
+    check at all, before)."""
+    local_embedder.embed(["loads the shared model"])
+    with pytest.raises(EmbedderError, match="384-d"):
+        LocalEmbedder(dim=512).embed(["hello"])
+    copy = tmp_path / "model.onnx"
+    shutil.copyfile(_default_model_path(), copy)
+    assert LocalEmbedder(model_path=copy, model_sha256=None).embed(["unchecked"]).shape == (1, 384)
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        LocalEmbedder(model_path=copy, model_sha256="0" * 64).embed(["checked"])
+
+
 def test_missing_model_file_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(ModelIntegrityError, match="not found"):
         LocalEmbedder(model_path=tmp_path / "absent.onnx").embed(["hello"])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_fork_while_another_thread_loads_the_model() -> None:
+    """A child forked while another thread of the parent was loading the model (~0.5 s
+    under the model lock) inherited that lock held by a thread it does not have: its
+    first embed() hung forever. The fork now waits for the load to end."""
+    holding = threading.Event()
+
+    def loader() -> None:  # what LocalEmbedder._load does while it loads the files
+        with embedders._MODELS_LOCK:
+            holding.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=loader)
+    thread.start()
+    assert holding.wait(10)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first embed(), watched (a hang would block forever)
+        done = threading.Event()
+
+        def embed() -> None:
+            LocalEmbedder().embed(["hello from the child"])
+            done.set()
+
+        threading.Thread(target=embed, daemon=True).start()
+        os.write(write_end, b"\x00" if done.wait(30) else b"\x01")
+        os._exit(0)
+    os.close(write_end)
+    status = os.read(read_end, 1)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    thread.join()
+    assert status == b"\x00", "the child's embed() hung on the inherited model lock"
 
 
 def test_openai_embedder_batches_against_real_server(openai_server: OpenAIServer) -> None:

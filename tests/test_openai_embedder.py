@@ -18,6 +18,8 @@ from semcache_sqlite import (
     EmbedderMismatchError,
     EmbedderResponseError,
     EmbedderTimeoutError,
+    InvalidInputError,
+    OpenAIEmbedder,
     RetryPolicy,
     SemanticCache,
 )
@@ -169,3 +171,14 @@ def test_one_embedder_serves_several_event_loops(server: OpenAIServer) -> None:
     assert asyncio.run(once()) == 1
     assert asyncio.run(once()) == 1  # a new loop gets its own async client
     embedder.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"dim": 0}, {"dimensions": 0}, {"dim": -3}, {"dim": 2.5}, {"dimensions": True}],
+)
+def test_dimension_arguments_are_validated(options: dict[str, object]) -> None:
+    """dim=0 and dimensions=0 were taken as "not given" (1536 for text-embedding-3-small,
+    with dimensions=0 still sent to the API), dim=-3 and 2.5 were accepted."""
+    with pytest.raises(InvalidInputError):
+        OpenAIEmbedder("text-embedding-3-small", **options)  # type: ignore[arg-type]

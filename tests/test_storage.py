@@ -376,3 +376,17 @@ def test_an_in_memory_cache_serves_its_own_thread_and_refuses_others() -> None:
             asyncio.run(cache.alookup("how do i reset my password"))
         found = cache.lookup("how do i reset my password")  # its own thread: as before
         assert found is not None and found.response == "Settings"
+
+
+@pytest.mark.parametrize("name", ["json", "no_such_driver_module"])
+def test_forced_driver_that_cannot_serve_is_a_typed_error(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SEMCACHE_SQLITE_DRIVER naming a module that is no DB-API driver raised AttributeError
+    (module has no attribute 'Connection'), from SemanticCache() and every CLI command."""
+    from semcache_sqlite import DriverUnavailableError
+    from semcache_sqlite.db import select_driver
+
+    monkeypatch.setenv("SEMCACHE_SQLITE_DRIVER", name)
+    with pytest.raises(DriverUnavailableError, match=name):
+        select_driver()
