@@ -315,7 +315,15 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         """
         limit, guards = self._rule(scope.namespace, threshold)
         verdict = judge(
-            self._store, scope, vector, query, limit, guards, self.verify, self.verify_band
+            self._store,
+            scope,
+            vector,
+            query,
+            limit,
+            guards,
+            self.verify,
+            self.verify_band,
+            unseen=getattr(self.embedder, "unseen_text", None),
         )
         if not verdict.hit:
             return None, verdict.similarity

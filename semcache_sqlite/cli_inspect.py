@@ -372,7 +372,10 @@ def _decide(peek: _Peek, scope: Scope, query: str, vector: FloatVector | None = 
         return Judgement(peek.rule.threshold)
     if vector is None:
         vector = embed_one(peek.embedder, query)
-    return judge(peek.store, scope, vector, query, peek.rule.threshold, peek.rule.guards)
+    unseen = getattr(peek.embedder, "unseen_text", None)
+    return judge(
+        peek.store, scope, vector, query, peek.rule.threshold, peek.rule.guards, unseen=unseen
+    )
 
 
 def _round(value: float | None) -> float | None:

@@ -8,8 +8,9 @@ library would:
 1. the exact-match path, ``Store.find_exact``: a hit with similarity 1.0, no
    embedder, no guards (:meth:`Judgement.exact_match`);
 2. otherwise :func:`judge`: the k nearest entries in scope feed the guards
-   (quality.py); a hit needs ``score >= threshold`` and, inside the verify band,
-   the verifier's yes.
+   (quality.py); a hit needs ``score >= threshold``, the same text as the query
+   wherever the embedding model is blind (its ``unseen_text``), and, inside the
+   verify band, the verifier's yes.
 
 The threshold and guards come from ``quality_store.resolve_rule`` (per call >
 namespace calibration > file calibration > constructor > the embedder's default).
@@ -19,6 +20,7 @@ Nothing here counts a lookup or writes to the file: the callers do that.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -29,6 +31,9 @@ from .timing import Timings
 from .validation import FloatVector, similarity_hits
 
 logger = logging.getLogger("semcache_sqlite")
+
+#: The penalty that records a refusal for text the model cannot see (decision.judge).
+UNSEEN_PENALTY = "unseen_text"
 
 
 def _utc(timestamp: float | None) -> datetime | None:
@@ -159,12 +164,16 @@ def judge(
     guards: GuardConfig,
     verify: Verifier | None = None,
     verify_band: tuple[float, float] | None = None,
+    unseen: Callable[[str], str] | None = None,
 ) -> Judgement:
     """Decide hit or miss for an embedded query (the semantic path).
 
     ``threshold`` and ``guards`` are resolved already (``resolve_rule``);
     ``query`` is the text asked (None for ``find_similar``: no lexical signals
-    then, and a hit the verifier should check is refused).
+    then, and a hit the verifier should check is refused). ``unseen``: the
+    embedder's ``unseen_text``, if it has one: a match whose text differs from the
+    query's where the model is blind is refused, whatever the guards (its similarity
+    says nothing about that difference).
     """
     # Guards never raise a score: only an entry at the threshold or above can be
     # served, and then its competitors must be found in every cell (whole_namespace_from).
@@ -176,6 +185,14 @@ def judge(
     penalties = guards.penalties(signals)
     score = guards.score(signals)
     row = neighbours[0][0]
+    if (
+        unseen is not None
+        and query is not None
+        and similarity_hits(score, threshold)
+        and unseen(query) != unseen(row.query)
+    ):
+        penalties = {**penalties, UNSEEN_PENALTY: score}  # refused: scored down to 0
+        score = 0.0
     hit = similarity_hits(score, threshold) and verify_hit(
         verify, verify_band, score, query, row.query, row.response
     )

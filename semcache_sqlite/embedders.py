@@ -15,7 +15,10 @@ the ``openai`` clients (``embed`` sync, ``aembed`` async), batching by the
 provider's per-request limits, with timeouts, retries and checked answers.
 
 An embedder may also offer ``async def aembed(texts)``; the async cache API
-uses it when present and runs ``embed`` in a worker thread otherwise.
+uses it when present and runs ``embed`` in a worker thread otherwise. And
+``unseen_text(text) -> str``, the parts of a text its vectors cannot reflect:
+a similar entry is then served only if its text has the same unseen parts
+(``LocalEmbedder``: characters outside its vocabulary, text past 256 tokens).
 """
 
 from __future__ import annotations
@@ -299,6 +302,24 @@ class LocalEmbedder:
             index = order[start : start + self._batch_size]
             out[index] = self._embed_batch(model, [texts[i] for i in index])
         return out
+
+    def unseen_text(self, text: str) -> str:
+        """The parts of ``text`` this model cannot see, whitespace left out: characters
+        its vocabulary lacks (emoji, scripts it was not trained on: all one unknown
+        token), characters its tokenizer drops (control, zero-width) and everything past
+        its LOCAL_MAX_TOKENS. Texts that differ only there get the same vector ("👍" and
+        "👎" at similarity 1.0), so the cache compares them as text before serving a
+        similar entry (decision.judge)."""
+        if text.isascii() and len(text) <= LOCAL_MAX_TOKENS - 2 and text.isprintable():
+            return ""  # a printable ASCII character is never more than one token
+        model = self._load()
+        encoding = model.tokenizer.encode(_model_text(model.tokenizer, text))
+        unknown = model.tokenizer.token_to_id("[UNK]")
+        seen = bytearray(len(text))
+        for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+            if token != unknown:
+                seen[start:end] = b"\x01" * (end - start)
+        return "".join(c for c, s in zip(text, seen, strict=True) if not s and not c.isspace())
 
     def _embed_batch(self, model: _LoadedModel, texts: list[str]) -> FloatMatrix:
         encodings = model.tokenizer.encode_batch(texts)

@@ -269,3 +269,38 @@ def test_calibration_of_another_model_stops_applying_after_reembed(
         assert cache.threshold_for("faq") == 0.8  # the constructor's, not model A's 0.3
         cache.set_calibration(Calibration(0.6))  # measured for model B: applies again
         assert cache.threshold_for("faq") == 0.6  # 'faq' still has model A's row only
+
+
+@pytest.mark.parametrize("guards", [True, False])
+def test_text_the_model_cannot_see_is_compared_before_a_similar_hit(
+    tmp_path: Path, local_embedder: LocalEmbedder, guards: bool
+) -> None:
+    """Emoji are all one unknown token to the local model, and it sees 256 tokens: texts
+    that differ only there get the same vector, similarity 1.0. Served, "👎" got the
+    answer stored for "👍"; now such a match is refused whatever the guards, while the
+    same unseen text (a paraphrase around the same emoji) is still served."""
+    with SemanticCache(tmp_path / "c.db", embedder=local_embedder, guards=guards) as cache:
+        long_prompt = "summarise this report please " * 60  # ~300 tokens
+        cache.store_many(
+            ["👍", "is my order on its way 📦", long_prompt + "section A"],
+            ["glad it helped", "it ships tomorrow", "summary of A"],
+        )
+        hit = cache.lookup("Is my order on its way? 📦", threshold=0.9)
+        assert hit is not None and hit.response == "it ships tomorrow" and not hit.exact
+        for asked in ("👎", "is my order on its way 🚚", long_prompt + "section B"):
+            nearest = cache.search(asked, k=1)  # ranks by the vectors alone: they agree
+            assert len(nearest) == 1 and nearest[0].similarity > 0.999
+            assert cache.lookup(asked) is None  # the texts do not
+            result = cache.get_or_compute_result(asked, lambda q: f"fresh answer to {q}")
+            assert not result.is_cached and str(result.response).startswith("fresh answer")
+        served = cache.get_or_compute_result("👎", lambda q: "not called")
+        assert served.is_cached and served.response == "fresh answer to 👎"  # exact path
+
+
+def test_unseen_text_of_the_local_model(local_embedder: LocalEmbedder) -> None:
+    assert local_embedder.unseen_text("How do I reset my password?") == ""
+    assert local_embedder.unseen_text("Café au lait, привет, 日本語") == ""  # in its vocabulary
+    assert local_embedder.unseen_text("thanks 👍 ok ✅") == "👍✅"
+    assert local_embedder.unseen_text("zero\u200bwidth") == "\u200b"
+    tail = local_embedder.unseen_text("word " * 300 + "END")
+    assert tail.endswith("END") and tail.startswith("word")  # past the 256 tokens
