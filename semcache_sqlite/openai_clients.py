@@ -18,12 +18,15 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import numbers
 import os
 import threading
 import weakref
+from contextlib import suppress
 from typing import Any, TypeVar
 
-from .errors import EmbedderError, LLMError
+from .errors import EmbedderError, InvalidInputError, LLMError
 from .retry import is_timeout, status_code_of
 
 #: Sent when no key is configured: local OpenAI-compatible servers ignore it,
@@ -37,6 +40,21 @@ def _resolve(api_key: str | None, base_url: str | None) -> tuple[str, str | None
     key = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_API_KEY
     url = base_url or os.environ.get("OPENAI_BASE_URL") or None
     return key, url
+
+
+def check_request_timeout(value: Any) -> float:
+    """``timeout=`` of the OpenAI clients: a positive, finite number of seconds. None (no
+    timeout) is refused: a server that never answers would hang the lookup for good."""
+    seconds = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy numbers too
+        with suppress(OverflowError):
+            seconds = float(value)
+    if not 0 < seconds < math.inf:
+        raise InvalidInputError(
+            f"timeout must be a positive number of seconds, got {value!r}"
+            + (" (a request must end: pass a large number instead)" if value is None else "")
+        )
+    return seconds
 
 
 def our_options(client: Any, timeout: float) -> Any:
@@ -59,7 +77,7 @@ class OpenAIClients:
         async_client: Any = None,
     ) -> None:
         self._api_key, self._base_url = _resolve(api_key, base_url)
-        self.timeout = float(timeout)
+        self.timeout = check_request_timeout(timeout)
         self._lock = threading.Lock()  # lazy creation from several threads builds one client
         self._sync = None if client is None else our_options(client, self.timeout)
         self._owns_sync = client is None

@@ -21,6 +21,7 @@ from semcache_sqlite import (
     EmbedderError,
     EmbedderTimeoutError,
     FallbackPolicy,
+    InvalidInputError,
     LLMError,
     LLMRefusalError,
     LLMTimeoutError,
@@ -252,6 +253,17 @@ def test_timeout_applies_to_a_client_passed_in(server: OpenAIServer) -> None:
     chat = make_chat(server, client=client, timeout=0.3, retry=NO_RETRY)
     with pytest.raises(LLMTimeoutError, match=r"0\.3 s"):
         chat.complete("hello")
+
+
+@pytest.mark.parametrize("timeout", [None, 0, -1, float("nan"), float("inf"), "30", True])
+def test_a_timeout_that_is_not_a_positive_number_is_refused(
+    server: OpenAIServer, timeout: object
+) -> None:
+    """float(timeout) let NaN, 0 and negative timeouts through and made None a TypeError."""
+    for make in (make_chat, make_embedder):
+        with pytest.raises(InvalidInputError, match="timeout must be a positive number"):
+            make(server, timeout=timeout)
+    assert make_chat(server, timeout=np.float32(2.5)).complete("hello")  # numpy numbers too
 
 
 def test_empty_refusal_raises_and_truncated_can_be_cached(
