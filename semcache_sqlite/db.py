@@ -427,7 +427,14 @@ class Database:
 
     def connection(self) -> Any:
         """This thread's connection, opened on first use (and again after fork)."""
-        return self._state().conn
+        return self._live(self._state())
+
+    def _live(self, state: _ThreadConnection) -> Any:
+        """``state``'s connection; a close() from another thread may have just taken it."""
+        conn = state.conn
+        if conn is None:
+            raise StorageError(f"{self.path}: the cache was closed")
+        return conn
 
     def _state(self) -> _ThreadConnection:
         if self._closed:
@@ -499,7 +506,7 @@ class Database:
         if self.read_only:
             raise ReadOnlyError(f"{self.path}: opened with read_only=True, writes are refused")
         state = self._state()
-        conn = state.conn
+        conn = self._live(state)
         depth = state.depth
         if depth == 0:
             GATE.enter()  # a fork() waits for this transaction (fork_gate.py)

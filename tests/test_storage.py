@@ -12,6 +12,7 @@ import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes import FakeEmbedder
@@ -390,3 +391,23 @@ def test_forced_driver_that_cannot_serve_is_a_typed_error(
     monkeypatch.setenv("SEMCACHE_SQLITE_DRIVER", name)
     with pytest.raises(DriverUnavailableError, match=name):
         select_driver()
+
+
+def test_a_close_racing_a_call_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() from another thread between a call finding its connection and using it
+    (a window of a few bytecodes, forced here) gave AttributeError on None."""
+    db = Database(tmp_path / "race.db")
+    opened = Database._state
+
+    def state_then_closed(self: Database) -> Any:
+        state = opened(self)
+        state.release()  # what close() in another thread does at this moment
+        return state
+
+    monkeypatch.setattr(Database, "_state", state_then_closed)
+    for use in (db.connection, db.transaction().__enter__):
+        with pytest.raises(StorageError, match="closed"):
+            use()
+    db.close()
