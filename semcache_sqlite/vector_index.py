@@ -572,16 +572,17 @@ def candidate_ids(
     )
     k = max(1, min(int(k), MAX_K))
     params: list[Any] = [quantize(vector)[0], k, namespace]
-    if _other_contexts(conn, namespace, context_key):
+    other_contexts, private_rows, expiring_rows = _filters_needed(conn, namespace, context_key)
+    if other_contexts:
         sql += " AND context = ?"
         params.append(scope_hash(context_key))
-    if _private_rows(conn, namespace):
+    if private_rows:
         if user_id:
             sql += " AND owner IN (0, ?)"
             params.append(scope_hash(user_id))
         else:
             sql += " AND owner = 0"
-    if _expiring_rows(conn):
+    if expiring_rows:
         sql += " AND expires_at > ?"
         params.append(float(now))
     scans: list[tuple[str, list[Any]]] = (
@@ -603,30 +604,20 @@ def candidate_ids(
     return [int(r[0]) for r in rows]
 
 
-def _other_contexts(conn: Any, namespace: str, context_key: str) -> bool:
-    # Two range probes of entries_by_exact_query; `context_key != ?` would walk
-    # every row of the namespace that has this context.
+def _filters_needed(conn: Any, namespace: str, context_key: str) -> tuple[bool, bool, bool]:
+    """Whether the namespace has entries of other contexts, private entries, and whether
+    any entry expires: the filters the KNN needs, in one statement (10 us; three took
+    14, measured on the suite's 1,000-namespace file). The context test is two range
+    probes of entries_by_exact_query:
+    `context_key != ?` would walk every row of the namespace that has this context."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM entries WHERE namespace = ? AND context_key < ?) "
-        "OR EXISTS (SELECT 1 FROM entries WHERE namespace = ? AND context_key > ?)",
-        (namespace, context_key, namespace, context_key),
+        "SELECT (EXISTS (SELECT 1 FROM entries WHERE namespace = ? AND context_key < ?) "
+        "OR EXISTS (SELECT 1 FROM entries WHERE namespace = ? AND context_key > ?)), "
+        "EXISTS (SELECT 1 FROM entries WHERE namespace = ? AND user_id > ''), "
+        "EXISTS (SELECT 1 FROM entries WHERE expires_at IS NOT NULL)",
+        (namespace, context_key, namespace, context_key, namespace),
     ).fetchone()
-    return bool(row[0])
-
-
-def _private_rows(conn: Any, namespace: str) -> bool:
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM entries WHERE namespace = ? AND user_id > '')",
-        (namespace,),
-    ).fetchone()
-    return bool(row[0])
-
-
-def _expiring_rows(conn: Any) -> bool:
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM entries WHERE expires_at IS NOT NULL)"
-    ).fetchone()
-    return bool(row[0])
+    return bool(row[0]), bool(row[1]), bool(row[2])
 
 
 def sign_bit_information(matrix: np.ndarray[Any, Any]) -> float:
