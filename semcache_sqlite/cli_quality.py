@@ -19,9 +19,17 @@ from typing import Any
 import click
 import numpy as np
 
+from .admin import Admin
 from .cache import SemanticCache
 from .cli import cli
-from .cli_common import CliState, pass_state, progress
+from .cli_common import (
+    CliState,
+    closing,
+    open_existing,
+    pass_state,
+    progress,
+    resolve_embedder,
+)
 from .combiner import SignalTable, fit_weights
 from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from .evaluation import (
@@ -59,9 +67,10 @@ def _embedder_options(func: Command) -> Command:
             "--embedder",
             "embedder_kind",
             type=click.Choice(["local", "openai"]),
-            default="local",
-            show_default=True,
-            help="Embedding model: the offline local one, or an OpenAI-compatible endpoint.",
+            default=None,
+            help="Embedding model: the offline local one, or an OpenAI-compatible endpoint "
+            "(default: as the global options say, e.g. `semcache --embedder openai "
+            "--embedding-model M calibrate ...`; else the file's model, or the local one).",
         ),
         click.option("--model", default=None, help="OpenAI embedding model name."),
         click.option("--base-url", default=None, help="OpenAI-compatible server URL."),
@@ -102,6 +111,26 @@ def _data_options(func: Command) -> Command:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _chosen_embedder(
+    state: CliState,
+    kind: str | None,
+    model: str | None,
+    base_url: str | None,
+    key: str | None,
+    db_path: str | None = None,
+) -> Embedder:
+    """The command's own --embedder options if given; else the global ones, resolved
+    like every other command's (the file's model, refused with the options to pass if
+    they do not match: they were ignored, and the local model was used)."""
+    if kind is not None:
+        return _make_embedder(kind, model, base_url, key)
+    info: dict[str, str] = {}
+    if db_path is not None and Path(db_path).exists():
+        with closing(open_existing(db_path)) as database:
+            info = Admin(database).facts().info
+    return resolve_embedder(state, db_path or "the labelled pairs", info)
 
 
 def _make_embedder(kind: str, model: str | None, base_url: str | None, key: str | None) -> Embedder:
@@ -222,12 +251,13 @@ def evaluate(
     Pair metrics of cos(a, b), then a cache simulation: every text_a cached, every
     text_b asked; hit rate, false hits, precision and recall per threshold, for
     plain cosine and (unless --no-guards) the default guards. DATA defaults to
-    ../shared/data/qqp_pairs_dev.jsonl.gz beside the repository.
+    ../shared/data/qqp_pairs_dev.jsonl.gz from the current directory (the
+    labelled pairs beside a source checkout, run from its root).
 
     Example: semcache evaluate ../shared/data/qqp_pairs_dev.jsonl.gz --limit 5000
     """
     target = _target(max_false_hit_rate, min_precision)
-    embedder = _make_embedder(embedder_kind, model, base_url, api_key)
+    embedder = _chosen_embedder(state, embedder_kind, model, base_url, api_key)
     loaded = load_pairs(_data_path(data), None if held_out else limit, seed)
     if held_out:
         part = split_pairs(loaded.pairs, 0.5, seed=0)[1]
@@ -366,7 +396,7 @@ def calibrate(
     Example: semcache calibrate app.db ../shared/data/qqp_pairs_dev.jsonl.gz --namespace faq
     """
     target = _target(max_false_hit_rate, min_precision)
-    embedder = _make_embedder(embedder_kind, model, base_url, api_key)
+    embedder = _chosen_embedder(state, embedder_kind, model, base_url, api_key, db_path)
     config = GuardConfig() if guards else GuardConfig.off()
     with SemanticCache(db_path, embedder=embedder, guards=config) as cache:
         if clear:

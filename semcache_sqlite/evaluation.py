@@ -63,9 +63,10 @@ DEFAULT_EMBEDDING_CACHE = Path("~/.cache/semcache-sqlite-bench")
 
 
 def default_data_path() -> Path:
-    """``<repo root>/../shared/data/qqp_pairs_dev.jsonl.gz`` (for a source checkout)."""
-    repo_root = Path(__file__).resolve().parent.parent
-    return (repo_root / ".." / "shared" / "data" / "qqp_pairs_dev.jsonl.gz").resolve()
+    """``../shared/data/qqp_pairs_dev.jsonl.gz`` from the current directory: the labelled
+    pairs beside a source checkout, run from its root as the README does. (Relative to
+    the package it pointed into the virtualenv's lib/ once the project was installed.)"""
+    return (Path.cwd() / ".." / "shared" / "data" / "qqp_pairs_dev.jsonl.gz").resolve()
 
 
 # -- loading -------------------------------------------------------------------------
@@ -473,11 +474,16 @@ def choose_threshold(
     max_false_hit_rate: float | None = None,
     min_precision: float | None = None,
 ) -> SimulationRow | None:
-    """The row meeting the target with the highest hit rate (ties: the higher threshold)."""
+    """The row meeting the target with the highest hit rate (ties: the higher threshold).
+
+    A row that serves nothing is never chosen: its precision (1.0 by convention) meets
+    any target, and a calibration stored at it made every lookup of the file miss."""
     if (max_false_hit_rate is None) == (min_precision is None):
         raise InvalidInputError("give exactly one target: max_false_hit_rate or min_precision")
     best: SimulationRow | None = None
     for row in rows:
+        if row.hits == 0:
+            continue
         if max_false_hit_rate is not None and row.false_hit_rate > max_false_hit_rate + 1e-12:
             continue
         if min_precision is not None and row.precision < min_precision - 1e-12:

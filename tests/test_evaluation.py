@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from fakes import FakeEmbedder
+from openai_server import OpenAIServer
+from providers import make_embedder
 
 from semcache_sqlite import InvalidInputError, LocalEmbedder, SemanticCache, cli_common
 from semcache_sqlite.cli import cli
@@ -82,6 +84,35 @@ def test_sweep_and_choice_on_crafted_lookups() -> None:
     assert strict is not None and strict.threshold == 0.94
     with pytest.raises(InvalidInputError):
         choose_threshold(rows)
+
+
+def test_a_threshold_that_serves_nothing_is_never_chosen() -> None:
+    """Its precision is 1.0 by convention, so it met any precision target: calibrate
+    stored threshold 1.0 (hit rate 0) and every lookup of the file missed after it."""
+    scores = np.array([0.97, 0.93, 0.9])
+    rows = sweep(scores, np.zeros(3, bool), np.zeros(3, bool), thresholds=[0.85, 0.95, 1.0])
+    assert rows[-1].hits == 0 and rows[-1].precision == 1.0
+    assert choose_threshold(rows, min_precision=0.95) is None
+    assert choose_threshold(rows, max_false_hit_rate=0.0) is None
+
+
+def test_evaluate_finds_the_default_data_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """../shared/data/qqp_pairs_dev.jsonl.gz beside the checkout it is run from: found
+    from the package's location, it pointed into the virtualenv once installed."""
+    data = tmp_path / "shared" / "data" / "qqp_pairs_dev.jsonl.gz"
+    data.parent.mkdir(parents=True)
+    with gzip.open(data, "wt", encoding="utf-8") as handle:
+        handle.write(_write_jsonl(tmp_path / "plain.jsonl", PAIRS).read_text(encoding="utf-8"))
+    checkout = tmp_path / "repo"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    result = CliRunner().invoke(cli, ["evaluate", "--svg", "", "--embedding-cache", ""])
+    assert result.exit_code == 0 and f"{len(PAIRS)} pairs" in result.output, result.output
+    monkeypatch.chdir(tmp_path)  # no ../shared/data from here: a usage error naming it
+    missing = CliRunner().invoke(cli, ["evaluate", "--svg", "", "--embedding-cache", ""])
+    assert missing.exit_code == 2 and "labelled pairs not found" in missing.output
 
 
 def test_load_pairs_formats_and_sampling(tmp_path: Path) -> None:
@@ -221,6 +252,31 @@ def test_calibrate_from_feedback(tmp_path: Path) -> None:
         served = [r for r in rows if r.similarity is not None and r.similarity >= stored.threshold]
         assert served and all(r.correct for r in served)  # precision 1.0 above it
         assert stored.figures["feedback_rows"] == len(PAIRS)
+
+
+def test_calibrate_uses_the_global_embedder_options_like_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They were ignored: calibrate embedded with the local model and, on a file of an
+    OpenAI model, exited with the library's advice instead of the options to pass."""
+    data = _write_jsonl(tmp_path / "labelled.jsonl", PAIRS)
+    db = tmp_path / "remote.db"
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    with OpenAIServer() as server:
+        remote = make_embedder(server)
+        with SemanticCache(db, embedder=remote) as cache:
+            cache.store("an entry", None, "its answer")
+        args = ["calibrate", str(db), str(data), "--embedding-cache", ""]
+        args += ["--no-guards", "--dry-run", "--max-false-hit-rate", "1"]  # its vectors are hashes
+        refused = CliRunner().invoke(cli, args)
+        assert refused.exit_code == 6, refused.output
+        assert f"--embedder openai --embedding-model {remote.model_id}" in refused.output
+        options = ["--embedder", "openai", "--embedding-model", remote.model_id]
+        options += ["--base-url", server.base_url]
+        stored_entry = server.state.count("/embeddings")
+        done = CliRunner().invoke(cli, [*options, *args])
+        assert done.exit_code == 0 and "dry run" in done.output, done.output
+        assert server.state.count("/embeddings") > stored_entry  # it measured the pairs
 
 
 def test_evaluate_and_calibrate_progress_only_on_a_terminal_and_not_with_quiet(
