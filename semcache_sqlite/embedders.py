@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +59,10 @@ LOCAL_MAX_TOKENS = 256
 #: text, and it keeps a 100k-character query from costing a 100k-character tokenisation.
 #: A text whose first LOCAL_MAX_CHARS make fewer tokens is tokenized whole (_model_text).
 LOCAL_MAX_CHARS = 16_384
+#: A word (a run of ASCII letters and digits: every other printable ASCII character is
+#: punctuation, a word of its own) longer than the tokenizer's max_input_chars_per_word
+#: (100) is one [UNK] token: a SHA-512 digest, a long identifier.
+_UNSEEN_ASCII_WORD = re.compile(r"[A-Za-z0-9]{101,}")
 
 #: Default threshold of the local model with the default guards (see quality.py),
 #: measured by benchmarks/quality_guards.py on shared/data/qqp_pairs_dev.jsonl.gz:
@@ -310,8 +315,17 @@ class LocalEmbedder:
         its LOCAL_MAX_TOKENS. Texts that differ only there get the same vector ("👍" and
         "👎" at similarity 1.0), so the cache compares them as text before serving a
         similar entry (decision.judge)."""
-        if text.isascii() and len(text) <= LOCAL_MAX_TOKENS - 2 and text.isprintable():
-            return ""  # a printable ASCII character is never more than one token
+        if (
+            text.isascii()
+            and len(text) <= LOCAL_MAX_TOKENS - 2
+            and text.isprintable()
+            and _UNSEEN_ASCII_WORD.search(text) is None
+            and "[UNK]" not in text
+        ):
+            # Every printable ASCII character is in the vocabulary and is never more
+            # than one token; only a word too long for the tokenizer, or "[UNK]"
+            # written out (the unknown token itself), is not seen.
+            return ""
         model = self._load()
         encoding = model.tokenizer.encode(_model_text(model.tokenizer, text))
         unknown = model.tokenizer.token_to_id("[UNK]")

@@ -44,24 +44,37 @@ def staged_bytes(conn: Any) -> int:
     staged bytes were made up for (at a steady state of 1,194 entries, 20 writes
     evicted half of them).
 
-    Rows of a rowid table are packed whole into pages (none of ours overflows below
-    ~2,000 dimensions at 8 KiB pages), so: rows per page from their average size."""
+    Rows of a rowid table are packed whole into pages, so: rows per page from their
+    average size. But a row holds its query, and a prompt of a few thousand characters
+    does not fit a page: SQLite keeps a part of it on the leaf page, beside other rows,
+    and the rest on overflow pages of its own (counted as whole pages per row, 8,000-
+    character prompts were estimated at 1.7 times their size, and the cache grew past
+    max_bytes by the difference). That split is computed per row, as SQLite does it
+    (btreeParseCellAdjustSizeForOverflow; no reserved bytes)."""
     exists = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (STAGING_TABLE,)
     ).fetchone()
     if exists is None:
         return 0
-    rows, payload = conn.execute(
-        f"SELECT count(*), coalesce(sum(length(embedding) + length(CAST(query AS BLOB))), 0) "
-        f"FROM {STAGING_TABLE}"
+    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    max_local = page - 35  # the most payload a table leaf cell keeps on its page
+    min_local = (page - 12) * 32 // 255 - 23  # kept on the page when a row overflows
+    chunk = page - 4  # payload per overflow page
+    rows, local, overflow = conn.execute(
+        "SELECT count(*), coalesce(sum(local), 0), "
+        "coalesce(sum((p - local + :chunk - 1) / :chunk), 0) "
+        "FROM (SELECT p, CASE WHEN p <= :max THEN p "
+        "WHEN :min + (p - :min) % :chunk <= :max THEN :min + (p - :min) % :chunk "
+        "ELSE :min END AS local "
+        "FROM (SELECT length(embedding) + length(CAST(query AS BLOB)) + 8 AS p "  # + header
+        f"FROM {STAGING_TABLE}))",
+        {"chunk": chunk, "max": max_local, "min": min_local},
     ).fetchone()
     if not rows:
         return 0
-    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
-    row_bytes = int(payload) / int(rows) + 16  # + record header, rowid, cell pointer
+    row_bytes = int(local) / int(rows) + 8  # + rowid, payload size, cell pointer
     per_page = max(1, int((page - 100) // row_bytes))  # 100: a page's own header, at most
-    pages_per_row = max(1, math.ceil(row_bytes / (page - 100)))  # an overflowing row
-    return math.ceil(int(rows) / per_page) * page * pages_per_row
+    return (math.ceil(int(rows) / per_page) + int(overflow)) * page
 
 
 @dataclass(frozen=True)

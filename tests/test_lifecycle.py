@@ -20,6 +20,7 @@ from semcache_sqlite import (
     VersionConflictError,
 )
 from semcache_sqlite import vector_index as vector_index_module
+from semcache_sqlite.store_reembed import staged_bytes
 
 
 @pytest.fixture
@@ -574,3 +575,31 @@ def test_vacuum_shrinks_after_deletes_and_keeps_lookups(db_path: Path, clock: Fa
         hit_ = cache.lookup("keep me around please")
         assert hit_ is not None and hit_.entry_id == keep
         assert cache._store.orphan_counts() == (0, 0)
+
+
+def test_staged_bytes_of_long_queries_are_not_overestimated(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """A staged row holds its query: a prompt of a few thousand characters spills to an
+    overflow page, its first ~1 KB staying on the leaf page with other rows. Counted as
+    whole pages per row, 8,000-character prompts were estimated at 1.7 times their real
+    size, and the cache grew past max_bytes by the difference."""
+    with SemanticCache(
+        db_path, embedder=FakeEmbedder(dim=384), clock=clock, max_bytes=3_000_000
+    ) as cache:
+        prompt = "please summarise this part of the report " * 190  # ~8,000 characters
+        for start in range(0, 400, 20):
+            cache.store_many([f"{j} {prompt}" for j in range(start, start + 20)], ["r"] * 20)
+        with pytest.raises(EmbedderError):
+            cache.reembed(_StopsAfter(good_calls=2), batch_size=100)
+        with cache._store.db.reading() as conn:
+            estimate = staged_bytes(conn)
+            real = conn.execute(
+                "SELECT sum(pgsize) FROM dbstat WHERE name = 'reembed_vectors'"
+            ).fetchone()[0]
+        assert abs(estimate - real) <= 0.1 * real, (estimate, real)
+        for k in range(300):
+            cache.store(f"later {k} {prompt}", None, "r")
+        with cache._store.db.reading() as conn:
+            in_use = cache._store._bytes_in_use(conn) - staged_bytes(conn)
+        assert in_use <= 3_000_000 * 1.1

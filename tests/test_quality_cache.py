@@ -304,3 +304,21 @@ def test_unseen_text_of_the_local_model(local_embedder: LocalEmbedder) -> None:
     assert local_embedder.unseen_text("zero\u200bwidth") == "\u200b"
     tail = local_embedder.unseen_text("word " * 300 + "END")
     assert tail.endswith("END") and tail.startswith("word")  # past the 256 tokens
+
+
+def test_an_ascii_word_too_long_for_the_tokenizer_is_unseen(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    """The tokenizer makes one [UNK] of a word over 100 characters (a SHA-512 digest, a
+    long identifier): two prompts differing only in such a word got the same vector, and
+    the ASCII shortcut of unseen_text said the model saw everything, so the answer for one
+    digest was served for the other at similarity 1.0."""
+    digest_a, digest_b = "0123456789abcdef" * 8, "fedcba9876543210" * 8  # 128 hex digits
+    assert local_embedder.unseen_text(f"verify sha512 {digest_a}") == digest_a
+    assert local_embedder.unseen_text("what is [UNK]?") == "[UNK]"  # the unknown token, as text
+    assert local_embedder.unseen_text("a" * 100 + " ok") == ""  # 100 characters: one word piece
+    with SemanticCache(tmp_path / "c.db", embedder=local_embedder) as cache:
+        cache.store(f"verify sha512 {digest_a}", None, "digest A is valid")
+        asked = f"verify sha512 {digest_b}"
+        assert cache.search(asked, k=1)[0].similarity > 0.999  # the vectors agree
+        assert cache.lookup(asked) is None  # the texts do not
