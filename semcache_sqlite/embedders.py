@@ -27,6 +27,7 @@ import hashlib
 import os
 import re
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -326,6 +327,9 @@ class LocalEmbedder:
             # than one token; only a word too long for the tokenizer, or "[UNK]"
             # written out (the unknown token itself), is not seen.
             return ""
+        # Composed: "e" + a combining accent is "é" to the model (it strips accents),
+        # but the lone mark is covered by no token.
+        text = unicodedata.normalize("NFC", text)
         model = self._load()
         encoding = model.tokenizer.encode(_model_text(model.tokenizer, text))
         unknown = model.tokenizer.token_to_id("[UNK]")
@@ -333,7 +337,13 @@ class LocalEmbedder:
         for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
             if token != unknown:
                 seen[start:end] = b"\x01" * (end - start)
-        return "".join(c for c, s in zip(text, seen, strict=True) if not s and not c.isspace())
+        return "".join(
+            c
+            for c, s in zip(text, seen, strict=True)
+            # Whitespace and invisible formatting characters (Cf: zero-width space,
+            # left-to-right mark, soft hyphen, BOM) change nothing a reader sees.
+            if not s and not c.isspace() and unicodedata.category(c) != "Cf"
+        )
 
     def _embed_batch(self, model: _LoadedModel, texts: list[str]) -> FloatMatrix:
         encodings = model.tokenizer.encode_batch(texts)

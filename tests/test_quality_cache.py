@@ -301,7 +301,8 @@ def test_unseen_text_of_the_local_model(local_embedder: LocalEmbedder) -> None:
     assert local_embedder.unseen_text("How do I reset my password?") == ""
     assert local_embedder.unseen_text("Café au lait, привет, 日本語") == ""  # in its vocabulary
     assert local_embedder.unseen_text("thanks 👍 ok ✅") == "👍✅"
-    assert local_embedder.unseen_text("zero\u200bwidth") == "\u200b"
+    assert local_embedder.unseen_text("zero\u200bwidth left\u200e") == ""  # invisible (Cf)
+    assert local_embedder.unseen_text("re\u0301sume\u0301") == ""  # decomposed accents
     tail = local_embedder.unseen_text("word " * 300 + "END")
     assert tail.endswith("END") and tail.startswith("word")  # past the 256 tokens
 
