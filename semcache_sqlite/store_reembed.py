@@ -37,6 +37,14 @@ from .vector_index import EMBEDDING_TABLE, rebuild_index
 STAGING_TABLE = "reembed_vectors"
 
 
+def staging_exists(conn: Any) -> bool:
+    """A re-embed has staged vectors (finished or not) in the file."""
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (STAGING_TABLE,)
+    ).fetchone()
+    return row is not None
+
+
 def staged_bytes(conn: Any) -> int:
     """About the bytes the staging table of an unfinished re-embed takes up in the file
     (0 without one). ``max_bytes`` leaves them out: they are not entries, and a
@@ -51,10 +59,7 @@ def staged_bytes(conn: Any) -> int:
     character prompts were estimated at 1.7 times their size, and the cache grew past
     max_bytes by the difference). That split is computed per row, as SQLite does it
     (btreeParseCellAdjustSizeForOverflow; no reserved bytes)."""
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (STAGING_TABLE,)
-    ).fetchone()
-    if exists is None:
+    if not staging_exists(conn):
         return 0
     page = int(conn.execute("PRAGMA page_size").fetchone()[0])
     max_local = page - 35  # the most payload a table leaf cell keeps on its page
@@ -105,7 +110,7 @@ class ReembedStore:
                 "SELECT key, value FROM cache_info WHERE key IN ('reembed_model', 'reembed_dim')"
             ).fetchall()
         )
-        if "reembed_model" not in info or not self._has_staging(conn):
+        if "reembed_model" not in info or not staging_exists(conn):
             return None
         done = conn.execute(
             f"SELECT count(*) FROM entries e JOIN {STAGING_TABLE} s "
@@ -113,13 +118,6 @@ class ReembedStore:
         ).fetchone()[0]
         total = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
         return ReembedState(str(info["reembed_model"]), int(info["reembed_dim"]), done, total)
-
-    @staticmethod
-    def _has_staging(conn: Any) -> bool:
-        row = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (STAGING_TABLE,)
-        ).fetchone()
-        return row is not None
 
     def reembed_begin(self, model_id: str, dim: int) -> ReembedState:
         """Start re-embedding towards (model_id, dim), or continue one already started.
@@ -147,7 +145,7 @@ class ReembedStore:
     def reembed_cancel(self) -> bool:
         """Forget a re-embed in progress; True if there was one."""
         with self.db.transaction() as conn:
-            had = self._has_staging(conn)
+            had = staging_exists(conn)
             self._drop_staging(conn)
             return had
 
