@@ -104,8 +104,8 @@ def _data_options(func: Command) -> Command:
             default="labelled",
             show_default=True,
             help="strict: a hit on the identical text counts as correct only if labelled; "
-            "pair-label: DESIGN.md's rule (the asked text is left out of the cache, a hit "
-            "is right iff its pair is labelled a duplicate).",
+            "pair-label: the design notes' rule (../shared/DESIGN.md; the asked text is "
+            "left out of the cache, a hit is right iff its pair is labelled a duplicate).",
         ),
     ]
     for option in reversed(options):

@@ -452,7 +452,7 @@ class Database:
 
     def _check_memory_thread(self) -> None:
         """Refuse a second thread's connection to ``:memory:``: SQLite would give it a
-        new, empty database (AsyncSemanticCache's worker threads failed with "no such
+        new, empty database (the async API's worker threads failed with "no such
         table", a threaded server's threads each had a cache of their own, lost when
         the thread ended)."""
         if self.path != ":memory:":
@@ -465,8 +465,8 @@ class Database:
         if owner != self._memory_owner:
             raise StorageError(
                 ":memory: is one database per connection, so a cache in memory can only be "
-                "used from the thread that opened it; from other threads (or "
-                "AsyncSemanticCache) use a file, e.g. in tempfile.mkdtemp()"
+                "used from the thread that opened it; from other threads (or the async "
+                "API, which runs in worker threads) use a file, e.g. in tempfile.mkdtemp()"
             )
 
     def _after_fork(self) -> None:

@@ -46,7 +46,9 @@ def run_demo(
     faq = load_faq()
     before = cache.stats()["cached_entries"]
     started = time.perf_counter()
-    cache.store_many([q for q, _ in faq], [a for _, a in faq])
+    # "keep": a second run finds its FAQ stored and leaves it (no embedding, no new
+    # versions); the answers it learnt from the LLM stay too.
+    cache.store_many([q for q, _ in faq], [a for _, a in faq], on_duplicate="keep")
     echo(
         f"cache file: {cache.path} ({before} entries before this run); warmed with "
         f"{len(faq)} FAQ entries in {time.perf_counter() - started:.2f}s "
@@ -71,6 +73,8 @@ def run_demo(
             echo(f"MISS ({closest}, {elapsed:.1f} ms) {query}")
             echo("     no LLM configured: not answered, nothing stored")
             continue
+        # The demo's entries, FAQ and learnt answers alike, live in one scope (no LLM
+        # context), so the LLM is asked here and its answer stored beside the FAQ.
         answer = llm(query)  # an LLMError propagates: nothing is stored
         cache.store(query, None, answer)
         echo(f"MISS ({closest}, {elapsed:.1f} ms) {query}")

@@ -53,6 +53,8 @@ def test_demo_offline_twice(tmp_path: Path) -> None:
     second = _demo(db, {})
     assert "10 entries before this run" in second
     assert "10 requests" in second  # counters persisted across runs
+    with SemanticCache(db) as cache:  # the second warm-up kept the FAQ as it was
+        assert {cache.get(i).version for i in range(1, 11)} == {1}
 
 
 def test_demo_with_llm_stores_misses_and_second_run_is_all_hits(tmp_path: Path) -> None:
