@@ -291,12 +291,12 @@ class Store(LifecycleStore, ReembedStore):
                 way_out = (
                     f"A re-embed towards {model_id!r} was started but not finished: open "
                     f"the file with the {stored_model!r} embedder and call "
-                    "cache.reembed(new_embedder) again to finish it."
+                    "cache.reembed(new_embedder) (or `semcache reembed`) again to finish it."
                 )
             else:
                 way_out = (
                     "Open it with the same embedder, or open it with that embedder and "
-                    "re-embed its entries with cache.reembed(new_embedder)."
+                    "re-embed its entries with cache.reembed(new_embedder) or `semcache reembed`."
                 )
             raise EmbedderMismatchError(
                 f"{self.db.path} was created with embedding model {stored_model!r} "
