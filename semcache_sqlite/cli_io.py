@@ -95,7 +95,8 @@ def warm_command(
     kind = detect_format(file, fmt)
     defaults = Scope(namespace, user_id, context_key)
     with progress(state, f"checking {file.name}", None):
-        rows = validate_warm_file(file, kind, defaults)
+        plan = validate_warm_file(file, kind, defaults)
+    rows = plan.rows
     database, embedder = open_for_write(state, db)
     with closing(database):
         done = 0
@@ -108,7 +109,14 @@ def warm_command(
         try:
             with progress(state, "warming", rows) as step:
                 counts = warm(
-                    database, embedder, file, kind, defaults, batch_size=batch_size, advance=advance
+                    database,
+                    embedder,
+                    file,
+                    kind,
+                    defaults,
+                    batch_size=batch_size,
+                    advance=advance,
+                    superseded=plan.superseded,
                 )
         except KeyboardInterrupt:
             raise CliError(
@@ -116,9 +124,14 @@ def warm_command(
                 "re-run the same command to finish",
                 EXIT_ERROR,
             ) from None
+    repeated = (
+        f"; {counts.superseded} repeated by a later row of the file (the later one is kept)"
+        if counts.superseded
+        else ""
+    )
     click.echo(
         f"warmed {db} from {file}: {counts.added} added, {counts.updated} updated, "
-        f"{counts.unchanged} unchanged ({rows} rows)"
+        f"{counts.unchanged} unchanged ({rows} rows){repeated}"
     )
 
 

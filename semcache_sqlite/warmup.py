@@ -129,10 +129,22 @@ def iter_warm_file(
                 yield line, exc
 
 
-def validate_warm_file(path: Path, fmt: WarmFormat, defaults: Scope) -> int:
-    """Check every row; return the row count or raise InvalidFileError (nothing written)."""
+@dataclass(frozen=True)
+class WarmPlan:
+    """What validating a warm file found: its rows, and the lines a later line of the
+    file repeats (same query in the same namespace, user and context): only the last
+    is written, so a re-run finds every row as it left it."""
+
+    rows: int
+    superseded: frozenset[int]
+
+
+def validate_warm_file(path: Path, fmt: WarmFormat, defaults: Scope) -> WarmPlan:
+    """Check every row; return the plan or raise InvalidFileError (nothing written)."""
     problems: list[tuple[int, str]] = []
     count = more = 0
+    last_line: dict[tuple[str, str, str, str], int] = {}
+    superseded: set[int] = set()
     try:
         for line, item in iter_warm_file(path, fmt, defaults):
             if isinstance(item, LineError):
@@ -142,6 +154,11 @@ def validate_warm_file(path: Path, fmt: WarmFormat, defaults: Scope) -> int:
                     more += 1
             else:
                 count += 1
+                key = (item.namespace, item.user_id, item.context_key, query_hash(item.query))
+                earlier = last_line.get(key)
+                if earlier is not None:
+                    superseded.add(earlier)
+                last_line[key] = line
     except UnicodeDecodeError as exc:
         raise InvalidFileError(
             f"{path}: not UTF-8 text ({exc.reason}); nothing was written"
@@ -149,7 +166,7 @@ def validate_warm_file(path: Path, fmt: WarmFormat, defaults: Scope) -> int:
     except csv.Error as exc:
         raise InvalidFileError(f"{path}: not valid CSV ({exc}); nothing was written") from exc
     raise_problems(path, problems, more, "written")
-    return count
+    return WarmPlan(count, frozenset(superseded))
 
 
 @dataclass
@@ -157,10 +174,11 @@ class WriteCounts:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    superseded: int = 0  # rows a later row of the same file repeats (warm)
 
     @property
     def total(self) -> int:
-        return self.added + self.updated + self.unchanged
+        return self.added + self.updated + self.unchanged + self.superseded
 
 
 class EntryWriter:
@@ -267,8 +285,10 @@ def warm(
     *,
     batch_size: int = 256,
     advance: Advance = no_progress,
+    superseded: frozenset[int] = frozenset(),
 ) -> WriteCounts:
-    """Load a validated warm file batch by batch (each batch committed on its own)."""
+    """Load a validated warm file batch by batch (each batch committed on its own);
+    the ``superseded`` lines (WarmPlan) are skipped: a later line of the file wins."""
     writer = EntryWriter(db, embedder)
     totals = WriteCounts()
     batch: list[WarmRow] = []
@@ -284,6 +304,10 @@ def warm(
     for line, item in iter_warm_file(path, fmt, defaults):
         if isinstance(item, LineError):  # the file changed since it was validated
             raise InvalidFileError(f"{path} line {line}: {item}", problems=[(line, str(item))])
+        if line in superseded:
+            totals.superseded += 1
+            advance(1)
+            continue
         batch.append(item)
         if len(batch) >= max(1, batch_size):
             flush()

@@ -84,6 +84,29 @@ def test_warm_replaces_changed_responses_instead_of_duplicating(
     assert cli.json("stats", db)["entries"] == 5
 
 
+def test_warm_of_a_file_repeating_a_query_keeps_the_last_row_and_reruns_unchanged(
+    tmp_path: Path,
+) -> None:
+    """A query repeated in the file (same scope) was written once per row: every re-run
+    reported it "updated" and bumped its version. Now the last row wins, up front."""
+    db = tmp_path / "c.db"
+    rows = [
+        FAQ[0],
+        dict(FAQ[0], query=FAQ[0]["query"].upper(), response="Second answer"),  # same query
+        dict(FAQ[0], namespace="other"),  # another scope: not a repeat
+        FAQ[1],
+    ]
+    faq = write_jsonl(tmp_path / "faq.jsonl", rows)
+    cli = fake_cli()
+    first = cli.run("warm", db, faq, "--batch-size", "1")
+    assert "3 added, 0 updated, 0 unchanged (4 rows); 1 repeated" in first.stdout
+    again = cli.run("warm", db, faq)
+    assert "0 added, 0 updated, 3 unchanged (4 rows); 1 repeated" in again.stdout
+    entries = {(e["namespace"], e["query"]): e for e in cli.json("ls", db)["entries"]}
+    kept = entries[("default", FAQ[0]["query"].upper())]
+    assert (kept["response"], kept["version"]) == ("Second answer", 1)
+
+
 def test_warm_keeps_metadata_unless_the_row_gives_some(tmp_path: Path) -> None:
     db, faq = tmp_path / "c.db", write_jsonl(tmp_path / "faq.jsonl", FAQ)
     cli = fake_cli()
