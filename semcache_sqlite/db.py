@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
-import numbers
 import os
 import threading
 import time
@@ -59,6 +57,7 @@ from .errors import (
     StorageFullError,
 )
 from .fork_gate import GATE
+from .validation import as_seconds
 
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for the lock before CacheTimeoutError
 
@@ -115,11 +114,8 @@ MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000
 
 def check_busy_timeout(value: object) -> float:
     """``busy_timeout``: seconds to wait for another connection's lock, 0 to MAX_BUSY_TIMEOUT."""
-    seconds = math.nan
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy numbers too
-        with suppress(OverflowError):  # an int beyond float's range
-            seconds = float(value)
-    if not 0 <= seconds <= MAX_BUSY_TIMEOUT:  # also refuses NaN and inf
+    seconds = as_seconds(value)
+    if seconds is None or not 0 <= seconds <= MAX_BUSY_TIMEOUT:  # also refuses NaN and inf
         raise InvalidInputError(
             f"busy_timeout must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT:g}, "
             f"got {value!r}"

@@ -44,7 +44,7 @@ from enum import Enum
 from typing import Any, Literal, cast
 
 from .errors import InvalidInputError
-from .validation import MAX_TIMESTAMP
+from .validation import MAX_TIMESTAMP, as_seconds
 
 Eviction = Literal["lru", "lfu", "fifo"]
 OnDuplicate = Literal["replace", "keep", "keep_both"]
@@ -80,12 +80,9 @@ def check_ttl(value: Any) -> float | None:
     """A time-to-live in seconds (a finite number > 0), or None for "never expires"."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    seconds = as_seconds(value)
+    if seconds is None:
         raise InvalidInputError(f"ttl must be a number of seconds or None, got {value!r}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int beyond float's range
-        seconds = math.inf
     if not 0 < seconds < math.inf:  # also refuses NaN
         raise InvalidInputError(
             f"ttl must be a positive, finite number of seconds (None: never expires), got {value!r}"
@@ -97,13 +94,8 @@ def check_age(value: Any) -> float:
     """An age in seconds for ``delete_older_than``: a number >= 0 (inf: nothing is that
     old). NaN is refused: ``updated_at < NaN`` matches no row, so it deleted nothing
     and said so as if the cache held nothing that old."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy numbers too
-        raise InvalidInputError(f"seconds must be a number >= 0, got {value!r}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int beyond float's range
-        seconds = math.inf
-    if not seconds >= 0:  # also refuses NaN
+    seconds = as_seconds(value)
+    if seconds is None or not seconds >= 0:  # also refuses NaN
         raise InvalidInputError(f"seconds must be a number >= 0, got {value!r}")
     return seconds
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import numbers
 import os
 import threading
 import weakref
-from contextlib import suppress
 from typing import Any, TypeVar
 
 from .errors import EmbedderError, InvalidInputError, LLMError
 from .retry import is_timeout, status_code_of
+from .validation import as_seconds
 
 #: Sent when no key is configured: local OpenAI-compatible servers ignore it,
 #: and OpenAI itself answers 401, which surfaces as a clear typed error.
@@ -45,11 +44,8 @@ def _resolve(api_key: str | None, base_url: str | None) -> tuple[str, str | None
 def check_request_timeout(value: Any) -> float:
     """``timeout=`` of the OpenAI clients: a positive, finite number of seconds. None (no
     timeout) is refused: a server that never answers would hang the lookup for good."""
-    seconds = math.nan
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy numbers too
-        with suppress(OverflowError):
-            seconds = float(value)
-    if not 0 < seconds < math.inf:
+    seconds = as_seconds(value)
+    if seconds is None or not 0 < seconds < math.inf:
         raise InvalidInputError(
             f"timeout must be a positive number of seconds, got {value!r}"
             + (" (a request must end: pass a large number instead)" if value is None else "")

@@ -104,6 +104,18 @@ def check_int(
     return int(value)
 
 
+def as_seconds(value: Any) -> float | None:
+    """``value`` as float seconds if it is a real number (numpy's too, not a bool), an int
+    beyond float's range as inf; None if it is not a number. The callers check the range
+    (NaN fails every comparison, so it is refused there too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def check_timestamp(value: Any, what: str) -> float:
     """Unix seconds that ``datetime`` can represent (see MIN_TIMESTAMP / MAX_TIMESTAMP)."""
     if (
