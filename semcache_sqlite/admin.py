@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import vector_cells
-from .db import Database, in_batches
+from .db import Database, in_batches, table_exists
 from .migrate import schema_version
 from .store import _ENTRY_COLUMNS, VECTOR_TABLE, EntryRow, Store
 from .store_lifecycle import count_inserted
@@ -281,9 +281,7 @@ class Admin:
     def namespaces(self) -> list[str]:
         """Every namespace holding entries or lifecycle overrides, sorted."""
         with self.db.reading() as conn:
-            configured = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'namespace_config'"
-            ).fetchone()
+            configured = table_exists(conn, "namespace_config")
             union = " UNION SELECT namespace FROM namespace_config" if configured else ""
             rows = conn.execute(f"SELECT namespace FROM entries{union} ORDER BY 1").fetchall()
         return [str(r[0]) for r in rows]
@@ -534,9 +532,7 @@ class Admin:
         """(namespace, counted, stored) where ``entry_counts``, which the limits are
         checked against, disagrees with the entries (rows written around the library)."""
         with self.db.reading() as conn:
-            if not conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entry_counts'"
-            ).fetchone():
+            if not table_exists(conn, "entry_counts"):
                 return []  # a file from before the limits (migration 0002)
             rows = conn.execute(
                 "SELECT namespace, sum(counted), sum(stored) FROM ("

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from .db import Database, writability_problem
+from .db import Database, table_exists, writability_problem
 from .embedders import LOCAL_MODEL_ID, Embedder, LocalEmbedder, OpenAIEmbedder
 from .errors import (
     EmbedderMismatchError,
@@ -421,10 +421,8 @@ def policy_json(store: Store, namespace: str) -> dict[str, Any] | None:
     overrides over the library's defaults (an application's constructor arguments are
     not in the file). None for a file older than the lifecycle schema."""
     with store.db.reading() as conn:
-        table = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'namespace_config'"
-        ).fetchone()
-    if table is None:
+        configured = table_exists(conn, "namespace_config")
+    if not configured:
         return None
     policy = store.namespace_policy(namespace)
     return {

@@ -617,6 +617,14 @@ T = TypeVar("T")
 IN_LIST_BATCH = 500
 
 
+def table_exists(conn: Any, name: str) -> bool:
+    """The file has a table ``name`` (files of earlier schemas lack some)."""
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None
+
+
 def in_batches(values: Sequence[T]) -> Iterator[tuple[Sequence[T], str]]:
     """``values`` in slices small enough to bind, each with its ``?,?,...`` marks."""
     for start in range(0, len(values), IN_LIST_BATCH):

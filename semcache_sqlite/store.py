@@ -63,6 +63,7 @@ from .vector_index import (
     delete_vectors_where,
     has_vector_table,
     index_partitions,
+    index_up_to_date,
     lookup_cells,
     partitions_unindexed,
     put_vectors,
@@ -273,9 +274,9 @@ class Store(LifecycleStore, ReembedStore):
             logger.info("%s: vector partition index not added this time: %s", self.db.path, exc)
 
     def _vector_layout_current(self) -> bool:
-        """The vector index has this version's layout, its partitions indexed."""
+        """The vector index exists, in this version's layout, its partitions indexed."""
         with self.db.reading() as conn:
-            return vector_layout_current(conn) and not partitions_unindexed(conn)
+            return has_vector_table(conn) and index_up_to_date(conn)
 
     def check_embedder(self, model_id: str, dim: int) -> None:
         """bind_embedder() for a read-only file: check only (a file never written matches)."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .db import Database
+from .db import Database, table_exists
 from .errors import EmbedderMismatchError
 from .validation import FloatMatrix
 from .vector_index import EMBEDDING_TABLE, rebuild_index
@@ -39,10 +39,7 @@ STAGING_TABLE = "reembed_vectors"
 
 def staging_exists(conn: Any) -> bool:
     """A re-embed has staged vectors (finished or not) in the file."""
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (STAGING_TABLE,)
-    ).fetchone()
-    return row is not None
+    return table_exists(conn, STAGING_TABLE)
 
 
 def staged_bytes(conn: Any) -> int:
