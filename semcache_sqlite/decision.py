@@ -28,7 +28,7 @@ from typing import Any
 from .quality import GuardConfig, Signals, Verifier, match_signals, verify_hit
 from .store import EntryRow, Scope, Store
 from .timing import Timings
-from .validation import FloatVector, similarity_hits
+from .validation import SIMILARITY_EPSILON, FloatVector, similarity_hits
 
 logger = logging.getLogger("semcache_sqlite")
 
@@ -155,6 +155,23 @@ class Judgement:
         return LookupResult(entry, self.similarity, self.exact, self.score, self.signals, asked)
 
 
+def _seen_first(
+    neighbours: list[tuple[EntryRow, float]], query: str, unseen: Callable[[str], str]
+) -> tuple[list[tuple[EntryRow, float]], bool]:
+    """The neighbours, an entry whose unseen text is the query's first if one ties with
+    the nearest (same similarity, within float32 tolerance), and whether the first one's
+    is: entries that differ only where the model is blind tie, and the first of them by
+    id must not refuse a query another one matches."""
+    seen = unseen(query)
+    nearest = neighbours[0][1]
+    for i, (row, distance) in enumerate(neighbours):
+        if distance - nearest > SIMILARITY_EPSILON:
+            break
+        if unseen(row.query) == seen:
+            return [neighbours[i], *neighbours[:i], *neighbours[i + 1 :]], True
+    return neighbours, False
+
+
 def judge(
     store: Store,
     scope: Scope,
@@ -173,24 +190,34 @@ def judge(
     then, and a hit the verifier should check is refused). ``unseen``: the
     embedder's ``unseen_text``, if it has one: a match whose text differs from the
     query's where the model is blind is refused, whatever the guards (its similarity
-    says nothing about that difference).
+    says nothing about that difference); of the entries tied with the nearest, one
+    whose text matches there is the one judged.
     """
     # Guards never raise a score: only an entry at the threshold or above can be
     # served, and then its competitors must be found in every cell (whole_namespace_from).
-    neighbours = store.nearest(scope, vector, k=guards.neighbours, whole_namespace_from=threshold)
+    # Where the model is blind, at least two neighbours, for a tie (_seen_first); tied
+    # vectors share their cell, so the guards alone need the other cells.
+    blind = unseen is not None and query is not None
+    neighbours = store.nearest(
+        scope,
+        vector,
+        k=max(guards.neighbours, 2) if blind else guards.neighbours,
+        whole_namespace_from=threshold if guards.neighbours > 1 else None,
+    )
     if not neighbours:
         return Judgement(threshold)
+    seen = True  # the unseen texts match (compared only if the nearest could be served)
+    if blind:
+        assert unseen is not None and query is not None
+        if similarity_hits(1.0 - neighbours[0][1], threshold):
+            neighbours, seen = _seen_first(neighbours, query, unseen)
+        neighbours = neighbours[: guards.neighbours]
     found = [(row.query, row.response, min(1.0, 1.0 - d)) for row, d in neighbours]
     signals = match_signals(query, found[0], found[1:], lexical=guards.lexical)
     penalties = guards.penalties(signals)
     score = guards.score(signals)
     row = neighbours[0][0]
-    if (
-        unseen is not None
-        and query is not None
-        and similarity_hits(score, threshold)
-        and unseen(query) != unseen(row.query)
-    ):
+    if not seen and similarity_hits(score, threshold):
         penalties = {**penalties, UNSEEN_PENALTY: score}  # refused: scored down to 0
         score = 0.0
     hit = similarity_hits(score, threshold) and verify_hit(

@@ -323,3 +323,22 @@ def test_an_ascii_word_too_long_for_the_tokenizer_is_unseen(
         asked = f"verify sha512 {digest_b}"
         assert cache.search(asked, k=1)[0].similarity > 0.999  # the vectors agree
         assert cache.lookup(asked) is None  # the texts do not
+
+
+@pytest.mark.parametrize("guards", [True, False])
+def test_a_tie_is_served_by_the_entry_whose_unseen_text_matches(
+    tmp_path: Path, local_embedder: LocalEmbedder, guards: bool
+) -> None:
+    """Entries "thumbs 👍" and "thumbs 👎" embed alike (emoji are one unknown token): they tie
+    for any query. The nearest by id was judged alone, so "the thumbs 👎" was refused
+    for the 👍 entry although the 👎 entry, equally near, has the same unseen text."""
+    with SemanticCache(tmp_path / "c.db", embedder=local_embedder, guards=guards) as cache:
+        cache.store_many(["thumbs 👍", "thumbs 👎"], ["good", "bad"])  # 👍 has the lower id
+        tied = cache.search("the thumbs 👎", k=2)
+        assert [r.response for r in tied] == ["good", "bad"]
+        assert tied[0].similarity == tied[1].similarity
+        hit = cache.lookup("the thumbs 👎", threshold=0.5)
+        assert hit is not None and hit.response == "bad" and not hit.exact
+        hit = cache.lookup("the thumbs 👍", threshold=0.5)
+        assert hit is not None and hit.response == "good"
+        assert cache.lookup("the thumbs 📦", threshold=0.5) is None  # neither matches
