@@ -23,7 +23,13 @@ import numpy.typing as npt
 from semcache_sqlite import SemCacheError, vector_cells
 from semcache_sqlite.db import Database
 from semcache_sqlite.store import Store
-from semcache_sqlite.vector_index import VECTOR_TABLE, namespace_centroids, vector_layout_current
+from semcache_sqlite.vector_index import (
+    SMALL_VECTOR_TABLE,
+    VECTOR_TABLE,
+    has_small_table,
+    namespace_centroids,
+    vector_layout_current,
+)
 
 _WORD = re.compile(r"\w+")
 
@@ -105,10 +111,20 @@ class FileCheck:
 
 def misplaced_cells(conn: Any) -> int:
     """Index rows of a namespace with cells that are not in the cell of their nearest
-    centroid (or outside any cell), plus namespaces of ``CLUSTER_AT`` entries or more
-    without cells. 0 for a file of a layout without cells."""
+    centroid (or outside any cell, or in the small namespaces' table), plus namespaces
+    of ``CLUSTER_AT`` entries or more without cells, plus the rows in the small table of
+    namespaces that also have rows in the large one (a namespace lives in one table).
+    0 for a file of a layout without cells."""
     if not vector_layout_current(conn):
         return 0
+    split = 0
+    if has_small_table(conn):
+        split = int(
+            conn.execute(
+                f"SELECT count(*) FROM {SMALL_VECTOR_TABLE} WHERE namespace IN "
+                f"(SELECT DISTINCT partition00 FROM {VECTOR_TABLE}_chunks)"
+            ).fetchone()[0]
+        )
     cell_of = {
         int(r[0]): (str(r[1]), int(r[2]))
         for r in conn.execute(
@@ -133,7 +149,7 @@ def misplaced_cells(conn: Any) -> int:
             cell_of.get(int(r[0])) != (str(namespace), cell)
             for r, cell in zip(rows, nearest, strict=True)
         )
-    return wrong
+    return wrong + split
 
 
 def check_file(path: str | Path) -> FileCheck:

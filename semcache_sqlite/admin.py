@@ -33,7 +33,9 @@ from .vector_index import (
     delete_vectors_where,
     exact_vector_source,
     has_vector_table,
-    partitions_unindexed,
+    index_incomplete,
+    index_row_count,
+    index_tables,
     put_vectors,
     uniform_blobs,
     vector_layout_current,
@@ -137,7 +139,7 @@ class FileFacts:
     has_vector_table: bool
     vector_table_dim: int | None  # the width in its DDL (bits are rounded up to bytes)
     vector_layout_current: bool
-    partitions_indexed: bool  # vector_index.PARTITION_INDEX (or nothing to index)
+    index_complete: bool  # vector_index.complete_index has nothing to add
 
     @property
     def embedding_model(self) -> str | None:
@@ -210,7 +212,7 @@ class Admin:
                 has_vector_table=row is not None,
                 vector_table_dim=int(dim_match.group(1)) if dim_match else None,
                 vector_layout_current=vector_layout_current(conn),
-                partitions_indexed=not partitions_unindexed(conn),
+                index_complete=not index_incomplete(conn),
             )
 
     def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
@@ -510,7 +512,7 @@ class Admin:
         for sql in (
             "SELECT 1 FROM entries WHERE id = ?",
             f"SELECT 1 FROM {EMBEDDING_TABLE} WHERE id = ?",
-            f"SELECT 1 FROM {VECTOR_TABLE} WHERE rowid = ?",
+            *(f"SELECT 1 FROM {table} WHERE rowid = ?" for table in index_tables(conn)),
         ):
             if conn.execute(sql, (entry_id,)).fetchone() is not None:
                 return False
@@ -546,7 +548,7 @@ class Admin:
         with self.db.reading() as conn:
             if not has_vector_table(conn):
                 return 0
-            return int(conn.execute(f"SELECT count(*) FROM {VECTOR_TABLE}").fetchone()[0])
+            return index_row_count(conn)
 
     def model_mismatches(self, model_id: str, dim: int) -> int:
         """Entries recorded with another embedding model or dimension than the file's."""

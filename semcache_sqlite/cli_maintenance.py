@@ -170,8 +170,11 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
         shown = ", ".join(f"{n!r} counted {c}, holds {e}" for n, c, e in miscounted[:3])
         detail = f"{shown}: limits are checked against these counts; `semcache vacuum` recounts"
         add(Check("entry counts", "warn", detail))
-    if facts.has_vector_table and facts.vector_layout_current and not facts.partitions_indexed:
-        detail = "sqlite-vec's chunks are not indexed by partition: `semcache migrate` adds it"
+    if facts.has_vector_table and facts.vector_layout_current and not facts.index_complete:
+        detail = (
+            "written by an earlier version: no table for small namespaces or sqlite-vec's "
+            "chunks not indexed by partition (slower lookups): `semcache migrate` adds them"
+        )
         add(Check("vector table", "warn", detail))
     wal = file_size(db + "-wal")
     if facts.journal_mode != "wal":

@@ -58,14 +58,14 @@ from .vector_index import (
     MAX_K,
     VECTOR_TABLE,
     candidate_ids,
+    complete_index,
     cosine_similarities,
     delete_vectors,
     delete_vectors_where,
     has_vector_table,
-    index_partitions,
+    index_incomplete,
     index_up_to_date,
     lookup_cells,
-    partitions_unindexed,
     put_vectors,
     scan_scope,
     scope_conditions,
@@ -209,10 +209,10 @@ class Store(LifecycleStore, ReembedStore):
             self._check_same_embedder(info, model_id, dim)
             with self.db.reading() as conn:
                 layout_current = vector_layout_current(conn)
-                unindexed = layout_current and partitions_unindexed(conn)
+                incomplete = layout_current and index_incomplete(conn)
             if layout_current:
-                if unindexed:  # a file of a version before the partition index
-                    self._index_partitions()
+                if incomplete:  # a file of a version before the small table or partition index
+                    self._complete_index()
                 self.bound = (model_id, int(dim))
                 return
         with self.db.transaction() as conn:
@@ -261,20 +261,21 @@ class Store(LifecycleStore, ReembedStore):
         with self.db.transaction() as conn:
             return self.ensure_vector_layout(conn, int(dim))
 
-    def _index_partitions(self) -> None:
-        """Add the partition index to a file of an earlier version as it is opened. Only an
+    def _complete_index(self) -> None:
+        """Add the small namespaces' table and the partition indexes to a file of an
+        earlier version as it is opened (``vector_index.complete_index``). Only an
         optimisation, and the open needs no other write: a writer holding the lock past
         the busy timeout (an import or a vacuum in another process), a full disk or a
-        read-only file leave the file as it was, working without it, instead of failing
-        the open (the next writable open or `semcache migrate` adds it)."""
+        read-only file leave the file as it was, working without them, instead of
+        failing the open (the next writable open or `semcache migrate` adds them)."""
         try:
             with self.db.transaction() as conn:
-                index_partitions(conn)
+                complete_index(conn)
         except (CacheTimeoutError, StorageFullError, ReadOnlyError) as exc:
-            logger.info("%s: vector partition index not added this time: %s", self.db.path, exc)
+            logger.info("%s: vector index not completed this time: %s", self.db.path, exc)
 
     def _vector_layout_current(self) -> bool:
-        """The vector index exists, in this version's layout, its partitions indexed."""
+        """The vector index exists, in this version's layout, complete."""
         with self.db.reading() as conn:
             return has_vector_table(conn) and index_up_to_date(conn)
 

@@ -39,10 +39,12 @@ from .validation import FloatVector
 from .vector_index import (
     EMBEDDING_TABLE,
     VECTOR_TABLE,
+    complete_index,
     delete_vectors,
     has_float_index,
     has_vector_table,
-    index_partitions,
+    index_row_count,
+    index_tables,
     put_vectors,
     rebuild_index,
     scan_scope,
@@ -373,39 +375,20 @@ class LifecycleStore:
         """
         if not self.compact_chunks:
             return 0
-        try:
-            # A partition is a (namespace, cell) pair: the layout's two partition keys.
-            chunks = [
-                (chunk, (namespace, cell), size)
-                for chunk, namespace, cell, size in conn.execute(
-                    f"SELECT chunk_id, partition00, partition01, size FROM {VECTOR_TABLE}_chunks"
-                )
-            ]
-            counts = dict(
-                conn.execute(
-                    f"SELECT chunk_id, count(*) FROM {VECTOR_TABLE}_rowids "
-                    "WHERE chunk_id IS NOT NULL GROUP BY chunk_id"
-                ).fetchall()
-            )
-        except self.db.driver.OperationalError:  # no such table / column: another layout
-            return 0
-        newest: dict[Any, int] = {}
-        for chunk, partition, _ in chunks:
-            newest[partition] = max(newest.get(partition, 0), int(chunk))
-        sparse = sorted(
-            (int(counts.get(chunk, 0)), int(chunk))
-            for chunk, partition, size in chunks
-            if int(chunk) != newest[partition]
-            and int(counts.get(chunk, 0)) <= int(size) * SPARSE_CHUNK_FILL
-        )
+        sparse: list[tuple[int, str, int]] = []  # (rows, vec0 table, chunk id)
+        for table in index_tables(conn):
+            try:
+                sparse.extend(self._sparse_chunks(conn, table))
+            except self.db.driver.OperationalError:  # no such table / column: another layout
+                return 0
         ids: list[int] = []
-        for rows, chunk in sparse:
+        for rows, table, chunk in sorted(sparse):
             if len(ids) + rows > budget:
                 break  # a chunk moved half-way frees nothing
             ids.extend(
                 int(r[0])
                 for r in conn.execute(
-                    f"SELECT rowid FROM {VECTOR_TABLE}_rowids WHERE chunk_id = ?", (chunk,)
+                    f"SELECT rowid FROM {table}_rowids WHERE chunk_id = ?", (chunk,)
                 )
             )
         if not ids:
@@ -423,6 +406,32 @@ class LifecycleStore:
         put_vectors(conn, moved)
         return len(kept)
 
+    @staticmethod
+    def _sparse_chunks(conn: Any, table: str) -> list[tuple[int, str, int]]:
+        """(rows, table, chunk id) of the chunks of one vec0 table that compaction
+        empties: all but the newest of each partition, at most SPARSE_CHUNK_FILL full."""
+        # A partition is a (namespace, cell) pair: the layout's two partition keys.
+        chunks = [
+            (int(chunk), (namespace, cell), int(size))
+            for chunk, namespace, cell, size in conn.execute(
+                f"SELECT chunk_id, partition00, partition01, size FROM {table}_chunks"
+            )
+        ]
+        counts = dict(
+            conn.execute(
+                f"SELECT chunk_id, count(*) FROM {table}_rowids "
+                "WHERE chunk_id IS NOT NULL GROUP BY chunk_id"
+            ).fetchall()
+        )
+        newest: dict[Any, int] = {}
+        for chunk, partition, _ in chunks:
+            newest[partition] = max(newest.get(partition, 0), chunk)
+        return [
+            (int(counts.get(chunk, 0)), table, chunk)
+            for chunk, partition, size in chunks
+            if chunk != newest[partition] and int(counts.get(chunk, 0)) <= size * SPARSE_CHUNK_FILL
+        ]
+
     def ensure_vector_layout(self, conn: Any, dim: int) -> bool:
         """Create the vector index, or upgrade a file written by an older version.
 
@@ -432,7 +441,7 @@ class LifecycleStore:
         ``entry_embeddings`` first. Returns True if the index was (re)built.
         """
         if vector_layout_current(conn):
-            index_partitions(conn)  # a file of a version before the partition index
+            complete_index(conn)  # a file of a version before the small table or partition index
             return False
         if has_float_index(conn):
             self._copy_vectors_out(conn)
@@ -482,9 +491,7 @@ class LifecycleStore:
             ).fetchone()
             if dim is not None and has_vector_table(conn):
                 if self.ensure_vector_layout(conn, int(dim[0])):  # upgrading rebuilds it
-                    rebuilt = int(
-                        conn.execute(f"SELECT count(*) FROM {VECTOR_TABLE}").fetchone()[0]
-                    )
+                    rebuilt = index_row_count(conn)
                 elif compact_vectors:
                     rebuilt = rebuild_index(conn, int(dim[0]))
         with self.db.reading() as conn:

@@ -10,6 +10,14 @@ Two tables, always written and deleted together (in the caller's transaction):
   and expiry as metadata columns, so the KNN runs inside SQLite as a Hamming
   scan of one namespace, or of a few cells of it.
 
+Namespaces of fewer than :data:`PROMOTE_AT` entries keep their index rows in a
+second vec0 table of the same columns, ``entry_vectors_small``, whose chunks hold
+:data:`SMALL_CHUNK_ROWS` rows instead of 1,024: every partition pre-allocates a
+whole chunk, and over many small namespaces those chunks were most of the file. A
+namespace's rows are in one table: the large one if it has a chunk there, else the
+small one (:func:`index_table`); the write that takes a namespace to
+:data:`PROMOTE_AT` entries moves its rows to the large table (``promote_namespace``).
+
 A third, ``vector_cells``, holds the centroids of the namespaces large enough to
 have cells (see ``vector_cells.py``): in such a namespace an entry sits in the
 partition of its nearest centroid, and a lookup scans only the cells nearest
@@ -37,9 +45,9 @@ Why this layout (measured with sqlite-vec 0.1.9, 384-d, on the build machine):
   so leaving a filter out can cost recall only, never a wrong answer.
 - Namespace as the partition key: a lookup scans only its namespace's chunks
   (0.2 ms instead of 3 ms at 100k entries over 1,000 namespaces). Each
-  namespace pre-allocates one chunk (1,024 rows, ~85 KiB at 384-d). sqlite-vec
-  finds a partition's chunks with a query on a table it leaves unindexed: the
-  library indexes it (:data:`PARTITION_INDEX`).
+  namespace pre-allocates one chunk (1,024 rows, ~85 KiB at 384-d; 32 rows, ~3 KiB,
+  in the small table). sqlite-vec finds a partition's chunks with a query on a
+  table it leaves unindexed: the library indexes it (:data:`PARTITION_INDEX`).
 - Cell as the second partition key: a lookup in a namespace of 100k entries
   scans 8 of its 32 cells, ~2 ms instead of ~4.5 ms (vector_cells.py). sqlite-vec
   answers ``cell IN (...)`` with one KNN per value anyway, so each cell is its own
@@ -120,14 +128,23 @@ _BATCH = 4096
 CELLS_TABLE = "vector_cells"
 
 
-#: Rows per vec0 chunk (sqlite-vec's default). Every partition (namespace, cell)
-#: pre-allocates one chunk, ~85 KiB at bit[384]: over 1,000 small namespaces of a
-#: 100k-entry file, ~870 bytes per entry. 256 rows would save ~600 of them, but a
-#: query costs per chunk: measured with the partition index below (interleaved, the
-#: suite's QQP files), lookups at 100k entries in one namespace 7-12% slower and
-#: at 10k 9% than at 1,024 rows; over 1,000 namespaces about the same (-10% to +5%).
-#: The lookup of a large namespace, the hardest latency goal, wins.
+#: Rows per vec0 chunk (sqlite-vec's default) in the table of the large namespaces.
+#: A query costs per chunk, however full: measured with the partition index below
+#: (interleaved, the suite's QQP files), lookups at 100k entries in one namespace were
+#: 7-12% slower with 256-row chunks, and 9% at 10k, than with 1,024.
 CHUNK_ROWS = 1024
+
+#: The table of the namespaces below PROMOTE_AT entries, and its chunk size. Every
+#: partition pre-allocates one chunk: at 1,024 rows ~85 KiB, so 1,000 small
+#: namespaces took ~8.7 KB of index per entry over 10k entries and ~920 B over 100k;
+#: with 32-row chunks for those below 512 entries, ~370 and ~130 B, and their KNN
+#: is up to 3x faster (a chunk of 32 rows reads less than one of 1,024 holding as
+#: many): benchmarks/chunk_tiers.py. At 512 entries (16 small chunks) both tables
+#: cost about the same per query.
+SMALL_VECTOR_TABLE = f"{VECTOR_TABLE}_small"
+SMALL_CHUNK_ROWS = 32
+#: A namespace's rows move to the large table when it reaches this many entries.
+PROMOTE_AT = 512
 
 #: sqlite-vec 0.1.9 finds a partition's chunks (every KNN query, every insert) with
 #: ``... FROM <table>_chunks WHERE partition00 = ? AND partition01 = ?`` on a table
@@ -138,43 +155,84 @@ _CHUNKS_TABLE = f"{VECTOR_TABLE}_chunks"  # sqlite-vec's shadow table of the chu
 PARTITION_INDEX = f"{_CHUNKS_TABLE}_partition"
 
 
+def _partition_index(table: str) -> str:
+    return f"{table}_chunks_partition"
+
+
 def vector_table_ddl(dim: int) -> str:
-    """The vec0 index: one bit per coordinate, one partition per namespace and cell."""
+    """The vec0 index of the large namespaces: one bit per coordinate, one partition
+    per namespace and cell."""
+    return _vec0_ddl(VECTOR_TABLE, dim, CHUNK_ROWS)
+
+
+def small_table_ddl(dim: int) -> str:
+    """The vec0 index of the small namespaces: the same columns, smaller chunks."""
+    return _vec0_ddl(SMALL_VECTOR_TABLE, dim, SMALL_CHUNK_ROWS)
+
+
+def _vec0_ddl(table: str, dim: int, chunk_rows: int) -> str:
     return (
-        f"CREATE VIRTUAL TABLE {VECTOR_TABLE} USING vec0("
+        f"CREATE VIRTUAL TABLE {table} USING vec0("
         "namespace text partition key, cell integer partition key, "
         f"embedding bit[{bit_width(dim)}], context integer, owner integer, expires_at float, "
-        f"chunk_size={CHUNK_ROWS})"
+        f"chunk_size={chunk_rows})"
     )
 
 
 def create_vector_table(conn: Any, dim: int) -> None:
-    """CREATE the vec0 index and the index of its partitions (caller's transaction)."""
+    """CREATE the vec0 index (both tables) and the index of their partitions (caller's
+    transaction)."""
     conn.execute(vector_table_ddl(dim))
-    index_partitions(conn)
+    conn.execute(small_table_ddl(dim))
+    complete_index(conn)
 
 
-def index_partitions(conn: Any) -> bool:
-    """Index the vec0 table's chunks by partition if they are not (files of earlier
-    versions); True if the index was created. Best effort: it is sqlite-vec's shadow
-    table, so a version of it with another one leaves the lookups as they were."""
-    if not partitions_unindexed(conn):
+def complete_index(conn: Any) -> bool:
+    """Add what a vector index of this layout written by an earlier version lacks: the
+    table of the small namespaces (its namespaces stay in the large table until a
+    rebuild) and the index of each table's chunks by partition. True if anything was
+    added. Best effort for the partition index: it is on sqlite-vec's shadow table, so
+    a version of it with another one leaves the lookups as they were."""
+    if not index_incomplete(conn):
         return False
-    conn.execute(f"CREATE INDEX {PARTITION_INDEX} ON {_CHUNKS_TABLE}(partition00, partition01)")
+    if not has_small_table(conn):
+        conn.execute(_vec0_ddl(SMALL_VECTOR_TABLE, _bits_of(conn), SMALL_CHUNK_ROWS))
+    for table in index_tables(conn):
+        if _partitions_unindexed(conn, table):
+            conn.execute(
+                f"CREATE INDEX {_partition_index(table)} "
+                f"ON {table}_chunks(partition00, partition01)"
+            )
     return True
 
 
-def partitions_unindexed(conn: Any) -> bool:
-    """The vec0 table's chunks could be indexed by partition and are not."""
+def index_incomplete(conn: Any) -> bool:
+    """The vector index lacks the small namespaces' table or a partition index that
+    ``complete_index`` would add."""
     if not has_vector_table(conn):
         return False
+    if not has_small_table(conn):
+        return True
+    return any(_partitions_unindexed(conn, table) for table in index_tables(conn))
+
+
+def _partitions_unindexed(conn: Any, table: str) -> bool:
+    """The table's chunks could be indexed by partition and are not."""
     indexed = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (PARTITION_INDEX,)
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+        (_partition_index(table),),
     ).fetchone()
     if indexed is not None:
         return False
-    columns = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({_CHUNKS_TABLE})")}
+    columns = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table}_chunks)")}
     return {"partition00", "partition01"} <= columns
+
+
+def _bits_of(conn: Any) -> int:
+    """The bit width of the large table's vectors (from its DDL)."""
+    sql = _table_sql(conn, VECTOR_TABLE) or ""
+    start = sql.index("bit[") + len("bit[")
+    return int(sql[start : sql.index("]", start)])
 
 
 def bit_width(dim: int) -> int:
@@ -215,6 +273,36 @@ def has_vector_table(conn: Any) -> bool:
     return _table_sql(conn, VECTOR_TABLE) is not None
 
 
+def has_small_table(conn: Any) -> bool:
+    return _table_sql(conn, SMALL_VECTOR_TABLE) is not None
+
+
+def index_tables(conn: Any) -> list[str]:
+    """The vec0 tables the file has: the large one, and the small one unless the file
+    was written by a version before it (opened read-only since)."""
+    return [VECTOR_TABLE, SMALL_VECTOR_TABLE] if has_small_table(conn) else [VECTOR_TABLE]
+
+
+def index_table(conn: Any, namespace: str) -> str:
+    """The vec0 table holding a namespace's index rows: the large one if it has a chunk
+    of the namespace (sqlite-vec drops a chunk once it is empty), else the small one
+    (the large one in a file without it)."""
+    large, small = conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM {_CHUNKS_TABLE} WHERE partition00 = ?), "
+        "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?)",
+        (namespace, SMALL_VECTOR_TABLE),
+    ).fetchone()
+    return SMALL_VECTOR_TABLE if small and not large else VECTOR_TABLE
+
+
+def index_row_count(conn: Any) -> int:
+    """Index rows over both vec0 tables."""
+    return sum(
+        int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        for table in index_tables(conn)
+    )
+
+
 def vector_layout_current(conn: Any) -> bool:
     """The vec0 index exists with this layout (bits, namespace and cell partitions)
     and the exact vectors have their table."""
@@ -228,11 +316,11 @@ def vector_layout_current(conn: Any) -> bool:
 
 
 def index_up_to_date(conn: Any) -> bool:
-    """No vector index yet, or one of this version's layout with its partitions indexed:
-    nothing for an upgrade to do."""
+    """No vector index yet, or one of this version's layout, complete: nothing for an
+    upgrade to do."""
     if not has_vector_table(conn):
         return True
-    return vector_layout_current(conn) and not partitions_unindexed(conn)
+    return vector_layout_current(conn) and not index_incomplete(conn)
 
 
 def has_float_index(conn: Any) -> bool:
@@ -254,12 +342,16 @@ def exact_vector_source(conn: Any) -> tuple[str, str] | None:
 
 
 def vector_sources(conn: Any) -> list[tuple[str, str]]:
-    """(table, id column) of every table holding a vector row per entry."""
+    """(table, id column) of every source holding a vector row per entry: the index
+    rows of both vec0 tables count as one (a subquery), the exact vectors another."""
     if not has_vector_table(conn):
         return []
+    tables = index_tables(conn)
+    index_rows = " UNION ALL ".join(f"SELECT rowid FROM {table}" for table in tables)
+    source = tables[0] if len(tables) == 1 else f"({index_rows})"
     if vector_layout_current(conn):
-        return [(VECTOR_TABLE, "rowid"), (EMBEDDING_TABLE, "id")]
-    return [(VECTOR_TABLE, "rowid")]  # an older layout: the vec0 table only
+        return [(source, "rowid"), (EMBEDDING_TABLE, "id")]
+    return [(source, "rowid")]  # an older layout: the vec0 table only
 
 
 @dataclass(frozen=True)
@@ -313,27 +405,64 @@ def uniform_blobs(blobs: Sequence[bytes]) -> tuple[list[int], np.ndarray[Any, An
 
 
 def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
-    """Insert the index rows of these vectors, each in its namespace's nearest cell;
-    return how many were indexed. A namespace without cells that has reached
-    :data:`~.vector_cells.CLUSTER_AT` entries gets them now (``cluster_namespace``).
+    """Insert the index rows of these vectors, each in its namespace's table and, in a
+    namespace with cells, its nearest cell; return how many were indexed. A namespace
+    of the small table that has reached :data:`PROMOTE_AT` entries moves to the large
+    one first (``promote_namespace``); one without cells that has reached
+    :data:`~.vector_cells.CLUSTER_AT` entries gets them after (``cluster_namespace``).
 
     All vectors of a file have one size; a blob of another is damage: left out of
     the index (so never returned) and reported, instead of failing the whole write."""
+    namespaces = {r.namespace for r in rows}
     # Each namespace's centroids read once: they place the rows and say which
     # namespaces have no cells yet.
-    centroids = {n: namespace_centroids(conn, n) for n in {r.namespace for r in rows}}
-    indexed = _insert_index_rows(conn, rows, centroids)
+    centroids = {n: namespace_centroids(conn, n) for n in namespaces}
+    large = _large_namespaces(conn, namespaces)
+    for namespace in namespaces - large:
+        if _entry_count(conn, namespace) >= PROMOTE_AT:  # the entries are counted already
+            promote_namespace(conn, namespace)
+            large.add(namespace)
+    indexed = _insert_index_rows(conn, rows, centroids, large)
     for namespace, centres in centroids.items():
         if centres is None and _entry_count(conn, namespace) >= vector_cells.CLUSTER_AT:
             cluster_namespace(conn, namespace)
     return indexed
 
 
+def _large_namespaces(conn: Any, namespaces: Iterable[str]) -> set[str]:
+    """Those of the namespaces whose index rows are in the large table (index_table)."""
+    return {n for n in namespaces if index_table(conn, n) == VECTOR_TABLE}
+
+
+def promote_namespace(conn: Any, namespace: str) -> int:
+    """Move a namespace's index rows from the small table to the large one (vec0 cannot
+    move a row between tables: DELETE + INSERT from the exact vectors), in the caller's
+    transaction. Returns the rows moved (~25 us each, so ~13 ms at PROMOTE_AT)."""
+    if not has_small_table(conn):
+        return 0
+    ids = [
+        int(r[0])
+        for r in conn.execute(
+            f"SELECT rowid FROM {SMALL_VECTOR_TABLE} WHERE namespace = ?", (namespace,)
+        )
+    ]
+    moved = 0
+    for part, _ in in_batches(ids):
+        rows = vector_rows(conn, part)
+        _delete_index_rows(conn, part)
+        moved += _insert_index_rows(conn, rows, large={namespace})
+    return moved
+
+
 def _insert_index_rows(
-    conn: Any, rows: Sequence[VectorRow], centroids: dict[str, Matrix | None] | None = None
+    conn: Any,
+    rows: Sequence[VectorRow],
+    centroids: dict[str, Matrix | None] | None = None,
+    large: set[str] | None = None,
 ) -> int:
-    """Insert index rows (no clustering); ``centroids``: of the rows' namespaces, where
-    the caller already has them."""
+    """Insert index rows (no promotion, no clustering); ``centroids``: of the rows'
+    namespaces, where the caller already has them; ``large``: the namespaces whose rows
+    go to the large table (default: those already there, ``index_table``)."""
     good, matrix = uniform_blobs([r.embedding for r in rows])
     if len(good) < len(rows):
         kept = set(good)
@@ -368,12 +497,18 @@ def _insert_index_rows(
     # Partition by partition: vec0 finds a partition's chunk again for every row
     # that follows one of another partition (inserts ~25% faster in 64 cells).
     values.sort(key=lambda v: (v[1], v[2]))
-    conn.executemany(
-        f"INSERT INTO {VECTOR_TABLE} "
-        "(rowid, namespace, cell, embedding, context, owner, expires_at) "
-        "VALUES (?, ?, ?, vec_bit(?), ?, ?, ?)",
-        values,
-    )
+    if large is None:
+        large = _large_namespaces(conn, {r.namespace for r in rows})
+    small = has_small_table(conn)
+    for table in (VECTOR_TABLE, SMALL_VECTOR_TABLE):
+        chosen = [v for v in values if (v[1] in large or not small) == (table == VECTOR_TABLE)]
+        if chosen:
+            conn.executemany(
+                f"INSERT INTO {table} "
+                "(rowid, namespace, cell, embedding, context, owner, expires_at) "
+                "VALUES (?, ?, ?, vec_bit(?), ?, ?, ?)",
+                chosen,
+            )
     return len(rows)
 
 
@@ -454,7 +589,7 @@ def cluster_namespace(conn: Any, namespace: str) -> int:
     for part, _ in in_batches(ids):
         rows = vector_rows(conn, part)
         _delete_index_rows(conn, [r.entry_id for r in rows])
-        moved += _insert_index_rows(conn, rows, {namespace: centroids})
+        moved += _insert_index_rows(conn, rows, {namespace: centroids}, large={namespace})
     return moved
 
 
@@ -468,21 +603,26 @@ def delete_vectors(conn: Any, ids: Iterable[int]) -> None:
 
 
 def _delete_index_rows(conn: Any, ids: Sequence[int]) -> None:
-    # One statement per rowid: vec0 answers `rowid IN (...)` with a full scan.
-    conn.executemany(f"DELETE FROM {VECTOR_TABLE} WHERE rowid = ?", [(int(i),) for i in ids])
+    # One statement per rowid: vec0 answers `rowid IN (...)` with a full scan. A rowid
+    # a table does not hold is no error (the row is in the other table).
+    params = [(int(i),) for i in ids]
+    for table in index_tables(conn):
+        conn.executemany(f"DELETE FROM {table} WHERE rowid = ?", params)
 
 
 def delete_vectors_where(conn: Any, where: str, params: Sequence[Any]) -> None:
     """Delete the vectors of the entries ``SELECT id FROM entries {where}`` finds."""
-    for table, key in ((VECTOR_TABLE, "rowid"), (EMBEDDING_TABLE, "id")):
+    sources = [(table, "rowid") for table in index_tables(conn)] + [(EMBEDDING_TABLE, "id")]
+    for table, key in sources:
         conn.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT id FROM entries {where})", params)
 
 
 def set_expiry(conn: Any, entry_id: int, expires_at: float | None) -> None:
-    conn.execute(
-        f"UPDATE {VECTOR_TABLE} SET expires_at = ? WHERE rowid = ?",
-        (vec_expiry(expires_at), int(entry_id)),
-    )
+    for table in index_tables(conn):  # a no-op in the table without the row
+        conn.execute(
+            f"UPDATE {table} SET expires_at = ? WHERE rowid = ?",
+            (vec_expiry(expires_at), int(entry_id)),
+        )
 
 
 #: An entry's scope, expiry and exact vector: the columns of a VectorRow.
@@ -507,15 +647,20 @@ def rebuild_index(conn: Any, dim: int) -> int:
     transaction); exact vectors without an entry are dropped. Returns rows indexed."""
     conn.execute(f"DELETE FROM {EMBEDDING_TABLE} WHERE id NOT IN (SELECT id FROM entries)")
     conn.execute(f"DROP TABLE IF EXISTS {VECTOR_TABLE}")
+    conn.execute(f"DROP TABLE IF EXISTS {SMALL_VECTOR_TABLE}")
     create_vector_table(conn, dim)
-    # Cells trained on the namespaces as they are now, before their rows go in.
+    # Each namespace in the table for its size now; cells trained on the namespaces as
+    # they are now, before their rows go in.
     conn.execute(f"DELETE FROM {CELLS_TABLE}")
-    large = conn.execute(
-        "SELECT namespace FROM entries GROUP BY namespace HAVING count(*) >= ?",
-        (vector_cells.CLUSTER_AT,),
-    ).fetchall()
-    for (namespace,) in large:
-        train_namespace_cells(conn, str(namespace), _namespace_ids(conn, str(namespace)))
+    sizes = {
+        str(n): int(c)
+        for n, c in conn.execute("SELECT namespace, count(*) FROM entries GROUP BY namespace")
+    }
+    large = {n for n, count in sizes.items() if count >= PROMOTE_AT}
+    for namespace, count in sizes.items():
+        if count >= vector_cells.CLUSTER_AT:
+            train_namespace_cells(conn, namespace, _namespace_ids(conn, namespace))
+            large.add(namespace)  # cells live in the large table (cluster_namespace)
     # In id order: each partition fills its own chunks, whatever the order.
     done = last = 0
     while True:
@@ -525,7 +670,7 @@ def rebuild_index(conn: Any, dim: int) -> int:
         if not rows:
             return done
         batch = [_row(r) for r in rows]
-        done += _insert_index_rows(conn, batch)  # large namespaces have their cells
+        done += _insert_index_rows(conn, batch, large=large)  # with their cells
         last = batch[-1].entry_id
 
 
@@ -567,8 +712,8 @@ def candidate_ids(
     sqlite-vec makes one pass over each chunk per row it returns.
     """
     sql = (
-        f"SELECT rowid, distance FROM {VECTOR_TABLE} WHERE embedding MATCH vec_bit(?) "
-        "AND k = ? AND namespace = ?"
+        f"SELECT rowid, distance FROM {index_table(conn, namespace)} "
+        "WHERE embedding MATCH vec_bit(?) AND k = ? AND namespace = ?"
     )
     k = max(1, min(int(k), MAX_K))
     params: list[Any] = [quantize(vector)[0], k, namespace]

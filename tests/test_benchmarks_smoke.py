@@ -181,6 +181,18 @@ def test_knn_floor_runs_on_a_small_table(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # its file is removed
 
 
+def test_chunk_tiers_compares_both_layouts_on_the_same_rows(tmp_path: Path) -> None:
+    from chunk_tiers import main as chunk_tiers
+
+    out = chunk_tiers(["--entries", "2000", "--probes", "3", "--workdir", str(tmp_path)])
+    (case,) = out.values()
+    one, two = case["bytes_per_entry"]["one"], case["bytes_per_entry"]["two"]
+    assert 0 < two < one  # small namespaces no longer pre-allocate 1,024-row chunks
+    assert case["sizes"] == sorted(case["sizes"], reverse=True) and case["sizes"][-1] >= 1
+    assert all(len(v) == len(case["sizes"]) and min(v) > 0 for v in case["p50_ms"].values())
+    assert list(tmp_path.iterdir()) == []  # its files are removed
+
+
 def _goal(goals: list[dict[str, Any]], name: str) -> dict[str, Any]:
     (found,) = [g for g in goals if g["goal"] == name]
     return found

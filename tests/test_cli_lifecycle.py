@@ -32,11 +32,12 @@ def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
 
 
 def _expiry(db: Path) -> dict[str, tuple[object, object, object]]:
-    """query -> (entries.ttl, entries.expires_at, entry_vectors.expires_at)."""
+    """query -> (entries.ttl, entries.expires_at, the index row's expires_at)."""
     rows = _rows(
         db,
-        "SELECT e.query, e.ttl, e.expires_at, v.expires_at FROM entries e "
-        "JOIN entry_vectors v ON v.rowid = e.id",
+        "SELECT e.query, e.ttl, e.expires_at, v.expires_at FROM entries e JOIN ("
+        "SELECT rowid, expires_at FROM entry_vectors UNION ALL "
+        "SELECT rowid, expires_at FROM entry_vectors_small) v ON v.rowid = e.id",
     )
     return {str(r[0]): (r[1], r[2], r[3]) for r in rows}
 

@@ -53,7 +53,7 @@ def test_doctor_healthy_file(db: Path) -> None:
 
 def test_doctor_finds_orphans_in_both_directions(db: Path) -> None:
     _sql(db, "DELETE FROM entries WHERE id = 1")  # vector left without its entry
-    _sql(db, "DELETE FROM entry_vectors WHERE rowid = 2")  # entry left without its vector
+    _sql(db, "DELETE FROM entry_vectors_small WHERE rowid = 2")  # entry left without its vector
     result = fake_cli().run("doctor", db, expect=4)
     assert "1 entries without a vector, 1 vectors without an entry" in result.stdout
     assert "FAIL" in result.stdout and "1 problem(s) found" in result.stdout
@@ -80,8 +80,9 @@ def test_doctor_warns_of_miscounted_namespaces_and_vacuum_recounts(db: Path) -> 
     assert "entry counts" not in names
 
 
-def test_doctor_warns_of_unindexed_partitions_until_migrate(db: Path) -> None:
-    _sql(db, f"DROP INDEX {PARTITION_INDEX}")
+@pytest.mark.parametrize("index", [PARTITION_INDEX, "entry_vectors_small_chunks_partition"])
+def test_doctor_warns_of_unindexed_partitions_until_migrate(db: Path, index: str) -> None:
+    _sql(db, f"DROP INDEX {index}")
     warned = [c for c in fake_cli().json("doctor", db)["checks"] if c["status"] == "warn"]
     assert [c["name"] for c in warned] == ["vector table"] and "migrate" in warned[0]["detail"]
     fake_cli().run("migrate", db)
@@ -247,7 +248,7 @@ def test_shell_print_and_missing_shell(db: Path, monkeypatch: pytest.MonkeyPatch
 def test_shell_runs_sqlite3_with_sqlite_vec_loaded(db: Path) -> None:
     sql = (
         "select count(*) from entries; "
-        "select rowid, vec_length(embedding) from entry_vectors where rowid = 1;"
+        "select rowid, vec_length(embedding) from entry_vectors_small where rowid = 1;"
     )
     done = subprocess.run(
         [sys.executable, "-m", "semcache_sqlite", "shell", str(db), sql],

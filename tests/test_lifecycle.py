@@ -46,7 +46,10 @@ def entry_count(cache: SemanticCache) -> int:
 
 def vector_count(cache: SemanticCache) -> int:
     with cache._store.db.reading() as conn:
-        return int(conn.execute("SELECT count(*) FROM entry_vectors").fetchone()[0])
+        return sum(
+            int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            for table in ("entry_vectors", "entry_vectors_small")
+        )
 
 
 def surviving(cache: SemanticCache, ids: list[int]) -> set[int]:

@@ -133,6 +133,30 @@ def test_the_cells_checker_finds_a_row_outside_its_cell(
     assert "1 index rows or namespaces not in their cells" in found.problems()
 
 
+def test_the_cells_checker_finds_a_namespace_split_between_the_vec0_tables(
+    tmp_path: Path,
+) -> None:
+    """A namespace's index rows are all in the large table or all in the small one."""
+    path = tmp_path / "c.db"
+    vectors = np.random.default_rng(5).standard_normal((3, 16)).astype(np.float32)
+    with SemanticCache(path, embedder=FakeEmbedder(dim=16)) as cache:
+        ids = cache.store_many(["q0", "q1", "q2"], ["a"] * 3, embeddings=vectors)
+    assert check_file(path).ok
+    database = Database(path)
+    try:
+        with database.transaction() as conn:  # one row moved to the large table by hand
+            conn.execute("DELETE FROM entry_vectors_small WHERE rowid = ?", (ids[0],))
+            conn.execute(
+                "INSERT INTO entry_vectors (rowid, namespace, cell, embedding, context, owner, "
+                "expires_at) VALUES (?, 'default', -1, vec_bit(?), 0, 0, 1e18)",
+                (ids[0], quantize(vectors[0])[0]),
+            )
+    finally:
+        database.close()
+    found = check_file(path)
+    assert found.misplaced_cells == 2 and not found.ok  # the two rows left in the small one
+
+
 def test_bulk_checkers_catch_missing_entries_and_half_imports(tmp_path: Path) -> None:
     """The re-embed and import checks must be able to fail."""
     template = crash._bulk_template(str(tmp_path), 10)

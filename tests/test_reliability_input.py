@@ -66,7 +66,10 @@ def snapshot(path: Path) -> Snapshot:
                     "SELECT id, namespace, user_id, context_key, query, response, version, "
                     "metadata FROM entries ORDER BY id"
                 ).fetchall(),
-                conn.execute("SELECT rowid FROM entry_vectors ORDER BY rowid").fetchall(),
+                conn.execute(
+                    "SELECT rowid FROM entry_vectors UNION ALL "
+                    "SELECT rowid FROM entry_vectors_small ORDER BY rowid"
+                ).fetchall(),
                 conn.execute("SELECT key, value FROM cache_info ORDER BY key").fetchall(),
                 conn.execute("PRAGMA user_version").fetchone()[0],
             )

@@ -16,7 +16,7 @@ from fakes import FakeEmbedder
 
 from semcache_sqlite import InvalidInputError, InvalidVectorError, SemanticCache
 from semcache_sqlite.db import select_driver
-from semcache_sqlite.vector_index import quantize
+from semcache_sqlite.vector_index import index_table, quantize
 
 
 def blob(values: Any) -> bytes:
@@ -89,7 +89,7 @@ def test_the_cache_replaces_a_vector_by_delete_and_insert(
     assert cache.find_similar(old, threshold=0.99) is None
     with cache._db.reading() as conn:
         count = conn.execute(
-            "SELECT count(*) FROM entry_vectors WHERE rowid = ?", (entry_id,)
+            "SELECT count(*) FROM entry_vectors_small WHERE rowid = ?", (entry_id,)
         ).fetchone()
     assert count[0] == 1
     assert cache._store.orphan_counts() == (0, 0)
@@ -105,7 +105,8 @@ def test_null_metadata_is_rejected_so_the_cache_stores_empty_strings(
     entry_id = cache.store("shared entry without user or context", None, "r")
     with cache._db.reading() as conn:  # no user, no context: hash 0 in the index
         row = conn.execute(
-            "SELECT namespace, owner, context FROM entry_vectors WHERE rowid = ?", (entry_id,)
+            "SELECT namespace, owner, context FROM entry_vectors_small WHERE rowid = ?",
+            (entry_id,),
         ).fetchone()
     assert tuple(row) == ("default", 0, 0)
 
@@ -150,9 +151,10 @@ def test_scope_filter_runs_inside_the_knn_not_after_top_k(
     assert hit is not None and hit.entry_id == target and hit.response == "in scope"
     assert [r.entry_id for r in cache.search(query, k=10, **mine)] == [target]
     with cache._db.reading() as conn:  # the same KNN without the filter: top 10 all theirs
+        table = index_table(conn, other["namespace"])
         top = conn.execute(
-            "SELECT rowid FROM entry_vectors WHERE embedding MATCH vec_bit(?) AND k = 10 "
+            f"SELECT rowid FROM {table} WHERE embedding MATCH vec_bit(?) AND k = 10 "
             "AND namespace = ?",
             (quantize(vector)[0], other["namespace"]),
         ).fetchall()
-    assert target not in [r[0] for r in top]
+    assert len(top) == 10 and target not in [r[0] for r in top]

@@ -64,7 +64,9 @@ def index_cells(cache: SemanticCache, namespace: str) -> dict[int, int]:
         return {
             int(r[0]): int(r[1])
             for r in conn.execute(
-                "SELECT rowid, cell FROM entry_vectors WHERE namespace = ?", (namespace,)
+                "SELECT rowid, cell FROM entry_vectors WHERE namespace = ? UNION ALL "
+                "SELECT rowid, cell FROM entry_vectors_small WHERE namespace = ?",
+                (namespace, namespace),
             )
         }
 
@@ -140,6 +142,11 @@ def test_a_namespace_gets_cells_when_it_reaches_the_threshold(tmp_path: Path) ->
         assert len(set(cells.values())) == TOPICS
         assert centroids(cache, "small") is None
         assert set(index_cells(cache, "small").values()) == {NO_CELL}
+        with cache._db.reading() as conn:  # cells live in the large table only
+            tables = {n: vector_index.index_table(conn, n) for n in ("big", "small")}
+            in_small = "SELECT count(*) FROM entry_vectors_small WHERE namespace = 'big'"
+            assert conn.execute(in_small).fetchone()[0] == 0
+        assert tables == {"big": "entry_vectors", "small": "entry_vectors_small"}
         for i in (0, 150, CLUSTER_AT + 5):
             assert cache.search_vector(vectors[i], k=1, namespace="big")[0].entry_id == ids[i]
 
@@ -350,6 +357,7 @@ def make_previous_layout(path: Path, vectors: np.ndarray[Any, Any]) -> list[int]
         ids = store(cache, vectors, "old")
         with cache._db.transaction() as conn:
             conn.execute("DROP TABLE entry_vectors")
+            conn.execute("DROP TABLE entry_vectors_small")
             conn.execute(
                 "CREATE VIRTUAL TABLE entry_vectors USING vec0(namespace text partition key, "
                 f"embedding bit[{DIM}], context integer, owner integer, expires_at float)"

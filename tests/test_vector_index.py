@@ -231,10 +231,14 @@ def test_layout_of_a_new_file(cache: SemanticCache) -> None:
     entry_id = cache.store("alpha beta gamma", None, "a", user_id="alice", context="fr")
     with cache._db.reading() as conn:
         assert int(conn.execute("PRAGMA page_size").fetchone()[0]) == 8192
-        ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'entry_vectors'").fetchone()
-        assert "namespace text partition key" in ddl[0] and "bit[64]" in ddl[0]
+        for table, chunk_rows in (("entry_vectors", 1024), ("entry_vectors_small", 32)):
+            ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+            assert "namespace text partition key" in ddl[0] and "bit[64]" in ddl[0]
+            assert f"chunk_size={chunk_rows}" in ddl[0]
+        # A namespace of one entry: in the table of the small namespaces.
+        assert conn.execute("SELECT count(*) FROM entry_vectors").fetchone()[0] == 0
         row = conn.execute(
-            "SELECT namespace, owner, context, expires_at FROM entry_vectors WHERE rowid = ?",
+            "SELECT namespace, owner, context, expires_at FROM entry_vectors_small WHERE rowid = ?",
             (entry_id,),
         ).fetchone()
         blob = conn.execute(
@@ -258,8 +262,8 @@ def _vec0_chunk_statements(cache: SemanticCache, query: str) -> list[str]:
         cache.store(query + " again", None, "another answer")
     finally:
         conn.set_trace_callback(None)
-    inner = {t.removeprefix("-- ").strip() for t in traced if "entry_vectors_chunks" in t}
-    chunk_queries = sorted(t for t in inner if "partition00 = ?" in t)
+    inner = {t.removeprefix("-- ").strip() for t in traced if t.startswith("-- ")}
+    chunk_queries = sorted(t for t in inner if "_chunks" in t and "partition00 = ?" in t)
     return [
         " ".join(
             str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (0,) * sql.count("?"))
@@ -268,75 +272,105 @@ def _vec0_chunk_statements(cache: SemanticCache, query: str) -> list[str]:
     ]
 
 
-def test_sqlite_vec_finds_a_partitions_chunks_through_the_index(cache: SemanticCache) -> None:
+@pytest.mark.parametrize("table", ["entry_vectors", "entry_vectors_small"])
+def test_sqlite_vec_finds_a_partitions_chunks_through_the_index(
+    cache: SemanticCache, monkeypatch: pytest.MonkeyPatch, table: str
+) -> None:
     """sqlite-vec 0.1.9 looks a partition's chunks up by (namespace, cell) on every KNN
-    and insert, in a table it does not index: the library's index must serve both."""
-    cache.store("alpha beta gamma", None, "a")
+    and insert, in a table it does not index: the library's index must serve both, in
+    both vec0 tables (a namespace of one entry is large with PROMOTE_AT=1)."""
+    if table == "entry_vectors":
+        monkeypatch.setattr(vector_index_module, "PROMOTE_AT", 1)
+    entry_id = cache.store("alpha beta gamma", None, "a")
     plans = _vec0_chunk_statements(cache, "alpha beta gamma delta")
     assert len(plans) == 2  # the KNN's chunk list, the insert's newest chunk
-    assert all(vector_index_module.PARTITION_INDEX in plan for plan in plans), plans
+    assert all(f"{table}_chunks_partition" in plan for plan in plans), plans
     with cache._db.reading() as conn:
-        ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'entry_vectors'").fetchone()
-    assert f"chunk_size={vector_index_module.CHUNK_ROWS}" in ddl[0]
+        held = conn.execute(f"SELECT count(*) FROM {table} WHERE rowid = ?", (entry_id,))
+        assert held.fetchone()[0] == 1
 
 
-def test_a_file_of_a_version_before_the_partition_index_gains_it_without_a_rebuild(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Opened writable, such a file gets the index (a few ms), not a rebuild of its vectors
-    (its chunk size stays); read-only, it works without. `semcache migrate` adds it too."""
-    path = tmp_path / "old.db"
+def _made_before_the_small_table(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[int]:
+    """A file as the versions before the small namespaces' table (and, before that, the
+    partition index) wrote it: one vec0 table, of 512-row chunks to see a rebuild.
+    Namespace n1 holds two entries, n2 one; returns their ids."""
+
+    def one_table(conn: Any, dim: int) -> None:
+        conn.execute(vector_index_module.vector_table_ddl(dim))
+
     with monkeypatch.context() as old_version:
-        old_version.setattr(vector_index_module, "CHUNK_ROWS", 512)  # to see a rebuild
-        old_version.setattr(vector_index_module, "index_partitions", lambda conn: False)
+        old_version.setattr(vector_index_module, "CHUNK_ROWS", 512)
+        old_version.setattr(vector_index_module, "create_vector_table", one_table)
+        old_version.setattr(vector_index_module, "complete_index", lambda conn: False)
         with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
             ids = cache.store_many(["alpha beta", "gamma delta"], ["a", "g"], namespace="n1")
-            cache.store("epsilon zeta", None, "e", namespace="n2")
+            return [*ids, cache.store("epsilon zeta", None, "e", namespace="n2")]
 
-    def indexed_and_chunk_size() -> tuple[bool, bool]:
+
+def test_a_file_of_a_version_before_the_small_table_gains_it_without_a_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened writable, such a file gets the small namespaces' table and the partition
+    indexes (a few ms), not a rebuild of its vectors (its chunk size stays, its
+    namespaces stay in the large table, new ones go to the small); read-only, it works
+    without. `semcache migrate` adds them too."""
+    path = tmp_path / "old.db"
+    ids = _made_before_the_small_table(monkeypatch, path)
+
+    def complete_and_chunk_size() -> tuple[bool, bool]:
         with SemanticCache(path, embedder=FakeEmbedder(), read_only=True) as reader:
             conn = reader._db.connection()
             ddl = conn.execute(
                 "SELECT sql FROM sqlite_master WHERE name = 'entry_vectors'"
             ).fetchone()[0]
-            return not vector_index_module.partitions_unindexed(conn), "chunk_size=512" in ddl
+            return not vector_index_module.index_incomplete(conn), "chunk_size=512" in ddl
 
-    assert indexed_and_chunk_size() == (False, True)
+    assert complete_and_chunk_size() == (False, True)
     with SemanticCache(path, embedder=FakeEmbedder(), read_only=True, guards=False) as reader:
         found = reader.lookup("alpha beta", namespace="n1")
         assert found is not None and found.entry_id == ids[0]
-    assert indexed_and_chunk_size() == (False, True)  # a read-only open changes nothing
+        assert reader.lookup("nothing here", namespace="n3") is None  # no small table
+    assert complete_and_chunk_size() == (False, True)  # a read-only open changes nothing
     with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
         found = cache.lookup("gamma delta", namespace="n1")
         assert found is not None and found.entry_id == ids[1]
         assert _vec0_chunk_statements(cache, "epsilon zeta eta")  # still served
-    assert indexed_and_chunk_size() == (True, True)  # indexed, not rebuilt
+        new = cache.store("theta iota", None, "t", namespace="n3")
+        more = cache.store("kappa lambda", None, "k", namespace="n2")
+        conn = cache._db.connection()
+        assert vector_index_module.index_table(conn, "n2") == "entry_vectors"
+        assert vector_index_module.index_table(conn, "n3") == "entry_vectors_small"
+        for entry_id, table in ((new, "entry_vectors_small"), (more, "entry_vectors")):
+            held = conn.execute(f"SELECT count(*) FROM {table} WHERE rowid = ?", (entry_id,))
+            assert held.fetchone()[0] == 1
+        found = cache.lookup("theta iota", namespace="n3")
+        assert found is not None and found.entry_id == new
+    assert complete_and_chunk_size() == (True, True)  # completed, not rebuilt
 
 
-def test_a_busy_file_before_the_partition_index_still_opens(tmp_path: Path) -> None:
-    """The partition index is only an optimisation: a writable open of a file of the
-    version before it needs no write otherwise, so a writer holding the lock past the
-    busy timeout (an import, a vacuum in another process) must not make the open fail.
-    The file works without the index and gains it at a later open."""
+def test_a_busy_file_before_the_small_table_still_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The small table and the partition index are only optimisations: a writable open
+    of a file of a version before them needs no write otherwise, so a writer holding
+    the lock past the busy timeout (an import, a vacuum in another process) must not
+    make the open fail. The file works without them and gains them at a later open."""
     path = tmp_path / "old.db"
-    with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
-        entry_id = cache.store("alpha beta", None, "a")
+    ids = _made_before_the_small_table(monkeypatch, path)
     writer = Database(path)
     try:
-        with writer.transaction() as conn:
-            conn.execute(f"DROP INDEX {vector_index_module.PARTITION_INDEX}")  # as made before
         # The writer holds the write lock while the file is reopened.
         with (
             writer.transaction(),
             SemanticCache(path, embedder=FakeEmbedder(), busy_timeout=0.2) as reopened,
         ):
-            found = reopened.lookup("alpha beta")
-            assert found is not None and found.entry_id == entry_id
-            assert vector_index_module.partitions_unindexed(reopened._db.connection())
+            found = reopened.lookup("alpha beta", namespace="n1")
+            assert found is not None and found.entry_id == ids[0]
+            assert vector_index_module.index_incomplete(reopened._db.connection())
     finally:
         writer.close()
     with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
-        assert not vector_index_module.partitions_unindexed(cache._db.connection())
+        assert not vector_index_module.index_incomplete(cache._db.connection())
 
 
 def test_orphans_in_either_vector_table_are_found(cache: SemanticCache) -> None:
@@ -344,7 +378,7 @@ def test_orphans_in_either_vector_table_are_found(cache: SemanticCache) -> None:
     assert cache._store.orphan_counts() == (0, 0)
     with cache._db.transaction() as conn:
         conn.execute("DELETE FROM entry_embeddings WHERE id = ?", (ids[0],))
-        conn.execute("DELETE FROM entry_vectors WHERE rowid = ?", (ids[1],))
+        conn.execute("DELETE FROM entry_vectors_small WHERE rowid = ?", (ids[1],))
         conn.execute("DELETE FROM entries WHERE id = ?", (ids[2],))
     assert cache._store.orphan_counts() == (2, 1)
     assert [r.entry_id for r in cache.search("alpha", k=3)] == []  # no exact vector: skipped
@@ -438,3 +472,101 @@ def test_sign_bit_information() -> None:
     assert vector_index_module.sign_bit_information(half) == pytest.approx(1, abs=0.01)
     skewed = np.where(rng.random((4000, 1)) < 0.1, -1.0, 1.0)  # 10% negative: 0.47 bits
     assert vector_index_module.sign_bit_information(skewed) == pytest.approx(0.469, abs=0.02)
+
+
+# -- the small namespaces' table ---------------------------------------------------
+
+
+def _rows_per_table(cache: SemanticCache, namespace: str) -> tuple[int, int]:
+    """(index rows in the large table, in the small one) of a namespace."""
+    with cache._db.reading() as conn:
+        return tuple(  # type: ignore[return-value]
+            int(conn.execute(f"SELECT count(*) FROM {t} WHERE namespace = ?", (namespace,))
+                .fetchone()[0])
+            for t in ("entry_vectors", "entry_vectors_small")
+        )  # fmt: skip
+
+
+def _unit_vectors(count: int, seed: int, dim: int = 64) -> np.ndarray[Any, Any]:
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    unit: np.ndarray[Any, Any] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit
+
+
+def _all_found(
+    cache: SemanticCache, ids: list[int], vectors: np.ndarray[Any, Any], ns: str
+) -> bool:
+    return all(
+        cache.search_vector(v, k=1, namespace=ns)[0].entry_id == i
+        for i, v in zip(ids, vectors, strict=True)
+    )
+
+
+def test_a_namespace_moves_to_the_large_table_when_it_reaches_promote_at(
+    cache: SemanticCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below PROMOTE_AT entries a namespace's index rows are in the small table; the
+    write that takes it there moves them all to the large one, nothing lost or doubled;
+    a namespace written whole past the mark goes straight to the large one."""
+    monkeypatch.setattr(vector_index_module, "PROMOTE_AT", 30)
+    vectors = _unit_vectors(80, seed=1)
+    texts = [f"question {i}" for i in range(80)]
+    grow = cache.store_many(texts[:20], texts[:20], embeddings=vectors[:20], namespace="grow")
+    stay = cache.store_many(texts[20:25], texts[20:25], embeddings=vectors[20:25], namespace="stay")
+    assert _rows_per_table(cache, "grow") == (0, 20)
+    assert _all_found(cache, grow, vectors[:20], "grow")
+    grow += cache.store_many(
+        texts[25:40], texts[25:40], embeddings=vectors[25:40], namespace="grow"
+    )
+    assert _rows_per_table(cache, "grow") == (35, 0)
+    assert _rows_per_table(cache, "stay") == (0, 5)
+    whole = cache.store_many(texts[40:], texts[40:], embeddings=vectors[40:], namespace="whole")
+    assert _rows_per_table(cache, "whole") == (40, 0)
+    assert _all_found(cache, grow, np.concatenate([vectors[:20], vectors[25:40]]), "grow")
+    assert _all_found(cache, stay, vectors[20:25], "stay")
+    assert _all_found(cache, whole, vectors[40:], "whole")
+    assert cache._store.orphan_counts() == (0, 0)
+
+
+def test_a_namespace_lives_in_one_table_through_deletes_and_a_rebuild(
+    cache: SemanticCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Emptied, a large namespace has no chunk left in the large table, so its next
+    entries go to the small one; a rebuild (vacuum) puts each namespace in the table for
+    its size then. Its entries are found throughout."""
+    monkeypatch.setattr(vector_index_module, "PROMOTE_AT", 30)
+    vectors = _unit_vectors(60, seed=2)
+    texts = [f"question {i}" for i in range(60)]
+    ids = cache.store_many(texts[:40], texts[:40], embeddings=vectors[:40], namespace="n")
+    assert _rows_per_table(cache, "n") == (40, 0)
+    for entry_id in ids[10:]:
+        cache.delete(entry_id)
+    assert _rows_per_table(cache, "n") == (10, 0)  # still large: it has chunks there
+    assert _all_found(cache, ids[:10], vectors[:10], "n")
+    cache.vacuum()  # rebuilt: 10 entries belong in the small table
+    assert _rows_per_table(cache, "n") == (0, 10)
+    assert _all_found(cache, ids[:10], vectors[:10], "n")
+    for entry_id in ids[:10]:
+        cache.delete(entry_id)
+    again = cache.store_many(texts[40:45], texts[40:45], embeddings=vectors[40:45], namespace="n")
+    assert _rows_per_table(cache, "n") == (0, 5)
+    assert _all_found(cache, again, vectors[40:45], "n")
+    assert cache._store.orphan_counts() == (0, 0)
+
+
+def test_a_small_namespace_preallocates_a_small_chunk(tmp_path: Path) -> None:
+    """Each namespace pre-allocates a chunk of its table: 1,024 rows of bit[384] took
+    ~85 KiB per namespace, most of a file of many small namespaces."""
+    with SemanticCache(tmp_path / "c.db", embedder=FakeEmbedder(dim=384)) as cache:
+        cache.store("first question", None, "a", namespace="ns-0")
+        conn = cache._db.connection()
+
+        def file_bytes() -> int:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+        before = file_bytes()
+        for j in range(1, 101):
+            cache.store(f"question {j}", None, "a", namespace=f"ns-{j}")
+        per_namespace = (file_bytes() - before) / 100
+    assert per_namespace < 12 * 1024, per_namespace  # 32-row chunks: ~4-8 KiB with the rows
