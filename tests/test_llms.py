@@ -418,7 +418,8 @@ def test_api_key_base_url_and_model_from_environment(
 
 
 def test_embedder_failure_fails_open_by_default(cache: SemanticCache, server: OpenAIServer) -> None:
-    server.state.fail_next = [400]  # the embeddings request; 400 is not retried
+    # The embeddings request (base64, then once as floats); 400 is not retried.
+    server.state.fail_next = [400, 400]
     result = cache.get_or_compute_result("embedder is down today")
     assert (result.response, result.is_cached, result.outcome) == (
         "answer to: embedder is down today",
@@ -492,7 +493,7 @@ def test_embed_deadline_fails_open_or_raises(tmp_path: Path) -> None:
 def test_lookup_stays_strict_when_the_embedder_fails(
     cache: SemanticCache, server: OpenAIServer
 ) -> None:
-    server.state.fail_next = [400]
+    server.state.fail_next = [400, 400]  # base64, then once as floats
     with pytest.raises(EmbedderError):
         cache.lookup("nothing to fall back on")
 
