@@ -46,7 +46,7 @@ from .errors import (
     ModelIntegrityError,
 )
 from .fork_gate import FORK_WAIT
-from .openai_clients import OpenAIClients, translate_error
+from .openai_clients import OpenAIClients, error_in_answer, translate_error
 from .retry import RetryPolicy, acall_with_retries, call_with_retries, status_code_of
 from .validation import FloatMatrix, as_unit_matrix, check_int, check_query
 
@@ -563,6 +563,11 @@ class OpenAIEmbedder:
         return self._rows(response, len(batch))
 
     def _rows(self, response: Any, expected: int) -> list[Any]:
+        problem = error_in_answer(response)
+        if problem is not None:
+            raise EmbedderResponseError(
+                f"{self._model!r} answered HTTP 200 without embeddings: {problem}"
+            )
         data = list(getattr(response, "data", None) or [])
         indexes = [getattr(item, "index", None) for item in data]
         if all(i is None for i in indexes):  # a server that leaves it out: the list's order

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from fakes import FakeEmbedder
-from openai_server import OpenAIServer
+from openai_server import OpenAIServer, RawReply
 from providers import NO_RETRY, make_chat, make_embedder
 
 from semcache_sqlite import (
@@ -512,4 +512,28 @@ def test_async_llm_in_sync_api_is_a_clear_error(tmp_path: Path) -> None:
     with SemanticCache(tmp_path / "a.db", embedder=FakeEmbedder()) as cache:
         with pytest.raises(ValueError, match="aget_or_compute"):
             cache.get_or_compute("sync call, async llm", llm)
+        assert cache.stats()["cached_entries"] == 0
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (RawReply.json({"error": {"message": "quota exceeded", "code": 429}}), "quota exceeded"),
+        (RawReply.json({"object": "error", "message": "engine dead", "code": 500}), "engine dead"),
+        (RawReply(b"<html>proxy error</html>", content_type="text/html"), "not JSON"),
+    ],
+    ids=["error", "vllm-error", "html"],
+)
+def test_a_200_carrying_an_error_says_the_servers_reason(
+    tmp_path: Path, server: OpenAIServer, reply: RawReply, message: str
+) -> None:
+    """It said "returned no choices" (and for a stream "connection lost?"), dropping the
+    server's own reason; nothing is cached either way."""
+    server.state.reply = lambda path, body: reply if path.endswith("/chat/completions") else None
+    with SemanticCache(tmp_path / "e.db", embedder=FakeEmbedder(), llm=make_chat(server)) as cache:
+        with pytest.raises(LLMError, match=message):
+            cache.get_or_compute("a question")
+        if reply.content_type == "application/json":  # an HTML page: "connection lost?"
+            with pytest.raises(LLMError, match=f"one JSON body, not events: .*{message}"):
+                list(cache.stream("a streamed question"))
         assert cache.stats()["cached_entries"] == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import bag_of_words_vector
-from openai_server import OpenAIServer
+from openai_server import OpenAIServer, RawReply
 from providers import NO_RETRY, make_embedder
 
 from semcache_sqlite import (
@@ -233,4 +233,36 @@ def test_either_format_is_read_whatever_was_asked(server: OpenAIServer, sent: st
     vectors = embedder.embed(texts)
     assert np.allclose(vectors, np.stack([bag_of_words_vector(t, 64) for t in texts]), atol=1e-6)
     assert server.state.bodies("/embeddings")[-1]["encoding_format"] == "float"
+    embedder.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (RawReply.json({"error": {"message": "model not loaded"}}), "model not loaded"),
+        (RawReply.json({"object": "error", "message": "out of memory"}), "out of memory"),
+        (RawReply(b"<html>Bad gateway</html>", content_type="text/html"), "not JSON: .*Bad"),
+        (RawReply.json({"object": "list", "data": [], "model": "m"}), "returned 0"),
+    ],
+    ids=["error", "vllm-error", "html", "no-data"],
+)
+def test_a_200_without_embeddings_is_a_response_error_with_the_servers_reason(
+    server: OpenAIServer, reply: RawReply, message: str
+) -> None:
+    """Gateways answer errors with HTTP 200 and {"error": ...}: that was an untyped-looking
+    EmbedderError "No embedding data received" (the openai client's ValueError) or
+    "'str' object has no attribute 'data'", the server's own reason lost."""
+    server.state.reply = lambda path, body: reply
+    embedder = make_embedder(server, retry=NO_RETRY)
+    with pytest.raises(EmbedderResponseError, match=message):
+        embedder.embed(["hello"])
+
+    async def main() -> None:
+        try:
+            await embedder.aembed(["hello"])
+        finally:
+            await embedder.aclose()
+
+    with pytest.raises(EmbedderResponseError, match=message):
+        asyncio.run(main())
     embedder.close()
