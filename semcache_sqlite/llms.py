@@ -287,7 +287,11 @@ class OpenAIChat:
         if not getattr(response, "choices", None):
             raise LLMError(f"chat completion with {self.model!r} returned no choices")
         choice = response.choices[0]
-        message = choice.message
+        message = getattr(choice, "message", None)
+        if message is None:  # a null choice or message: no text, and no AttributeError
+            raise LLMError(
+                f"chat completion with {self.model!r} returned a choice without a message"
+            )
         refusal = getattr(message, "refusal", None) or None
         # Some servers say "stop" beside tool calls: the text is still not the answer.
         calls_tool = getattr(message, "tool_calls", None) or getattr(message, "function_call", None)

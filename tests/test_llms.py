@@ -537,3 +537,28 @@ def test_a_200_carrying_an_error_says_the_servers_reason(
             with pytest.raises(LLMError, match=f"one JSON body, not events: .*{message}"):
                 list(cache.stream("a streamed question"))
         assert cache.stats()["cached_entries"] == 0
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [{"index": 0, "finish_reason": "stop", "message": None}, {"index": 0}, None],
+    ids=["null-message", "no-message", "null-choice"],
+)
+def test_a_choice_without_a_message_is_an_llm_error(server: OpenAIServer, choice: object) -> None:
+    """OpenAIChat.complete()/acomplete()/__call__ raised AttributeError (untyped) on it."""
+    answer = {"id": "x", "object": "chat.completion", "created": 1, "model": "m"}
+    server.state.reply = lambda path, body: RawReply.json({**answer, "choices": [choice]})
+    chat = make_chat(server, retry=NO_RETRY)
+    with pytest.raises(LLMError, match="choice without a message"):
+        chat.complete("hello")
+    with pytest.raises(LLMError, match="choice without a message"):
+        chat("hello")
+
+    async def main() -> None:
+        try:
+            await chat.acomplete("hello")
+        finally:
+            await chat.aclose()
+
+    with pytest.raises(LLMError, match="choice without a message"):
+        asyncio.run(main())
