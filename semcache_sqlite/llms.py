@@ -373,9 +373,11 @@ class _Accumulator:
     def feed(self, chunk: Any) -> str:
         self.model = getattr(chunk, "model", None) or self.model
         choices = getattr(chunk, "choices", None) or []
-        if not choices:
+        # With n > 1 (extra={"n": 2}) the choices' deltas interleave, one choice a chunk:
+        # only the first choice is the answer, as choices[0] is for complete().
+        choice = next((c for c in choices if getattr(c, "index", None) in (0, None)), None)
+        if choice is None:
             return ""
-        choice = choices[0]
         if choice.finish_reason:
             self.finish_reason = choice.finish_reason
         delta = choice.delta
