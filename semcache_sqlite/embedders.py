@@ -501,7 +501,7 @@ class OpenAIEmbedder:
         """Whether a failed base64 request should be sent again asking for floats.
 
         base64 is a quarter of the JSON and ~25x faster to read for a large batch, but
-        some servers refuse it with a 400/422 (vLLM before 0.5.5, Azure API Management
+        some servers refuse it with a 400/422 (vLLM before 0.5.1, Azure API Management
         and other gateways, often with a misleading message), which failed every
         embedding. Only until a base64 answer has come: after that a 400 is the input's.
         """

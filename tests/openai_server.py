@@ -21,7 +21,7 @@ Knobs on ``server.state`` for scripting failures:
 - ``omit_index``: embeddings without their ``index`` field (in input order);
 - embeddings come as the request's ``encoding_format`` asks (base64 of
   little-endian float32, or a list of floats); ``reject_base64`` answers a base64
-  request with 400 (vLLM before 0.5.5, some gateways), ``force_encoding`` sends
+  request with 400 (vLLM before 0.5.1, some gateways), ``force_encoding`` sends
   that format whatever was asked;
 - ``stream_fail_after``: a stream stops after that many chunks, without its
   final chunk (a connection lost mid-answer);

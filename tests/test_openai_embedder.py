@@ -185,7 +185,7 @@ def test_dimension_arguments_are_validated(options: dict[str, object]) -> None:
 
 
 def test_a_server_that_refuses_base64_is_asked_for_floats(server: OpenAIServer) -> None:
-    """The openai client asks for base64 unless told otherwise, and vLLM before 0.5.5 and
+    """The openai client asks for base64 unless told otherwise, and vLLM before 0.5.1 and
     some gateways answer that with 400: every embedding failed (a fail-open cache then
     never stored anything). The request is sent once more as floats, which are kept."""
     server.state.reject_base64 = True
