@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from .errors import InvalidInputError, LLMError, LLMRefusalError, LLMTimeoutError
-from .openai_clients import OpenAIClients, translate_error
+from .openai_clients import OpenAIClients, error_in_answer, translate_error
 from .prompts import Prompt, as_messages
 from .retry import RetryPolicy, acall_with_retries, call_with_retries
 from .validation import check_text
@@ -280,10 +281,17 @@ class OpenAIChat:
         )
 
     def _completion(self, response: Any) -> Completion:
+        problem = error_in_answer(response)
+        if problem is not None:
+            raise LLMError(f"chat completion with {self.model!r} answered HTTP 200: {problem}")
         if not getattr(response, "choices", None):
             raise LLMError(f"chat completion with {self.model!r} returned no choices")
         choice = response.choices[0]
-        message = choice.message
+        message = getattr(choice, "message", None)
+        if message is None:  # a null choice or message: no text, and no AttributeError
+            raise LLMError(
+                f"chat completion with {self.model!r} returned a choice without a message"
+            )
         refusal = getattr(message, "refusal", None) or None
         # Some servers say "stop" beside tool calls: the text is still not the answer.
         calls_tool = getattr(message, "tool_calls", None) or getattr(message, "function_call", None)
@@ -365,9 +373,11 @@ class _Accumulator:
     def feed(self, chunk: Any) -> str:
         self.model = getattr(chunk, "model", None) or self.model
         choices = getattr(chunk, "choices", None) or []
-        if not choices:
+        # With n > 1 (extra={"n": 2}) the choices' deltas interleave, one choice a chunk:
+        # only the first choice is the answer, as choices[0] is for complete().
+        choice = next((c for c in choices if getattr(c, "index", None) in (0, None)), None)
+        if choice is None:
             return ""
-        choice = choices[0]
         if choice.finish_reason:
             self.finish_reason = choice.finish_reason
         delta = choice.delta
@@ -397,6 +407,25 @@ class _Accumulator:
         return Completion(text, finish, refusal, self.model)
 
 
+def _answered_json(raw: Any) -> bool:
+    """Whether a stream request was answered with one JSON body instead of events."""
+    headers = getattr(getattr(raw, "response", None), "headers", None)
+    content_type = str(headers.get("content-type", "")) if headers is not None else ""
+    return content_type.split(";")[0].strip().endswith("json")
+
+
+def _not_a_stream(body: bytes) -> LLMError:
+    """The error for a stream answered with one JSON body (HTTP 200): a gateway's error
+    (read as events it was no chunk at all: "connection lost?"), or a server that
+    does not stream. Nothing is made of a whole answer: it is not what was asked."""
+    try:
+        answer: Any = json.loads(body)
+    except ValueError:
+        answer = body.decode("utf-8", "replace")
+    problem = error_in_answer(answer) or "a whole answer; does this server stream?"
+    return LLMError(f"the chat stream came as one JSON body, not events: {problem}")
+
+
 class ChatStream:
     """Text pieces of a streamed chat answer; ``completion`` is set once it ended normally."""
 
@@ -409,12 +438,15 @@ class ChatStream:
 
     def _generate(self) -> Generator[str, None, None]:
         try:
-            for chunk in self._raw:
+            body = self._raw.response.read() if _answered_json(self._raw) else None
+            for chunk in self._raw if body is None else ():
                 piece = self._acc.feed(chunk)
                 if piece:
                     yield piece
         except Exception as exc:
             raise self._error(exc) from exc
+        if body is not None:
+            raise _not_a_stream(body)
         self.completion = self._acc.finished()
 
     def __iter__(self) -> Iterator[str]:
@@ -441,12 +473,16 @@ class AsyncChatStream:
 
     async def _generate(self) -> AsyncGenerator[str, None]:
         try:
-            async for chunk in self._raw:
-                piece = self._acc.feed(chunk)
-                if piece:
-                    yield piece
+            body = await self._raw.response.aread() if _answered_json(self._raw) else None
+            if body is None:
+                async for chunk in self._raw:
+                    piece = self._acc.feed(chunk)
+                    if piece:
+                        yield piece
         except Exception as exc:
             raise self._error(exc) from exc
+        if body is not None:
+            raise _not_a_stream(body)
         self.completion = self._acc.finished()
 
     def __aiter__(self) -> AsyncIterator[str]:

@@ -156,6 +156,33 @@ def translate_error(
     return error
 
 
+def error_in_answer(answer: Any) -> str | None:
+    """What is wrong with an HTTP 200 answer that is not the expected object, or None.
+
+    Gateways and proxies (LiteLLM, Azure-like ones) and some servers answer an error
+    with status 200 and ``{"error": {...}}`` (vLLM's older form: ``{"object":
+    "error", "message": ...}`` at the top level), or an HTML page: the openai client
+    hands those on as an object without data, or as the text. Their own message is
+    the diagnosis (quota, model not loaded, ...), not "no data".
+    """
+    if isinstance(answer, (str, bytes)):
+        return f"not JSON: {answer[:200]!r}"
+    if isinstance(answer, list):
+        return "a JSON list, not an object"
+    error = _field(answer, "error")
+    if not error and _field(answer, "object") == "error":
+        error = answer
+    if not error:
+        return None
+    message = _field(error, "message")
+    return str(message or error)
+
+
+def _field(value: Any, name: str) -> Any:
+    """``value[name]`` of a JSON object, as a parsed mapping or an openai model."""
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+
 def _server_message(exc: BaseException) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict):

@@ -19,12 +19,21 @@ Knobs on ``server.state`` for scripting failures:
   in a delta of the stream), whatever ``finish_reason`` says;
 - ``wrong_dim``: embeddings of that length instead of the requested one;
 - ``omit_index``: embeddings without their ``index`` field (in input order);
+- embeddings come as the request's ``encoding_format`` asks (base64 of
+  little-endian float32, or a list of floats); ``reject_base64`` answers a base64
+  request with 400 (vLLM before 0.5.1, some gateways), ``force_encoding`` sends
+  that format whatever was asked;
 - ``stream_fail_after``: a stream stops after that many chunks, without its
-  final chunk (a connection lost mid-answer).
+  final chunk (a connection lost mid-answer);
+- ``reply``: ``(path, body) -> RawReply | None``, an answer sent byte for byte
+  instead of the normal one (None: the normal one). What other servers (vLLM,
+  Ollama, llama.cpp, gateways) send: odd JSON, an error in a 200, raw
+  server-sent events, a body cut short by a dropped connection.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -41,6 +50,35 @@ TOOL_CALL = {
     "type": "function",
     "function": {"name": "lookup_order", "arguments": '{"order": 42}'},
 }
+
+
+@dataclass
+class RawReply:
+    """An HTTP answer sent as is (see ``OpenAIServerState.reply``)."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Content-Length to announce: None for len(body); more than len(body) makes the
+    #: client see the connection drop mid-body; -1 sends none (ends at close, as SSE).
+    length: int | None = None
+
+    @classmethod
+    def json(cls, payload: Any, status: int = 200, **options: Any) -> RawReply:
+        return cls(json.dumps(payload).encode("utf-8"), status, **options)
+
+    @classmethod
+    def sse(cls, *events: Any, done: bool = True) -> RawReply:
+        """Server-sent events: a dict is sent as ``data: <json>``, a str as a raw line."""
+        lines = [
+            e.encode("utf-8") if isinstance(e, str) else b"data: " + json.dumps(e).encode()
+            for e in events
+        ]
+        body = b"".join(line + b"\n\n" for line in lines)
+        if done:
+            body += b"data: [DONE]\n\n"
+        return cls(body, content_type="text/event-stream", length=-1)
 
 
 @dataclass
@@ -66,7 +104,10 @@ class OpenAIServerState:
     tool_call: bool = False
     wrong_dim: int | None = None
     omit_index: bool = False
+    reject_base64: bool = False
+    force_encoding: str | None = None
     stream_fail_after: int | None = None
+    reply: Callable[[str, dict[str, Any]], RawReply | None] | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     arrived: threading.Condition = field(default_factory=threading.Condition)
@@ -84,6 +125,12 @@ class OpenAIServerState:
     def bodies(self, path_suffix: str) -> list[dict[str, Any]]:
         with self.lock:
             return [r.body for r in self.requests if r.path.endswith(path_suffix)]
+
+
+def _encoded(vector: Any, encoding: str) -> Any:
+    if encoding == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -107,10 +154,17 @@ class _Handler(BaseHTTPRequestHandler):
         if state.delay and self.path.endswith(state.delay_path):
             # A hung upstream: the client's timeout must fire. Shutdown ends the wait.
             state.released.wait(state.delay)
-        if status != 200:
+        raw = state.reply(self.path, body) if state.reply is not None and status == 200 else None
+        if raw is not None:
+            self._send_raw(raw)
+        elif status != 200:
             self._send(status, {"error": {"message": f"scripted {status}", "type": "server_error"}})
         elif self.path.endswith("/embeddings"):
-            self._send(200, self._embeddings(body, state))
+            if state.reject_base64 and body.get("encoding_format") == "base64":
+                message = "base64 encoding is not currently supported"
+                self._send(400, {"object": "error", "message": message, "code": 400})
+            else:
+                self._send(200, self._embeddings(body, state))
         elif self.path.endswith("/chat/completions"):
             if state.gate is not None:
                 state.gate.wait(10.0)
@@ -124,9 +178,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _embeddings(self, body: dict[str, Any], state: OpenAIServerState) -> dict[str, Any]:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         dim = state.wrong_dim or int(body.get("dimensions") or state.embedding_dim)
+        encoding = state.force_encoding or body.get("encoding_format") or "float"
         data = [
-            {"object": "embedding", "index": i, "embedding": bag_of_words_vector(t, dim).tolist()}
-            for i, t in enumerate(inputs)
+            {"object": "embedding", "index": i, "embedding": _encoded(vector, encoding)}
+            for i, vector in enumerate(bag_of_words_vector(t, dim) for t in inputs)
         ]
         if state.omit_index:
             for item in data:
@@ -190,6 +245,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _event(self, payload: dict[str, Any]) -> None:
         self.wfile.write(b"data: " + json.dumps(payload).encode("utf-8") + b"\n\n")
+        self.wfile.flush()
+
+    def _send_raw(self, raw: RawReply) -> None:
+        self.send_response(raw.status)
+        self.send_header("Content-Type", raw.content_type)
+        if raw.length != -1:
+            length = len(raw.body) if raw.length is None else raw.length
+            self.send_header("Content-Length", str(length))
+        for name, value in raw.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(raw.body)
         self.wfile.flush()
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:

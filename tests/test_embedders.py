@@ -172,7 +172,7 @@ def test_openai_embedder_batches_against_real_server(openai_server: OpenAIServer
 
 
 def test_openai_embedder_server_error_is_typed(openai_server: OpenAIServer) -> None:
-    openai_server.state.fail_next = [400]
+    openai_server.state.fail_next = [400, 400]  # base64, then once as floats
     embedder = OpenAIEmbedder(dim=64, base_url=openai_server.base_url, api_key="t", max_retries=0)
     with pytest.raises(EmbedderError, match="400"):
         embedder.embed(["hello"])

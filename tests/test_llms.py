@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from fakes import FakeEmbedder
-from openai_server import OpenAIServer
+from openai_server import OpenAIServer, RawReply
 from providers import NO_RETRY, make_chat, make_embedder
 
 from semcache_sqlite import (
@@ -418,7 +418,8 @@ def test_api_key_base_url_and_model_from_environment(
 
 
 def test_embedder_failure_fails_open_by_default(cache: SemanticCache, server: OpenAIServer) -> None:
-    server.state.fail_next = [400]  # the embeddings request; 400 is not retried
+    # The embeddings request (base64, then once as floats); 400 is not retried.
+    server.state.fail_next = [400, 400]
     result = cache.get_or_compute_result("embedder is down today")
     assert (result.response, result.is_cached, result.outcome) == (
         "answer to: embedder is down today",
@@ -492,7 +493,7 @@ def test_embed_deadline_fails_open_or_raises(tmp_path: Path) -> None:
 def test_lookup_stays_strict_when_the_embedder_fails(
     cache: SemanticCache, server: OpenAIServer
 ) -> None:
-    server.state.fail_next = [400]
+    server.state.fail_next = [400, 400]  # base64, then once as floats
     with pytest.raises(EmbedderError):
         cache.lookup("nothing to fall back on")
 
@@ -512,3 +513,52 @@ def test_async_llm_in_sync_api_is_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="aget_or_compute"):
             cache.get_or_compute("sync call, async llm", llm)
         assert cache.stats()["cached_entries"] == 0
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (RawReply.json({"error": {"message": "quota exceeded", "code": 429}}), "quota exceeded"),
+        (RawReply.json({"object": "error", "message": "engine dead", "code": 500}), "engine dead"),
+        (RawReply(b"<html>proxy error</html>", content_type="text/html"), "not JSON"),
+    ],
+    ids=["error", "vllm-error", "html"],
+)
+def test_a_200_carrying_an_error_says_the_servers_reason(
+    tmp_path: Path, server: OpenAIServer, reply: RawReply, message: str
+) -> None:
+    """It said "returned no choices" (and for a stream "connection lost?"), dropping the
+    server's own reason; nothing is cached either way."""
+    server.state.reply = lambda path, body: reply if path.endswith("/chat/completions") else None
+    with SemanticCache(tmp_path / "e.db", embedder=FakeEmbedder(), llm=make_chat(server)) as cache:
+        with pytest.raises(LLMError, match=message):
+            cache.get_or_compute("a question")
+        if reply.content_type == "application/json":  # an HTML page: "connection lost?"
+            with pytest.raises(LLMError, match=f"one JSON body, not events: .*{message}"):
+                list(cache.stream("a streamed question"))
+        assert cache.stats()["cached_entries"] == 0
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [{"index": 0, "finish_reason": "stop", "message": None}, {"index": 0}, None],
+    ids=["null-message", "no-message", "null-choice"],
+)
+def test_a_choice_without_a_message_is_an_llm_error(server: OpenAIServer, choice: object) -> None:
+    """OpenAIChat.complete()/acomplete()/__call__ raised AttributeError (untyped) on it."""
+    answer = {"id": "x", "object": "chat.completion", "created": 1, "model": "m"}
+    server.state.reply = lambda path, body: RawReply.json({**answer, "choices": [choice]})
+    chat = make_chat(server, retry=NO_RETRY)
+    with pytest.raises(LLMError, match="choice without a message"):
+        chat.complete("hello")
+    with pytest.raises(LLMError, match="choice without a message"):
+        chat("hello")
+
+    async def main() -> None:
+        try:
+            await chat.acomplete("hello")
+        finally:
+            await chat.aclose()
+
+    with pytest.raises(LLMError, match="choice without a message"):
+        asyncio.run(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import bag_of_words_vector
-from openai_server import OpenAIServer
+from openai_server import OpenAIServer, RawReply
 from providers import NO_RETRY, make_embedder
 
 from semcache_sqlite import (
@@ -182,3 +182,87 @@ def test_dimension_arguments_are_validated(options: dict[str, object]) -> None:
     with dimensions=0 still sent to the API), dim=-3 and 2.5 were accepted."""
     with pytest.raises(InvalidInputError):
         OpenAIEmbedder("text-embedding-3-small", **options)  # type: ignore[arg-type]
+
+
+def test_a_server_that_refuses_base64_is_asked_for_floats(server: OpenAIServer) -> None:
+    """The openai client asks for base64 unless told otherwise, and vLLM before 0.5.1 and
+    some gateways answer that with 400: every embedding failed (a fail-open cache then
+    never stored anything). The request is sent once more as floats, which are kept."""
+    server.state.reject_base64 = True
+    texts = ["first text", "second text here"]
+    expected = np.stack([bag_of_words_vector(t, 64) for t in texts])
+    embedder = make_embedder(server, retry=NO_RETRY)
+    assert np.allclose(embedder.embed(texts), expected, atol=1e-6)
+    assert np.allclose(embedder.embed(texts), expected, atol=1e-6)
+    formats = [body["encoding_format"] for body in server.state.bodies("/embeddings")]
+    assert formats == ["base64", "float", "float"]
+    embedder.close()
+
+    fresh = make_embedder(server, retry=NO_RETRY)
+
+    async def main() -> np.ndarray:
+        try:
+            return await fresh.aembed(texts)
+        finally:
+            await fresh.aclose()
+
+    assert np.allclose(asyncio.run(main()), expected, atol=1e-6)
+    formats = [body["encoding_format"] for body in server.state.bodies("/embeddings")]
+    assert formats[3:] == ["base64", "float"]
+
+
+def test_a_400_after_base64_worked_is_not_sent_again(server: OpenAIServer) -> None:
+    embedder = make_embedder(server, retry=NO_RETRY)
+    assert embedder.embed(["works as base64"]).shape == (1, 64)
+    server.state.fail_next = [400]
+    with pytest.raises(EmbedderError, match="HTTP 400") as caught:
+        embedder.embed(["a text the server rejects"])
+    assert caught.value.status_code == 400
+    assert server.state.count("/embeddings") == 2  # no float request after base64 worked
+    embedder.close()
+
+
+@pytest.mark.parametrize("sent", ["float", "base64"])
+def test_either_format_is_read_whatever_was_asked(server: OpenAIServer, sent: str) -> None:
+    """Servers that ignore encoding_format answer floats to base64, and the odd one
+    base64 to floats (asked once base64 was refused)."""
+    server.state.force_encoding = sent
+    server.state.reject_base64 = True  # so floats are asked for, then `sent` comes back
+    texts = ["one text", "another text"]
+    embedder = make_embedder(server, retry=NO_RETRY)
+    vectors = embedder.embed(texts)
+    assert np.allclose(vectors, np.stack([bag_of_words_vector(t, 64) for t in texts]), atol=1e-6)
+    assert server.state.bodies("/embeddings")[-1]["encoding_format"] == "float"
+    embedder.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (RawReply.json({"error": {"message": "model not loaded"}}), "model not loaded"),
+        (RawReply.json({"object": "error", "message": "out of memory"}), "out of memory"),
+        (RawReply(b"<html>Bad gateway</html>", content_type="text/html"), "not JSON: .*Bad"),
+        (RawReply.json({"object": "list", "data": [], "model": "m"}), "returned 0"),
+    ],
+    ids=["error", "vllm-error", "html", "no-data"],
+)
+def test_a_200_without_embeddings_is_a_response_error_with_the_servers_reason(
+    server: OpenAIServer, reply: RawReply, message: str
+) -> None:
+    """Gateways answer errors with HTTP 200 and {"error": ...}: that was an untyped-looking
+    EmbedderError "No embedding data received" (the openai client's ValueError) or
+    "'str' object has no attribute 'data'", the server's own reason lost."""
+    server.state.reply = lambda path, body: reply
+    embedder = make_embedder(server, retry=NO_RETRY)
+    with pytest.raises(EmbedderResponseError, match=message):
+        embedder.embed(["hello"])
+
+    async def main() -> None:
+        try:
+            await embedder.aembed(["hello"])
+        finally:
+            await embedder.aclose()
+
+    with pytest.raises(EmbedderResponseError, match=message):
+        asyncio.run(main())
+    embedder.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fakes import FakeEmbedder
-from openai_server import OpenAIServer
+from openai_server import OpenAIServer, RawReply
 from providers import make_chat
 
 from semcache_sqlite import LLMError, OpenAIChat, SemanticCache
@@ -333,3 +333,57 @@ def test_llm_returning_no_stream_of_pieces_is_refused(tmp_path: Path, returned: 
         with pytest.raises(type(plain.value), match="not text or an iterable of text pieces"):
             asyncio.run(astreamed(cache))
         assert cache.stats()["cached_entries"] == 0
+
+
+def test_a_whole_json_answer_to_a_stream_request_is_an_error_not_lost_connection(
+    cache: SemanticCache, server: OpenAIServer
+) -> None:
+    """A server that ignores "stream": true answers one JSON body: read as events it was no
+    chunk at all, reported as "connection lost?". Nothing is cached, sync and async."""
+    whole = {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"content": ANSWER}}],
+    }
+    server.state.reply = lambda path, body: RawReply.json(whole)
+    with pytest.raises(LLMError, match=r"one JSON body, not events: .*does this server stream"):
+        list(cache.stream(QUESTION))
+
+    async def main() -> None:
+        async with cache.astream(QUESTION) as stream:
+            async for _piece in stream:
+                pass
+
+    with pytest.raises(LLMError, match="one JSON body"):
+        asyncio.run(main())
+    assert cache.stats()["cached_entries"] == 0
+
+
+def test_only_the_first_choice_is_streamed_and_stored(tmp_path: Path, server: OpenAIServer) -> None:
+    """With n=2 the two choices' deltas interleave; they were concatenated, and the mix of
+    two answers streamed to the caller and stored as one."""
+
+    def chunk(index: int, content: str, finish: str | None = None) -> dict[str, object]:
+        delta = {"index": index, "delta": {"content": content}, "finish_reason": finish}
+        return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [delta]}  # fmt: skip
+
+    events = [chunk(0, "Paris "), chunk(1, "It is "), chunk(0, "it is."), chunk(1, "Paris.")]
+    events += [chunk(0, "", "stop"), chunk(1, "", "stop")]
+    server.state.reply = lambda path, body: RawReply.sse(*events)
+    chat = make_chat(server, extra={"n": 2})
+    with SemanticCache(tmp_path / "n.db", embedder=FakeEmbedder(), llm=chat) as cache:
+        assert "".join(cache.stream("capital of France")) == "Paris it is."
+        assert cache.get_or_compute("capital of France") == ("Paris it is.", True)
+
+        async def main() -> str:
+            try:
+                return "".join([p async for p in cache.astream("an unrelated zebra question")])
+            finally:
+                await chat.aclose()
+
+        assert asyncio.run(main()) == "Paris it is."
+        assert server.state.count("/chat/completions") == 2  # both streams were misses
+    chat.close()
