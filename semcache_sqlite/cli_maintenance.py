@@ -45,7 +45,7 @@ from .cli_common import (
     progress,
     split_openai_model,
 )
-from .db import Database
+from .db import Database, sidecar
 from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from .lifecycle import EVICTION_POLICIES, ON_DUPLICATE_CHOICES, UNSET, Unset
 from .migrate import APPLICATION_ID, check_openable, latest_version, schema_version
@@ -173,7 +173,7 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
     if facts.has_vector_table and facts.vector_layout_current and not facts.partitions_indexed:
         detail = "sqlite-vec's chunks are not indexed by partition: `semcache migrate` adds it"
         add(Check("vector table", "warn", detail))
-    wal = file_size(db + "-wal")
+    wal = file_size(sidecar(db, "-wal"))
     if facts.journal_mode != "wal":
         add(Check("journal mode", "warn", f"{facts.journal_mode} (expected wal)"))
     else:
