@@ -37,7 +37,7 @@ from .cli_common import (
     resolve_embedder,
     scope_options,
 )
-from .db import Database
+from .db import Database, sidecar
 from .decision import Judgement, judge
 from .embedder_calls import embed_one
 from .embedders import Embedder
@@ -93,7 +93,7 @@ def stats(state: CliState, db: str, as_json: bool) -> None:
     overall = {
         "path": db,
         "file_size": file_size(db),
-        "wal_size": file_size(db + "-wal"),
+        "wal_size": file_size(sidecar(db, "-wal")),
         "schema_version": facts.schema_version,
         "latest_schema_version": latest_version(),
         "embedding_model": facts.embedding_model,

@@ -45,7 +45,7 @@ from .cli_common import (
     progress,
     split_openai_model,
 )
-from .db import Database
+from .db import Database, sidecar
 from .embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from .lifecycle import EVICTION_POLICIES, ON_DUPLICATE_CHOICES, UNSET, Unset
 from .migrate import APPLICATION_ID, check_openable, latest_version, schema_version
@@ -176,7 +176,7 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
             "chunks not indexed by partition (slower lookups): `semcache migrate` adds them"
         )
         add(Check("vector table", "warn", detail))
-    wal = file_size(db + "-wal")
+    wal = file_size(sidecar(db, "-wal"))
     if facts.journal_mode != "wal":
         add(Check("journal mode", "warn", f"{facts.journal_mode} (expected wal)"))
     else:

@@ -195,6 +195,13 @@ def translate_error(exc: BaseException, path: str) -> StorageError:
 _READ_ONLY_HINT = "; to look entries up without writing, open it with read_only=True"
 
 
+def sidecar(path: str, suffix: str) -> str:
+    """Where SQLite keeps ``path``'s ``-wal`` / ``-shm`` file: beside the file a symlinked
+    path resolves to, not beside the link (looked for beside the link, the WAL of a cache
+    opened through a symlink was never found: never checkpointed, left out of sizes)."""
+    return os.path.realpath(path) + suffix
+
+
 def writability_problem(path: str) -> str | None:
     """Why SQLite could not write ``path`` in WAL mode here, or None if it should be able to.
 
@@ -204,12 +211,12 @@ def writability_problem(path: str) -> str | None:
     """
     if not path or path == ":memory:" or path.startswith("file:"):
         return None
-    file = Path(path)
+    file = Path(os.path.realpath(path))  # SQLite writes beside a symlink's target
     if file.is_dir() or not file.parent.is_dir():
         return None  # not a read-only problem; SQLite's own error says it
     if file.exists() and not os.access(file, os.W_OK):
         return "the file is read-only"
-    sidecars = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    sidecars = [Path(f"{file}-wal"), Path(f"{file}-shm")]
     if all(p.exists() and os.access(p, os.W_OK) for p in sidecars):
         return None
     if not os.access(file.parent, os.W_OK):
@@ -399,7 +406,7 @@ class Database:
             conn.close()
             if "unable to open" not in str(exc).lower():
                 raise translate_error(exc, self.path) from exc
-            wal = Path(f"{self.path}-wal")
+            wal = Path(sidecar(self.path, "-wal"))
             if wal.exists() and wal.stat().st_size > 0:
                 raise ReadOnlyError(
                     f"{self.path}: cannot be read here: SQLite must create a -shm file beside "
@@ -546,7 +553,7 @@ class Database:
         which tells when that reader is gone, and then the truncation goes ahead.
         """
         try:
-            if os.stat(f"{self.path}-wal").st_size <= self.wal_limit_bytes:
+            if os.stat(sidecar(self.path, "-wal")).st_size <= self.wal_limit_bytes:
                 return
         except OSError:
             return

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
-from .db import Database
+from .db import Database, sidecar
 from .lifecycle import (
     EVICT_TO,
     LAZY_PURGE_BATCH,
@@ -465,9 +465,9 @@ class LifecycleStore:
     def file_bytes(self) -> int:
         """Size on disk of the file plus its write-ahead log."""
         total = 0
-        for suffix in ("", "-wal"):
+        for name in (self.db.path, sidecar(self.db.path, "-wal")):
             with suppress(OSError):  # no -wal file after a clean close
-                total += os.path.getsize(self.db.path + suffix)
+                total += os.path.getsize(name)
         return total
 
     def vacuum(self, compact_vectors: bool = True) -> tuple[int, int, int]:
