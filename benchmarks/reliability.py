@@ -24,10 +24,9 @@ from semcache_sqlite import SemCacheError, vector_cells
 from semcache_sqlite.db import Database
 from semcache_sqlite.store import Store
 from semcache_sqlite.vector_index import (
-    SMALL_VECTOR_TABLE,
     VECTOR_TABLE,
-    has_small_table,
     namespace_centroids,
+    split_namespaces,
     vector_layout_current,
 )
 
@@ -117,14 +116,7 @@ def misplaced_cells(conn: Any) -> int:
     0 for a file of a layout without cells."""
     if not vector_layout_current(conn):
         return 0
-    split = 0
-    if has_small_table(conn):
-        split = int(
-            conn.execute(
-                f"SELECT count(*) FROM {SMALL_VECTOR_TABLE} WHERE namespace IN "
-                f"(SELECT DISTINCT partition00 FROM {VECTOR_TABLE}_chunks)"
-            ).fetchone()[0]
-        )
+    split = sum(rows for _, rows in split_namespaces(conn))
     cell_of = {
         int(r[0]): (str(r[1]), int(r[2]))
         for r in conn.execute(

@@ -37,6 +37,7 @@ from .vector_index import (
     index_row_count,
     index_tables,
     put_vectors,
+    split_namespaces,
     uniform_blobs,
     vector_layout_current,
     vector_row,
@@ -543,6 +544,12 @@ class Admin:
                 ") GROUP BY namespace HAVING sum(counted) != sum(stored) ORDER BY namespace"
             ).fetchall()
         return [(str(n), int(c), int(e)) for n, c, e in rows]
+
+    def split_namespaces(self) -> list[tuple[str, int]]:
+        """(namespace, index rows lookups never find) of namespaces whose rows are in
+        both vec0 tables (``vector_index.split_namespaces``)."""
+        with self.db.reading() as conn:
+            return split_namespaces(conn) if vector_layout_current(conn) else []
 
     def vector_count(self) -> int:
         with self.db.reading() as conn:

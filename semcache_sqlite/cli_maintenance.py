@@ -154,6 +154,14 @@ def run_checks(state: CliState, db: str, database: Database) -> list[Check]:
         cells = index_cells_check(admin)
         if cells is not None:
             add(cells)
+        split = admin.split_namespaces()
+        if split:
+            shown = ", ".join(f"{n!r} ({rows} rows)" for n, rows in split[:3])
+            detail = (
+                f"{shown} in both vec0 tables: lookups never find the rows in "
+                "entry_vectors_small; `semcache vacuum` rebuilds the index"
+            )
+            add(Check("vector table", "warn", detail))
     no_vector, no_entry = admin.orphan_counts()
     if no_vector or no_entry:
         add(

@@ -295,6 +295,20 @@ def index_table(conn: Any, namespace: str) -> str:
     return SMALL_VECTOR_TABLE if small and not large else VECTOR_TABLE
 
 
+def split_namespaces(conn: Any) -> list[tuple[str, int]]:
+    """(namespace, its rows in the small table) of the namespaces that also have rows in
+    the large one: lookups scan the large table only (``index_table``), so those rows
+    are never found. Only a hand edit of the index (or a bug) makes one; a rebuild
+    mends it."""
+    if not has_small_table(conn):
+        return []
+    rows = conn.execute(
+        f"SELECT namespace, count(*) FROM {SMALL_VECTOR_TABLE} WHERE namespace IN "
+        f"(SELECT DISTINCT partition00 FROM {_CHUNKS_TABLE}) GROUP BY namespace ORDER BY 1"
+    ).fetchall()
+    return [(str(n), int(c)) for n, c in rows]
+
+
 def index_row_count(conn: Any) -> int:
     """Index rows over both vec0 tables."""
     return sum(

@@ -89,6 +89,31 @@ def test_doctor_warns_of_unindexed_partitions_until_migrate(db: Path, index: str
     assert not [c for c in fake_cli().json("doctor", db)["checks"] if c["status"] == "warn"]
 
 
+def test_doctor_warns_of_a_namespace_split_between_the_vec0_tables(db: Path) -> None:
+    """A namespace's rows are all in one table: lookups scan only that one, so a row
+    left in the small table while the namespace has some in the large one (a hand edit)
+    is never found. doctor says so; vacuum puts the namespace back in one table."""
+    database = Database(db)
+    try:
+        with database.transaction() as conn:
+            blob = conn.execute("SELECT embedding FROM entry_embeddings WHERE id = 1").fetchone()
+            conn.execute("DELETE FROM entry_vectors_small WHERE rowid = 1")
+            conn.execute(
+                "INSERT INTO entry_vectors (rowid, namespace, cell, embedding, context, owner, "
+                "expires_at) VALUES (1, 'default', -1, vec_bit(?), 0, 0, 1e18)",
+                (quantize(np.frombuffer(blob[0], dtype="<f4"))[0],),
+            )
+    finally:
+        database.close()
+    warned = [c for c in fake_cli().json("doctor", db)["checks"] if c["status"] == "warn"]
+    assert [c["name"] for c in warned] == ["vector table"]
+    stranded = len([e for e in FAQ if e.get("namespace", "default") == "default"]) - 1
+    assert warned[0]["detail"].startswith(f"'default' ({stranded} rows) in both vec0 tables")
+    fake_cli().run("vacuum", db)
+    assert not [c for c in fake_cli().json("doctor", db)["checks"] if c["status"] == "warn"]
+    assert fake_cli().json("get", db, FAQ[1]["query"])["hit"]
+
+
 @pytest.mark.parametrize("signs", ["balanced", "all positive"])
 def test_doctor_judges_whether_the_index_bits_tell_entries_apart(
     tmp_path: Path, signs: str
