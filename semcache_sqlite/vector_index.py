@@ -71,7 +71,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -434,7 +434,7 @@ def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
     large = _large_namespaces(conn, namespaces)
     for namespace in namespaces - large:
         if _entry_count(conn, namespace) >= PROMOTE_AT:  # the entries are counted already
-            promote_namespace(conn, namespace)
+            promote_namespace(conn, namespace, {r.entry_id for r in rows})
             large.add(namespace)
     indexed = _insert_index_rows(conn, rows, centroids, large)
     for namespace, centres in centroids.items():
@@ -448,18 +448,19 @@ def _large_namespaces(conn: Any, namespaces: Iterable[str]) -> set[str]:
     return {n for n in namespaces if index_table(conn, n) == VECTOR_TABLE}
 
 
-def promote_namespace(conn: Any, namespace: str) -> int:
+def promote_namespace(conn: Any, namespace: str, pending: Collection[int] = ()) -> int:
     """Move a namespace's index rows from the small table to the large one (vec0 cannot
     move a row between tables: DELETE + INSERT from the exact vectors), in the caller's
-    transaction. Returns the rows moved (~25 us each, so ~13 ms at PROMOTE_AT)."""
+    transaction; ``pending``: ids of the namespace's entries not indexed yet (the
+    caller's batch). Returns the rows moved (~25 us each, so ~13 ms at PROMOTE_AT).
+
+    The ids come from ``entries``: a vec0 query for the namespace's rows
+    (``WHERE namespace = ?`` without MATCH) reads every row of the small table, 268 ms
+    at 48k rows."""
     if not has_small_table(conn):
         return 0
-    ids = [
-        int(r[0])
-        for r in conn.execute(
-            f"SELECT rowid FROM {SMALL_VECTOR_TABLE} WHERE namespace = ?", (namespace,)
-        )
-    ]
+    skip = set(pending)
+    ids = [i for i in _namespace_ids(conn, namespace) if i not in skip]
     moved = 0
     for part, _ in in_batches(ids):
         rows = vector_rows(conn, part)
