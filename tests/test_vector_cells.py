@@ -368,7 +368,7 @@ def make_previous_layout(path: Path, vectors: np.ndarray[Any, Any]) -> list[int]
                 zip(ids, vector_index.quantize(vectors), strict=True),
             )
             conn.execute("DROP TABLE vector_cells")
-            conn.execute("DELETE FROM schema_migrations WHERE version = 6")
+            conn.execute("DELETE FROM schema_migrations WHERE version >= 6")
             conn.execute("PRAGMA user_version = 5")
     return ids
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ from semcache_sqlite import (
     InvalidInputError,
     InvalidVectorError,
     LocalEmbedder,
+    ReadOnlyError,
     SemanticCache,
 )
 from semcache_sqlite import vector_index as vector_index_module
 from semcache_sqlite.db import Database
+from semcache_sqlite.migrate import migrate
 from semcache_sqlite.validation import as_unit_matrix, as_unit_vector
 from semcache_sqlite.vector_index import bit_width, quantize, scope_hash
 
@@ -290,9 +293,12 @@ def test_sqlite_vec_finds_a_partitions_chunks_through_the_index(
         assert held.fetchone()[0] == 1
 
 
-def _made_before_the_small_table(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[int]:
+def _made_before_the_small_table(
+    monkeypatch: pytest.MonkeyPatch, path: Path, *, schema: int | None = None
+) -> list[int]:
     """A file as the versions before the small namespaces' table (and, before that, the
-    partition index) wrote it: one vec0 table, of 512-row chunks to see a rebuild.
+    partition index) wrote it: one vec0 table, of 512-row chunks to see a rebuild;
+    ``schema``: its version set back to that (6: the version before the table).
     Namespace n1 holds two entries, n2 one; returns their ids."""
 
     def one_table(conn: Any, dim: int) -> None:
@@ -304,18 +310,29 @@ def _made_before_the_small_table(monkeypatch: pytest.MonkeyPatch, path: Path) ->
         old_version.setattr(vector_index_module, "complete_index", lambda conn: False)
         with SemanticCache(path, embedder=FakeEmbedder(), guards=False) as cache:
             ids = cache.store_many(["alpha beta", "gamma delta"], ["a", "g"], namespace="n1")
-            return [*ids, cache.store("epsilon zeta", None, "e", namespace="n2")]
+            ids.append(cache.store("epsilon zeta", None, "e", namespace="n2"))
+            if schema is not None:
+                with cache._db.transaction() as conn:
+                    conn.execute("DELETE FROM schema_migrations WHERE version > ?", (schema,))
+                    conn.execute(f"PRAGMA user_version = {int(schema)}")
+            return ids
 
 
 def test_a_file_of_a_version_before_the_small_table_gains_it_without_a_rebuild(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Opened writable, such a file gets the small namespaces' table and the partition
-    indexes (a few ms), not a rebuild of its vectors (its chunk size stays, its
-    namespaces stay in the large table, new ones go to the small); read-only, it works
-    without. `semcache migrate` adds them too."""
+    """Opened writable, such a file (schema 6) gets the small namespaces' table and the
+    partition indexes (a few ms), not a rebuild of its vectors (its chunk size stays,
+    its namespaces stay in the large table, new ones go to the small). Read-only, it is
+    refused like any file of an older schema; at schema 7 but without the table (its
+    writable open could not take the lock for it), read-only handles work without it.
+    `semcache migrate` adds them too."""
     path = tmp_path / "old.db"
-    ids = _made_before_the_small_table(monkeypatch, path)
+    ids = _made_before_the_small_table(monkeypatch, path, schema=6)
+    with pytest.raises(ReadOnlyError, match="schema 6"):
+        SemanticCache(path, embedder=FakeEmbedder(), read_only=True)
+    with closing(Database(path)) as database:
+        migrate(database)  # schema 7, the vector index as it was
 
     def complete_and_chunk_size() -> tuple[bool, bool]:
         with SemanticCache(path, embedder=FakeEmbedder(), read_only=True) as reader:

@@ -1,0 +1,8 @@
+-- 0007: namespaces below 512 entries keep their index rows in a second vec0 table,
+-- entry_vectors_small, of 32-row chunks (see semcache_sqlite/vector_index.py). Its DDL
+-- carries the dimension, so the table is created when the file is next opened by a
+-- cache (or by `semcache migrate`), without a rebuild: the existing namespaces stay in
+-- entry_vectors until `semcache vacuum`. No statement here: the version alone makes
+-- earlier versions of the library refuse the file (SchemaTooNewError), since they
+-- would write and delete index rows in entry_vectors only, leaving a small namespace
+-- split between the tables (lookups would miss its rows).
