@@ -285,12 +285,14 @@ def index_tables(conn: Any) -> list[str]:
 
 def index_table(conn: Any, namespace: str) -> str:
     """The vec0 table holding a namespace's index rows: the large one if it has a chunk
-    of the namespace (sqlite-vec drops a chunk once it is empty), else the small one
-    (the large one in a file without it)."""
+    of the namespace (sqlite-vec drops a chunk once it is empty) or cells (an emptied
+    namespace keeps its centroids: its next rows go to their cells, in the large
+    table), else the small one (the large one in a file without it)."""
     large, small = conn.execute(
-        f"SELECT EXISTS (SELECT 1 FROM {_CHUNKS_TABLE} WHERE partition00 = ?), "
+        f"SELECT EXISTS (SELECT 1 FROM {_CHUNKS_TABLE} WHERE partition00 = ?) "
+        f"OR EXISTS (SELECT 1 FROM {CELLS_TABLE} WHERE namespace = ? AND cells > 0), "
         "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?)",
-        (namespace, SMALL_VECTOR_TABLE),
+        (namespace, namespace, SMALL_VECTOR_TABLE),
     ).fetchone()
     return SMALL_VECTOR_TABLE if small and not large else VECTOR_TABLE
 

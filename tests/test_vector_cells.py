@@ -387,3 +387,31 @@ def test_a_file_of_the_previous_layout_is_upgraded_when_opened(tmp_path: Path) -
             assert cache.search_vector(vectors[i], k=1)[0].entry_id == ids[i]
     with open_cache(path, read_only=True) as reader:
         assert reader.search_vector(vectors[7], k=1)[0].entry_id == ids[7]
+
+
+@pytest.mark.usefixtures("small_cells")
+def test_a_namespace_emptied_and_refilled_keeps_its_cells_in_the_large_table(
+    tmp_path: Path,
+) -> None:
+    """Emptied, a namespace with cells has no chunk left but keeps its centroids: its
+    next entries go to their cells in the large table (where lookups of a namespace
+    with cells look), not to the small namespaces' table."""
+    vectors = topic_vectors(CLUSTER_AT + 10, seed=21)
+    with open_cache(tmp_path / "c.db") as cache:
+        ids = store(cache, vectors[:CLUSTER_AT], "first", namespace="big")
+        trained = centroids(cache, "big")
+        assert trained is not None
+        for entry_id in ids:
+            cache.delete(entry_id)
+        again = store(cache, vectors[CLUSTER_AT:], "again", namespace="big")
+        with cache._db.reading() as conn:
+            assert vector_index.index_table(conn, "big") == "entry_vectors"
+            small = "SELECT count(*) FROM entry_vectors_small WHERE namespace = 'big'"
+            assert conn.execute(small).fetchone()[0] == 0
+        cells = index_cells(cache, "big")
+        assert [cells[i] for i in again] == vector_cells.nearest_cells(
+            trained, vectors[CLUSTER_AT:]
+        )
+        for i, entry_id in enumerate(again):
+            found = cache.search_vector(vectors[CLUSTER_AT + i], k=1, namespace="big")
+            assert found[0].entry_id == entry_id
