@@ -504,6 +504,26 @@ class Database:
             raise translate_error(exc, self.path) from exc
 
     @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        """``reading()`` in a read transaction: every statement inside reads the file as
+        it was at the first one, so a write committed meanwhile by another connection
+        (a namespace's rows moved to another vec0 table or into cells, an index rebuilt)
+        cannot make a lookup's later statements disagree with its earlier ones. Inside
+        a transaction this thread already holds, it is that transaction."""
+        with self.reading() as conn:
+            if conn.in_transaction:
+                yield conn
+                return
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                with suppress(Exception):  # the error that ended it is the one to see
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")  # nothing was written: this ends the snapshot
+
+    @contextmanager
     def transaction(self) -> Iterator[Any]:
         """A write transaction (BEGIN IMMEDIATE ... COMMIT), re-entrant per thread."""
         if self.read_only:

@@ -693,7 +693,7 @@ class Store(LifecycleStore, ReembedStore):
         """
         k = max(1, min(int(k), MAX_K))
         now = self.now()
-        with self.db.reading() as conn:
+        with self.db.snapshot() as conn:  # the table choice and the KNN agree
             if not self._usable_index(conn):
                 return []
             self._check_bound(conn)

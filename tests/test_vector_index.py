@@ -622,3 +622,39 @@ def test_a_small_namespace_preallocates_a_small_chunk(tmp_path: Path) -> None:
             cache.store(f"question {j}", None, "a", namespace=f"ns-{j}")
         per_namespace = (file_bytes() - before) / 100
     assert per_namespace < 12 * 1024, per_namespace  # 32-row chunks: ~4-8 KiB with the rows
+
+
+def test_a_lookup_reads_one_snapshot_while_another_writer_promotes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup finds its namespace's table, then runs the KNN there: another process
+    moving the namespace to the large table between the two (its promotion committed)
+    made the KNN scan an emptied table, and the lookup missed an entry it holds. The
+    lookup's statements read one snapshot of the file."""
+    monkeypatch.setattr(vector_index_module, "PROMOTE_AT", 30)
+    path = tmp_path / "c.db"
+    vectors = _unit_vectors(31, seed=4)
+    texts = [f"question {i}" for i in range(31)]
+    with SemanticCache(path, embedder=FakeEmbedder(), read_only=False) as cache:
+        ids = cache.store_many(texts[:29], texts[:29], embeddings=vectors[:29], namespace="n")
+    writer = SemanticCache(path, embedder=FakeEmbedder())
+    reader = SemanticCache(path, embedder=FakeEmbedder(), read_only=True)
+    try:
+        table_of = vector_index_module.index_table
+        crossed: list[bool] = []
+
+        def promoted_meanwhile(conn: Any, namespace: str) -> str:
+            table = table_of(conn, namespace)
+            if conn is reader._db.connection() and not crossed:
+                crossed.append(True)  # the other writer crosses 30 entries now
+                writer.store_many(texts[29:], texts[29:], embeddings=vectors[29:], namespace="n")
+            return table
+
+        monkeypatch.setattr(vector_index_module, "index_table", promoted_meanwhile)
+        found = reader.search_vector(vectors[3], k=1, namespace="n")
+        assert [r.entry_id for r in found] == [ids[3]]
+        monkeypatch.setattr(vector_index_module, "index_table", table_of)
+        assert _rows_per_table(writer, "n") == (31, 0)  # it did move meanwhile
+    finally:
+        writer.close()
+        reader.close()
