@@ -382,9 +382,10 @@ class OpenAIEmbedder:
     inputs (OpenAI: 2048) and about ``max_batch_tokens`` tokens (OpenAI: 300k)
     per request, tokens estimated as UTF-8 bytes / 3 (no tokenizer needed; it
     over-counts English, ~4 characters a token, so a batch stays under the limit).
-    ``timeout`` is per request; 429/5xx answers, timeouts and lost connections
-    are retried per ``retry`` (default ``max_retries`` retries, exponential
-    backoff). Other failures raise ``EmbedderError`` (``status_code`` set), a
+    A server that takes fewer inputs answers 413: the batch is halved until it fits,
+    and the smaller size kept. ``timeout`` is per request; 429/5xx answers, timeouts
+    and lost connections are retried per ``retry`` (default ``max_retries`` retries,
+    exponential backoff). Other failures raise ``EmbedderError`` (``status_code`` set), a
     timeout ``EmbedderTimeoutError``. ``embed`` uses ``openai.OpenAI``,
     ``aembed`` ``openai.AsyncOpenAI``; ``client`` / ``async_client`` let you
     pass configured ones.
@@ -461,7 +462,7 @@ class OpenAIEmbedder:
         texts = [check_query(t) for t in _as_text_list(texts)]
         rows: list[Any] = []
         for batch in self.batches(texts):
-            rows.extend(self._request(batch))
+            rows.extend(self._request_fitting(batch))
         return self._checked(rows, len(texts))
 
     async def aembed(self, texts: Sequence[str]) -> FloatMatrix:
@@ -469,8 +470,53 @@ class OpenAIEmbedder:
         texts = [check_query(t) for t in _as_text_list(texts)]
         rows: list[Any] = []
         for batch in self.batches(texts):
-            rows.extend(await self._arequest(batch))
+            rows.extend(await self._arequest_fitting(batch))
         return self._checked(rows, len(texts))
+
+    def _request_fitting(self, batch: list[str]) -> list[Any]:
+        """``_request``, in smaller batches if the server takes fewer inputs (_smaller)."""
+        if len(batch) > self._batch_size:  # a limit learned since the batch was planned
+            return [row for part in self._parts(batch) for row in self._request_fitting(part)]
+        try:
+            return self._request(batch)
+        except EmbedderError as exc:
+            if not self._smaller(exc, batch):
+                raise
+        return self._request_fitting(batch)
+
+    async def _arequest_fitting(self, batch: list[str]) -> list[Any]:
+        """Async twin of :meth:`_request_fitting`."""
+        if len(batch) > self._batch_size:
+            rows: list[Any] = []
+            for part in self._parts(batch):
+                rows.extend(await self._arequest_fitting(part))
+            return rows
+        try:
+            return await self._arequest(batch)
+        except EmbedderError as exc:
+            if not self._smaller(exc, batch):
+                raise
+        return await self._arequest_fitting(batch)
+
+    def _smaller(self, exc: EmbedderError, batch: list[str]) -> bool:
+        """Whether to send ``batch`` again in halves, after a 413 ("payload too large"):
+        servers cap a request's inputs below OpenAI's 2,048 (TEI: 32 by default), and
+        every bulk load failed until the caller set ``batch_size=``. The halved size is
+        kept for the later requests. A single input too large is the input's fault."""
+        if exc.status_code != 413 or len(batch) <= 1:
+            return False
+        self._batch_size = len(batch) // 2
+        logger.info(
+            "%r refused %d inputs in one request; sending at most %d from now on",
+            self._model,
+            len(batch),
+            self._batch_size,
+        )
+        return True
+
+    def _parts(self, batch: list[str]) -> list[list[str]]:
+        size = self._batch_size
+        return [batch[i : i + size] for i in range(0, len(batch), size)]
 
     def close(self) -> None:
         """Close the HTTP client this object created."""

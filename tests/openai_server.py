@@ -105,6 +105,7 @@ class OpenAIServerState:
     wrong_dim: int | None = None
     omit_index: bool = False
     reject_base64: bool = False
+    max_inputs: int | None = None  # more inputs in one embeddings request: 413 (as TEI)
     force_encoding: str | None = None
     stream_fail_after: int | None = None
     reply: Callable[[str, dict[str, Any]], RawReply | None] | None = None
@@ -160,9 +161,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif status != 200:
             self._send(status, {"error": {"message": f"scripted {status}", "type": "server_error"}})
         elif self.path.endswith("/embeddings"):
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             if state.reject_base64 and body.get("encoding_format") == "base64":
                 message = "base64 encoding is not currently supported"
                 self._send(400, {"object": "error", "message": message, "code": 400})
+            elif state.max_inputs is not None and len(inputs) > state.max_inputs:
+                message = f"batch size {len(inputs)} > maximum allowed batch size"
+                self._send(413, {"error": message, "error_type": "validation"})
             else:
                 self._send(200, self._embeddings(body, state))
         elif self.path.endswith("/chat/completions"):

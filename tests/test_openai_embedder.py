@@ -266,3 +266,28 @@ def test_a_200_without_embeddings_is_a_response_error_with_the_servers_reason(
     with pytest.raises(EmbedderResponseError, match=message):
         asyncio.run(main())
     embedder.close()
+
+
+def test_a_server_with_a_smaller_batch_limit_gets_smaller_batches(server: OpenAIServer) -> None:
+    """A server that caps a request's inputs below ``batch_size`` answers 413 (TEI's
+    default --max-client-batch-size is 32): every bulk load failed until the caller
+    set batch_size=. The batch is halved until it fits, and later requests start at
+    the size that fitted; the vectors are those of the whole batch, in order."""
+    server.state.max_inputs = 8
+    embedder = make_embedder(server, batch_size=100)
+    texts = [f"question number {i} about topic {i % 7}" for i in range(30)]
+    vectors = embedder.embed(texts)
+    expected = np.stack([bag_of_words_vector(t, 64) for t in texts])
+    np.testing.assert_allclose(
+        vectors, expected / np.linalg.norm(expected, axis=1)[:, None], atol=1e-6
+    )
+    sizes = [len(body["input"]) for body in server.state.bodies("/embeddings")]
+    assert sizes[:3] == [30, 15, 7] and max(sizes[3:]) == 7 and sum(sizes[2:]) == 30
+    server.state.requests.clear()
+    asyncio.run(embedder.aembed(texts[:20]))
+    assert max(len(body["input"]) for body in server.state.bodies("/embeddings")) <= 8
+    server.state.max_inputs = 0  # a 413 for a single input is the input's: raised
+    with pytest.raises(EmbedderError) as raised:
+        embedder.embed(["one more question"])
+    assert raised.value.status_code == 413
+    embedder.close()
