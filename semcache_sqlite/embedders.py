@@ -476,47 +476,62 @@ class OpenAIEmbedder:
     def _request_fitting(self, batch: list[str]) -> list[Any]:
         """``_request``, in smaller batches if the server takes fewer inputs (_smaller)."""
         if len(batch) > self._batch_size:  # a limit learned since the batch was planned
-            return [row for part in self._parts(batch) for row in self._request_fitting(part)]
+            return self._fitting_parts(batch, self._batch_size)
         try:
             return self._request(batch)
         except EmbedderError as exc:
             if not self._smaller(exc, batch):
                 raise
-        return self._request_fitting(batch)
+        size = len(batch) // 2
+        rows = self._fitting_parts(batch, size)
+        self._keep(size, len(batch))
+        return rows
+
+    def _fitting_parts(self, batch: list[str], size: int) -> list[Any]:
+        return [row for part in _parts(batch, size) for row in self._request_fitting(part)]
 
     async def _arequest_fitting(self, batch: list[str]) -> list[Any]:
         """Async twin of :meth:`_request_fitting`."""
         if len(batch) > self._batch_size:
-            rows: list[Any] = []
-            for part in self._parts(batch):
-                rows.extend(await self._arequest_fitting(part))
-            return rows
+            return await self._afitting_parts(batch, self._batch_size)
         try:
             return await self._arequest(batch)
         except EmbedderError as exc:
             if not self._smaller(exc, batch):
                 raise
-        return await self._arequest_fitting(batch)
+        size = len(batch) // 2
+        rows = await self._afitting_parts(batch, size)
+        self._keep(size, len(batch))
+        return rows
 
-    def _smaller(self, exc: EmbedderError, batch: list[str]) -> bool:
+    async def _afitting_parts(self, batch: list[str], size: int) -> list[Any]:
+        rows: list[Any] = []
+        for part in _parts(batch, size):
+            rows.extend(await self._arequest_fitting(part))
+        return rows
+
+    @staticmethod
+    def _smaller(exc: EmbedderError, batch: list[str]) -> bool:
         """Whether to send ``batch`` again in halves, after a 413 ("payload too large"):
         servers cap a request's inputs below OpenAI's 2,048 (TEI: 32 by default), and
-        every bulk load failed until the caller set ``batch_size=``. The halved size is
-        kept for the later requests. A single input too large is the input's fault."""
-        if exc.status_code != 413 or len(batch) <= 1:
-            return False
-        self._batch_size = len(batch) // 2
+        every bulk load failed until the caller set ``batch_size=``. A single input too
+        large is the input's fault."""
+        return exc.status_code == 413 and len(batch) > 1
+
+    def _keep(self, size: int, refused: int) -> None:
+        """The halves of a refused batch went through: its size is over the server's
+        limit on the inputs, so the halved size is kept for the later requests. Not
+        before: TEI answers 413 to a text over its token limit too, whatever the batch,
+        and halving down to that text alone left every later request one input long."""
+        if size >= self._batch_size:  # another thread learned a smaller one meanwhile
+            return
+        self._batch_size = size
         logger.info(
             "%r refused %d inputs in one request; sending at most %d from now on",
             self._model,
-            len(batch),
-            self._batch_size,
+            refused,
+            size,
         )
-        return True
-
-    def _parts(self, batch: list[str]) -> list[list[str]]:
-        size = self._batch_size
-        return [batch[i : i + size] for i in range(0, len(batch), size)]
 
     def close(self) -> None:
         """Close the HTTP client this object created."""
@@ -663,6 +678,10 @@ def _decoded(vector: Any) -> Any:
 def approx_tokens(text: str) -> int:
     """A tokenizer-free upper estimate of a text's tokens: UTF-8 bytes / 3, rounded up."""
     return -(-len(text.encode("utf-8", "surrogatepass")) // 3)
+
+
+def _parts(batch: list[str], size: int) -> list[list[str]]:
+    return [batch[i : i + size] for i in range(0, len(batch), size)]
 
 
 def plan_batches(texts: Sequence[str], max_inputs: int, max_tokens: int) -> list[list[str]]:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -290,4 +291,34 @@ def test_a_server_with_a_smaller_batch_limit_gets_smaller_batches(server: OpenAI
     with pytest.raises(EmbedderError) as raised:
         embedder.embed(["one more question"])
     assert raised.value.status_code == 413
+    embedder.close()
+
+
+def test_a_413_for_one_text_too_long_keeps_the_batch_size(server: OpenAIServer) -> None:
+    """TEI answers 413 to a text over its token limit too (a validation error), whatever
+    the batch: halving down to that text alone raised its error, as it should, but left
+    the batch size at 1, so every later request carried one input (64x the requests of
+    a bulk load). Only a 413 whose halves then went through is a limit on the inputs."""
+
+    def too_long(path: str, body: dict[str, Any]) -> RawReply | None:
+        if any(len(text) > 1000 for text in body["input"]):
+            return RawReply.json({"error": "input too long", "error_type": "validation"}, 413)
+        return None
+
+    server.state.reply = too_long
+    embedder = make_embedder(server, batch_size=64, retry=NO_RETRY)
+    texts = [f"question number {i}" for i in range(64)]
+    for embed in (embedder.embed, lambda t: asyncio.run(embedder.aembed(t))):
+        with pytest.raises(EmbedderError) as raised:
+            embed([*texts[:40], "word " * 500, *texts[40:63]])
+        assert raised.value.status_code == 413
+        server.state.requests.clear()
+        assert embed(texts).shape == (64, 64)
+        assert [len(body["input"]) for body in server.state.bodies("/embeddings")] == [64]
+    server.state.max_inputs = 16  # a real limit on the inputs is still learned, once
+    server.state.requests.clear()
+    embedder.embed(texts)
+    embedder.embed(texts)
+    sizes = [len(body["input"]) for body in server.state.bodies("/embeddings")]
+    assert sizes[:3] == [64, 32, 16] and max(sizes[3:]) == 16 and sum(sizes) == 64 + 32 + 128
     embedder.close()
