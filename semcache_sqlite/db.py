@@ -509,19 +509,25 @@ class Database:
         it was at the first one, so a write committed meanwhile by another connection
         (a namespace's rows moved to another vec0 table or into cells, an index rebuilt)
         cannot make a lookup's later statements disagree with its earlier ones. Inside
-        a transaction this thread already holds, it is that transaction."""
+        a transaction this thread already holds, it is that transaction. A fork() waits
+        for it (fork_gate.py): a child would keep its read lock with no one to release
+        it, and could never checkpoint its WAL past that snapshot."""
         with self.reading() as conn:
             if conn.in_transaction:
                 yield conn
                 return
-            conn.execute("BEGIN")
+            GATE.enter()
             try:
-                yield conn
-            except BaseException:
-                with suppress(Exception):  # the error that ended it is the one to see
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")  # nothing was written: this ends the snapshot
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    with suppress(Exception):  # the error that ended it is the one to see
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")  # nothing was written: this ends the snapshot
+            finally:
+                GATE.leave()
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

@@ -1,11 +1,13 @@
-"""fork() waits for the write transactions of the process's other threads.
+"""fork() waits for the write transactions and lookups of the process's other threads.
 
 SQLite keeps a file's locks in process memory. A child forked while another thread
 of the parent is inside a write transaction inherits that lock state with no thread
 to release it: every write of the child, even through a new connection, times out
-(CacheTimeoutError). So a fork waits (``os.register_at_fork``) until no other thread
-is inside a transaction; meanwhile no other transaction begins (except in a thread
-already inside one, which may be waiting to finish it), so writers cannot starve it.
+(CacheTimeoutError). A lookup's read transaction (``Database.snapshot``) left that
+way pins the child's WAL: no checkpoint of the child gets past it. So a fork waits
+(``os.register_at_fork``) until no other thread is inside a transaction; meanwhile no
+other transaction begins (except in a thread already inside one, which may be waiting
+to finish it), so writers cannot starve it.
 
 The forking thread's own transaction cannot be waited for (it would never end): a
 fork from inside one goes ahead at once, and is the caller's to avoid. A fork waits

@@ -300,6 +300,37 @@ def test_fork_waits_for_another_threads_write_transaction(db_path: Path) -> None
     cache.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_fork_waits_for_another_threads_lookup_snapshot(db_path: Path) -> None:
+    """A lookup reads in a read transaction (Database.snapshot): a child forked while
+    another thread of the parent was inside one inherited its read lock, held by no one,
+    so the child could never checkpoint its WAL past that snapshot (it grew without
+    bound in the child). fork() waits for the snapshot as for a write transaction."""
+    cache = SemanticCache(db_path, embedder=FakeEmbedder(), busy_timeout=1.0)
+    cache.store("before the fork", None, "parent")
+    inside, finish = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with cache._db.snapshot() as conn:  # what Store.nearest runs in
+            conn.execute("SELECT count(*) FROM entries").fetchone()
+            inside.set()
+            finish.wait(10)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert inside.wait(10)
+    os.register_at_fork(before=finish.set)  # as in the test above
+
+    def child() -> bool:
+        cache._db.wal_limit_bytes = 0  # every commit checkpoints and truncates the WAL
+        cache.store("from the child", None, "child")
+        return os.path.getsize(f"{db_path}-wal") == 0
+
+    assert _in_forked_child(child)
+    thread.join()
+    cache.close()
+
+
 def test_stock_sqlite3_shell_reads_entries_without_extension(cache: SemanticCache) -> None:
     shell = shutil.which("sqlite3")
     if shell is None:
