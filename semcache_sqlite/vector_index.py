@@ -298,15 +298,17 @@ def index_table(conn: Any, namespace: str) -> str:
 
 
 def split_namespaces(conn: Any) -> list[tuple[str, int]]:
-    """(namespace, its rows in the small table) of the namespaces that also have rows in
-    the large one: lookups scan the large table only (``index_table``), so those rows
-    are never found. Only a hand edit of the index (or a bug) makes one; a rebuild
-    mends it."""
+    """(namespace, its rows in the small table) of the namespaces in the large one (rows
+    there, or cells: ``index_table``): lookups scan the large table only, so those rows
+    are never found. Only a hand edit of the index (or a bug: the version before
+    ``index_table`` counted cells put an emptied namespace's new rows there) makes
+    one; a rebuild mends it."""
     if not has_small_table(conn):
         return []
     rows = conn.execute(
         f"SELECT namespace, count(*) FROM {SMALL_VECTOR_TABLE} WHERE namespace IN "
-        f"(SELECT DISTINCT partition00 FROM {_CHUNKS_TABLE}) GROUP BY namespace ORDER BY 1"
+        f"(SELECT DISTINCT partition00 FROM {_CHUNKS_TABLE}) OR namespace IN "
+        f"(SELECT namespace FROM {CELLS_TABLE} WHERE cells > 0) GROUP BY namespace ORDER BY 1"
     ).fetchall()
     return [(str(n), int(c)) for n, c in rows]
 

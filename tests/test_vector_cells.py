@@ -22,6 +22,7 @@ from semcache_sqlite import (
     vector_cells,
     vector_index,
 )
+from semcache_sqlite.admin import Admin
 from semcache_sqlite.vector_cells import NO_CELL, cells_to_probe, train_centroids
 
 DIM = 64
@@ -415,3 +416,30 @@ def test_a_namespace_emptied_and_refilled_keeps_its_cells_in_the_large_table(
         for i, entry_id in enumerate(again):
             found = cache.search_vector(vectors[CLUSTER_AT + i], k=1, namespace="big")
             assert found[0].entry_id == entry_id
+
+
+@pytest.mark.usefixtures("small_cells")
+def test_a_namespace_with_cells_whose_rows_are_in_the_small_table_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version before index_table counted cells put the rows of an emptied namespace
+    with cells, refilled, in the small table. Lookups of a namespace with cells now scan
+    the large table and miss them: the doctor's check of namespaces split between the
+    tables (Admin.split_namespaces) must name it by the same rule, not only by a chunk
+    left in the large table."""
+    vectors = topic_vectors(CLUSTER_AT + 10, seed=22)
+    with open_cache(tmp_path / "c.db") as cache:
+        for entry_id in store(cache, vectors[:CLUSTER_AT], "first", namespace="big"):
+            cache.delete(entry_id)
+        table_of = vector_index.index_table
+
+        def by_chunks_only(conn: Any, namespace: str) -> str:  # the rule before cells counted
+            chunks = "SELECT 1 FROM entry_vectors_chunks WHERE partition00 = ?"
+            held = conn.execute(chunks, (namespace,)).fetchone() is not None
+            return "entry_vectors" if held else "entry_vectors_small"
+
+        monkeypatch.setattr(vector_index, "index_table", by_chunks_only)
+        store(cache, vectors[CLUSTER_AT:], "again", namespace="big")
+        monkeypatch.setattr(vector_index, "index_table", table_of)
+        assert cache.search_vector(vectors[CLUSTER_AT], k=1, namespace="big") == []
+        assert Admin(cache._db).split_namespaces() == [("big", 10)]
