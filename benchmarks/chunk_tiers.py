@@ -41,6 +41,7 @@ from perf_build import remove_db
 from perf_data import zipf_sizes
 
 from semcache_sqlite.db import Database
+from semcache_sqlite.vector_index import vec0_ddl
 
 NAMESPACES = 1000
 DIM = 384
@@ -52,15 +53,6 @@ TIMED = (0, 2, 5, 10, 30, 100, 300, 999)
 Bits = npt.NDArray[np.uint8]
 
 
-def table_ddl(name: str, chunk_size: int) -> str:
-    """The library's vec0 columns (vector_index.vector_table_ddl) under another name."""
-    return (
-        f"CREATE VIRTUAL TABLE {name} USING vec0(namespace text partition key, "
-        f"cell integer partition key, embedding bit[{DIM}], context integer, "
-        f"owner integer, expires_at float, chunk_size={chunk_size})"
-    )
-
-
 def build(path: Path, sizes: list[int], bits: Bits, small: tuple[int, int] | None) -> int:
     """A file holding ``sizes[j]`` rows in namespace ``ns-j``; ``small`` = (chunk rows,
     promote at): namespaces below that size go to table ``small``. Returns its bytes."""
@@ -70,7 +62,7 @@ def build(path: Path, sizes: list[int], bits: Bits, small: tuple[int, int] | Non
         with db.transaction() as conn:
             tables = [("large", LARGE_CHUNK)] + ([("small", small[0])] if small else [])
             for name, chunk in tables:
-                conn.execute(table_ddl(name, chunk))
+                conn.execute(vec0_ddl(name, DIM, chunk))  # the library's columns
                 conn.execute(f"CREATE INDEX {name}_p ON {name}_chunks(partition00, partition01)")
             row = 0
             for j, size in enumerate(sizes):

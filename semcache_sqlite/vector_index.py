@@ -162,15 +162,16 @@ def _partition_index(table: str) -> str:
 def vector_table_ddl(dim: int) -> str:
     """The vec0 index of the large namespaces: one bit per coordinate, one partition
     per namespace and cell."""
-    return _vec0_ddl(VECTOR_TABLE, dim, CHUNK_ROWS)
+    return vec0_ddl(VECTOR_TABLE, dim, CHUNK_ROWS)
 
 
 def small_table_ddl(dim: int) -> str:
     """The vec0 index of the small namespaces: the same columns, smaller chunks."""
-    return _vec0_ddl(SMALL_VECTOR_TABLE, dim, SMALL_CHUNK_ROWS)
+    return vec0_ddl(SMALL_VECTOR_TABLE, dim, SMALL_CHUNK_ROWS)
 
 
-def _vec0_ddl(table: str, dim: int, chunk_rows: int) -> str:
+def vec0_ddl(table: str, dim: int, chunk_rows: int) -> str:
+    """The library's vec0 columns under ``table`` with ``chunk_rows``-row chunks."""
     return (
         f"CREATE VIRTUAL TABLE {table} USING vec0("
         "namespace text partition key, cell integer partition key, "
@@ -196,7 +197,7 @@ def complete_index(conn: Any) -> bool:
     if not index_incomplete(conn):
         return False
     if not has_small_table(conn):
-        conn.execute(_vec0_ddl(SMALL_VECTOR_TABLE, _bits_of(conn), SMALL_CHUNK_ROWS))
+        conn.execute(small_table_ddl(_bits_of(conn)))  # the large table's width
     for table in index_tables(conn):
         if _partitions_unindexed(conn, table):
             conn.execute(
@@ -518,9 +519,11 @@ def _insert_index_rows(
     values.sort(key=lambda v: (v[1], v[2]))
     if large is None:
         large = _large_namespaces(conn, {r.namespace for r in rows})
-    small = has_small_table(conn)
-    for table in (VECTOR_TABLE, SMALL_VECTOR_TABLE):
-        chosen = [v for v in values if (v[1] in large or not small) == (table == VECTOR_TABLE)]
+    small = has_small_table(conn)  # without it (a file not upgraded yet): all to the large
+    by_table: dict[str, list[tuple[Any, ...]]] = {VECTOR_TABLE: [], SMALL_VECTOR_TABLE: []}
+    for v in values:
+        by_table[VECTOR_TABLE if v[1] in large or not small else SMALL_VECTOR_TABLE].append(v)
+    for table, chosen in by_table.items():
         if chosen:
             conn.executemany(
                 f"INSERT INTO {table} "
