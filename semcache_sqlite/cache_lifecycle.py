@@ -196,6 +196,12 @@ class LifecycleMixin:
         ``reembed``; useless on a FIFO cache at steady state, which reuses its
         space by itself. It rewrites the whole file (needs that much free disk)
         and blocks writers meanwhile.
+
+        Returns ``bytes_before`` and ``bytes_after`` (the file plus its WAL),
+        ``vectors_rebuilt`` and ``wal_truncated``: False when another connection was
+        in a read transaction (waited for up to 1 s): the file is compacted, but
+        into the WAL, which a checkpoint folds back only after that reader is done,
+        so ``bytes_after`` may even exceed ``bytes_before`` until then (the next
+        write past the WAL limit, closing the last connection, or vacuum again).
         """
-        before, after, rebuilt = self._store.vacuum(compact_vectors)
-        return {"bytes_before": before, "bytes_after": after, "vectors_rebuilt": rebuilt}
+        return self._store.vacuum(compact_vectors)._asdict()

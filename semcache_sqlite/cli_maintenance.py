@@ -364,23 +364,22 @@ def vacuum(state: CliState, db: str, compact_vectors: bool, as_json: bool) -> No
         store = Store(database)
         with progress(state, "vacuuming", None):
             purged = store.purge_expired()
-            before, after, rebuilt = store.vacuum(compact_vectors)
+            report = store.vacuum(compact_vectors)
     if as_json:
-        emit_json(
-            {
-                "path": db,
-                "bytes_before": before,
-                "bytes_after": after,
-                "expired_purged": purged,
-                "vectors_rebuilt": rebuilt,
-            }
-        )
+        emit_json({"path": db, **report._asdict(), "expired_purged": purged})
         return
+    before, after = report.bytes_before, report.bytes_after
     click.echo(
         f"{db}: {format_size(before)} -> {format_size(after)} "
         f"({format_size(max(0, before - after))} reclaimed; {entries(purged)} expired purged, "
-        f"{rebuilt} vectors repacked)"
+        f"{report.vectors_rebuilt} vectors repacked)"
     )
+    if not report.wal_truncated:
+        click.echo(
+            f"{db}: another process is reading the file, so its -wal file holds the compacted "
+            "pages until a checkpoint after that reader is done (sizes above include it); "
+            "run `semcache vacuum` again then to give the space back now."
+        )
 
 
 @click.command(short_help="Delete expired entries now.")

@@ -393,6 +393,8 @@ class Database:
     def _connect_read_only(self) -> Any:
         """``mode=ro`` (no WAL setup, no writes); ``immutable=1`` where -shm cannot exist."""
         file = Path(self.path)
+        if file.is_dir():  # as the writable open says (translate_error)
+            raise NotACacheFileError(f"{self.path} is a directory, not a cache file")
         if not file.is_file():
             raise StorageError(f"{self.path}: no such cache file to open read-only")
         base = file.resolve().as_uri()
@@ -404,6 +406,16 @@ class Database:
             return conn
         except self.driver.Error as exc:
             conn.close()
+            journal = Path(sidecar(self.path, "-journal"))
+            if "readonly" in str(exc).lower() and journal.is_file() and journal.stat().st_size:
+                # SQLITE_READONLY_ROLLBACK: translate_error would blame WAL mode.
+                raise ReadOnlyError(
+                    f"{self.path}: cannot be read here: the -journal file beside it holds a "
+                    "transaction that a writer in rollback-journal mode (another tool; this "
+                    "library keeps its files in WAL mode) left unfinished, and only a writable "
+                    "open can roll it back. Open it once without read_only=True: the file is "
+                    "then as it was before that transaction."
+                ) from exc
             if "unable to open" not in str(exc).lower():
                 raise translate_error(exc, self.path) from exc
             wal = Path(sidecar(self.path, "-wal"))
@@ -583,15 +595,13 @@ class Database:
                 return
         except OSError:
             return
-        wait = min(self.busy_timeout, WAL_CHECKPOINT_WAIT)
         try:
             if time.monotonic() < self._wal_wait_after:
                 _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if copied < frames:
                     return  # still pinned: no wait
                 self._wal_wait_after = 0.0
-            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, frames, copied = self.truncate_wal(conn)
             if busy and copied < frames:  # an older snapshot pins the WAL
                 self._wal_backoff = min(
                     WAL_BACKOFF_MAX, max(WAL_BACKOFF_MIN, 2 * self._wal_backoff)
@@ -607,9 +617,21 @@ class Database:
                 logger.info("WAL checkpoint deferred: readers or writers still busy")
         except self.driver.Error as exc:
             logger.warning("WAL checkpoint failed (the write was committed): %s", exc)
+
+    def truncate_wal(self, conn: Any) -> tuple[int, int, int]:
+        """``PRAGMA wal_checkpoint(TRUNCATE)``: copy the WAL into the file and empty it,
+        waiting at most WAL_CHECKPOINT_WAIT (not the busy timeout) for other connections
+        to finish their transactions. Returns SQLite's (busy, WAL frames, frames copied):
+        busy 0 when the WAL was emptied; frames copied < WAL frames when a reader's older
+        snapshot kept the newer frames out of the file."""
+        wait = min(self.busy_timeout, WAL_CHECKPOINT_WAIT)
+        conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+        try:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             with suppress(self.driver.Error):
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return int(busy), int(frames), int(copied)
 
     @contextmanager
     def side_connection(self) -> Iterator[Any]:

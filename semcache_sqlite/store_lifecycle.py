@@ -15,13 +15,14 @@ of the index (``vacuum()``) removes.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import suppress
-from typing import Any
+from typing import Any, NamedTuple
 
 from .db import Database, sidecar
 from .lifecycle import (
@@ -53,7 +54,9 @@ from .vector_index import (
     vector_rows,
 )
 
-__all__ = ["LifecycleStore", "count_inserted"]
+__all__ = ["LifecycleStore", "VacuumReport", "count_inserted"]
+
+logger = logging.getLogger("semcache_sqlite")
 
 #: Seconds an estimate of an unfinished re-embed's staged bytes is reused (_staged_bytes).
 STAGED_BYTES_REUSE = 5.0
@@ -79,6 +82,17 @@ _VICTIM_ORDER: dict[Eviction, str] = {
     "lfu": "hit_count, created_at, id",
     "fifo": "created_at, id",
 }
+
+
+class VacuumReport(NamedTuple):
+    """What ``LifecycleStore.vacuum`` did; sizes are of the file plus its WAL."""
+
+    bytes_before: int
+    bytes_after: int
+    vectors_rebuilt: int
+    #: False: another connection was reading, so the WAL could not be emptied (and
+    #: may still hold the compacted file: ``bytes_after`` can exceed ``bytes_before``).
+    wal_truncated: bool
 
 
 def count_inserted(conn: Any, namespaces: Iterable[str]) -> None:
@@ -470,10 +484,13 @@ class LifecycleStore:
                 total += os.path.getsize(name)
         return total
 
-    def vacuum(self, compact_vectors: bool = True) -> tuple[int, int, int]:
+    def vacuum(self, compact_vectors: bool = True) -> VacuumReport:
         """Purge expired entries, optionally rebuild the vec0 table, VACUUM, truncate the WAL.
 
-        Returns (bytes before, bytes after, vectors rebuilt).
+        While another connection is in a read transaction, VACUUM still compacts the
+        file, but into the WAL: the checkpoint cannot copy it back (or empty the WAL)
+        until that reader is done, so the file plus WAL may be larger than before.
+        ``wal_truncated`` False says so; the next checkpoint gives the space back.
         """
         before = self.file_bytes()
         rebuilt = 0
@@ -496,5 +513,11 @@ class LifecycleStore:
                     rebuilt = rebuild_index(conn, int(dim[0]))
         with self.db.reading() as conn:
             conn.execute("VACUUM")  # outside any transaction, as SQLite requires
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return before, self.file_bytes(), rebuilt
+            busy, _, _ = self.db.truncate_wal(conn)
+        if busy:
+            logger.warning(
+                "%s: vacuumed, but another connection is reading the file: the WAL keeps "
+                "the compacted pages until a checkpoint after it finishes",
+                self.db.path,
+            )
+        return VacuumReport(before, self.file_bytes(), rebuilt, wal_truncated=not busy)

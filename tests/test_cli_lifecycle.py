@@ -147,6 +147,28 @@ def test_vacuum_purges_repacks_and_needs_no_embedder(tmp_path: Path) -> None:
     assert fake_cli().json("get", db, FAQ[1]["query"])["hit"] is True
 
 
+def test_vacuum_says_when_a_reader_keeps_the_wal(tmp_path: Path) -> None:
+    """`semcache vacuum` beside a process in a read transaction: the sizes cannot show
+    the space reclaimed yet (the compacted file sits in the -wal file), so it says why."""
+    db = tmp_path / "c.db"
+    fake_cli().run("warm", db, write_jsonl(tmp_path / "faq.jsonl", FAQ))
+    reader = Database(db)
+    try:
+        conn = reader.connection()
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM entries").fetchone()
+        report = fake_cli().json("vacuum", db)
+        text = fake_cli().run("vacuum", db).stdout
+        conn.execute("ROLLBACK")
+    finally:
+        reader.close()
+    assert report["wal_truncated"] is False
+    assert "another process is reading the file" in text
+    assert fake_cli().json("vacuum", db)["wal_truncated"] is True
+    assert "another process" not in fake_cli().run("vacuum", db).stdout
+    assert fake_cli().json("get", db, FAQ[1]["query"])["hit"] is True
+
+
 # -- reembed --------------------------------------------------------------------------------
 
 

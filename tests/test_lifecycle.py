@@ -3,6 +3,8 @@ invalidation and vacuum, all with a clock the tests move by hand."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +22,7 @@ from semcache_sqlite import (
     VersionConflictError,
 )
 from semcache_sqlite import vector_index as vector_index_module
+from semcache_sqlite.db import Database
 from semcache_sqlite.store_reembed import staged_bytes
 
 
@@ -588,6 +591,43 @@ def test_vacuum_shrinks_after_deletes_and_keeps_lookups(db_path: Path, clock: Fa
         hit_ = cache.lookup("keep me around please")
         assert hit_ is not None and hit_.entry_id == keep
         assert cache._store.orphan_counts() == (0, 0)
+
+
+def test_vacuum_beside_a_reader_says_the_wal_still_holds_the_file(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """A connection in a read transaction pins the WAL: VACUUM compacts the file into it
+    and the checkpoint can neither copy it back nor empty it. The report said the file
+    had not shrunk (it can even grow), without saying why, after waiting the whole busy
+    timeout for the reader. Now it says so (``wal_truncated``) after a short wait, and a
+    vacuum after the reader is done gives the space back."""
+    with SemanticCache(
+        db_path, embedder=FakeEmbedder(dim=256), clock=clock, busy_timeout=60
+    ) as cache:
+        cache.store_many([f"bulk entry {i}" for i in range(2100)], ["r"] * 2100)
+        assert cache.clear() == 2100
+        keep = cache.store("keep me around", None, "kept")
+        reader = Database(db_path)
+        try:
+            conn = reader.connection()
+            conn.execute("BEGIN")
+            assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 1
+            started = time.monotonic()
+            pinned = cache.vacuum()
+            waited = time.monotonic() - started
+            hit_ = cache.lookup("keep me around please")  # the cache works meanwhile
+            assert hit_ is not None and hit_.entry_id == keep
+            conn.execute("ROLLBACK")
+        finally:
+            reader.close()
+        assert pinned["wal_truncated"] is False
+        assert waited < 30  # not the busy timeout (60 s): WAL_CHECKPOINT_WAIT
+        assert pinned["vectors_rebuilt"] == 1
+        freed = cache.vacuum()
+        assert freed["wal_truncated"] is True
+        assert freed["bytes_after"] < pinned["bytes_before"] / 2
+        assert os.path.getsize(f"{db_path}-wal") == 0
+        assert entry_count(cache) == 1 and cache._store.orphan_counts() == (0, 0)
 
 
 def test_staged_bytes_of_long_queries_are_not_overestimated(

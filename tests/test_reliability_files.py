@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ import pytest
 from fakes import FakeEmbedder
 from test_reliability_input import mounted, needs_mount
 
-from semcache_sqlite import ReadOnlyError, SemanticCache
+from semcache_sqlite import NotACacheFileError, ReadOnlyError, SemanticCache
 from semcache_sqlite.db import writability_problem
 
 
@@ -71,3 +75,42 @@ def test_a_symlink_to_a_read_only_file_with_a_wal_is_not_read_stale(tmp_path: Pa
         for path in (ro / "cache.db", link):
             with pytest.raises(ReadOnlyError, match="-wal file"):
                 SemanticCache(path, embedder=FakeEmbedder(), read_only=True)
+
+
+def test_a_read_only_open_beside_a_hot_rollback_journal_names_the_journal(
+    tmp_path: Path,
+) -> None:
+    """A file another tool wrote in rollback-journal mode, killed mid-transaction: SQLite
+    must roll its -journal back before reading, which a read-only open cannot do. The
+    error blamed WAL mode's -wal and -shm files; it now names the journal, and a writable
+    open restores the file as it was."""
+    db = tmp_path / "c.db"
+    with SemanticCache(db, embedder=FakeEmbedder()) as cache:
+        cache.store_many([f"question {i}" for i in range(300)], ["kept answer " * 40] * 300)
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+    writer = (
+        "import os, sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "conn.execute('PRAGMA cache_size = 10')\n"  # spills: the file itself is written too
+        "conn.execute('BEGIN IMMEDIATE')\n"
+        "conn.execute(\"UPDATE entries SET response = 'half-written'\")\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", writer, str(db)], check=False).returncode == -9
+    assert (tmp_path / "c.db-journal").stat().st_size > 0
+    with pytest.raises(ReadOnlyError, match="the -journal file beside it") as refused:
+        SemanticCache(db, embedder=FakeEmbedder(), read_only=True)
+    assert "-shm" not in str(refused.value)
+    with SemanticCache(db, embedder=FakeEmbedder()) as cache:  # rolls the journal back
+        assert cache.stats()["cached_entries"] == 300
+    with SemanticCache(db, embedder=FakeEmbedder(), read_only=True) as cache:
+        hit = cache.lookup("question 7")
+        assert hit is not None and hit.response == "kept answer " * 40
+
+
+def test_a_read_only_open_of_a_directory_says_it_is_one(tmp_path: Path) -> None:
+    with pytest.raises(NotACacheFileError, match="is a directory"):
+        SemanticCache(tmp_path, embedder=FakeEmbedder())
+    with pytest.raises(NotACacheFileError, match="is a directory"):
+        SemanticCache(tmp_path, embedder=FakeEmbedder(), read_only=True)
