@@ -566,11 +566,3 @@ class Admin:
                     (model_id, dim),
                 ).fetchone()[0]
             )
-
-    # -- maintenance -------------------------------------------------------------
-
-    def checkpoint(self) -> tuple[int, int, int]:
-        """Copy the WAL into the main file and truncate it: (busy, wal pages, checkpointed)."""
-        with self.db.reading() as conn:
-            busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return int(busy), int(log), int(done)
