@@ -488,7 +488,7 @@ class AsyncCacheMixin:
         """Async ``cancel_reembed``."""
         return await asyncio.to_thread(_as_cache(self).cancel_reembed)
 
-    async def avacuum(self, *, compact_vectors: bool = True) -> dict[str, int]:
+    async def avacuum(self, *, compact_vectors: bool = True) -> dict[str, Any]:
         """Async ``vacuum`` (in a worker thread; it blocks writers meanwhile)."""
         return await asyncio.to_thread(_as_cache(self).vacuum, compact_vectors=compact_vectors)
 

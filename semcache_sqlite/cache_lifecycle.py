@@ -185,7 +185,7 @@ class LifecycleMixin:
 
     # -- space -----------------------------------------------------------------------
 
-    def vacuum(self: _Cache, *, compact_vectors: bool = True) -> dict[str, int]:
+    def vacuum(self: _Cache, *, compact_vectors: bool = True) -> dict[str, Any]:
         """Give unused space back to the file system; returns the sizes in bytes.
 
         Purges expired entries, then (``compact_vectors``) rebuilds the vector
@@ -199,9 +199,10 @@ class LifecycleMixin:
 
         Returns ``bytes_before`` and ``bytes_after`` (the file plus its WAL),
         ``vectors_rebuilt`` and ``wal_truncated``: False when another connection was
-        in a read transaction (waited for up to 1 s): the file is compacted, but
-        into the WAL, which a checkpoint folds back only after that reader is done,
-        so ``bytes_after`` may even exceed ``bytes_before`` until then (the next
-        write past the WAL limit, closing the last connection, or vacuum again).
+        using the file (waited for up to 1 s), so the WAL could not be emptied; a
+        reader from before the VACUUM also keeps the compacted pages in the WAL until
+        it is done, so ``bytes_after`` may even exceed ``bytes_before`` until then
+        (the next write past the WAL limit, closing the last connection, or vacuum
+        again gives the space back).
         """
         return self._store.vacuum(compact_vectors)._asdict()

@@ -376,9 +376,10 @@ def vacuum(state: CliState, db: str, compact_vectors: bool, as_json: bool) -> No
     )
     if not report.wal_truncated:
         click.echo(
-            f"{db}: another process is reading the file, so its -wal file holds the compacted "
-            "pages until a checkpoint after that reader is done (sizes above include it); "
-            "run `semcache vacuum` again then to give the space back now."
+            f"{db}: another process is using the file, so its -wal file could not be emptied "
+            "(the sizes above include it; a reader from before the vacuum also keeps the "
+            "compacted pages there until it is done); run `semcache vacuum` again later to "
+            "give the space back."
         )
 
 

@@ -413,8 +413,9 @@ class Database:
                     f"{self.path}: cannot be read here: the -journal file beside it holds a "
                     "transaction that a writer in rollback-journal mode (another tool; this "
                     "library keeps its files in WAL mode) left unfinished, and only a writable "
-                    "open can roll it back. Open it once without read_only=True: the file is "
-                    "then as it was before that transaction."
+                    "open can roll it back. Open it once without read_only=True where it is "
+                    "writable (or copy it together with its -journal file somewhere that is): "
+                    "the file is then as it was before that transaction."
                 ) from exc
             if "unable to open" not in str(exc).lower():
                 raise translate_error(exc, self.path) from exc

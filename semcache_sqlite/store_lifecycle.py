@@ -487,10 +487,12 @@ class LifecycleStore:
     def vacuum(self, compact_vectors: bool = True) -> VacuumReport:
         """Purge expired entries, optionally rebuild the vec0 table, VACUUM, truncate the WAL.
 
-        While another connection is in a read transaction, VACUUM still compacts the
-        file, but into the WAL: the checkpoint cannot copy it back (or empty the WAL)
-        until that reader is done, so the file plus WAL may be larger than before.
-        ``wal_truncated`` False says so; the next checkpoint gives the space back.
+        While another connection uses the file, the WAL cannot be emptied:
+        ``wal_truncated`` False. A reader from before the VACUUM also keeps the
+        compacted pages out of the file (VACUUM writes them into the WAL), so the file
+        plus WAL may be larger than before until a checkpoint after that reader is done;
+        the -wal file keeps its size until one truncates it (a later vacuum, the WAL
+        bound, or closing the last connection).
         """
         before = self.file_bytes()
         rebuilt = 0
@@ -513,11 +515,13 @@ class LifecycleStore:
                     rebuilt = rebuild_index(conn, int(dim[0]))
         with self.db.reading() as conn:
             conn.execute("VACUUM")  # outside any transaction, as SQLite requires
-            busy, _, _ = self.db.truncate_wal(conn)
-        if busy:
-            logger.warning(
-                "%s: vacuumed, but another connection is reading the file: the WAL keeps "
-                "the compacted pages until a checkpoint after it finishes",
+            busy, frames, copied = self.db.truncate_wal(conn)
+        if busy:  # the caller has wal_truncated; the CLI says it in its own words
+            logger.info(
+                "%s: vacuumed, but %s",
                 self.db.path,
+                "a reader from before keeps the compacted pages in the WAL until it is done"
+                if copied < frames
+                else "another connection is using the file: the WAL was not emptied",
             )
         return VacuumReport(before, self.file_bytes(), rebuilt, wal_truncated=not busy)

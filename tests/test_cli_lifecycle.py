@@ -163,7 +163,7 @@ def test_vacuum_says_when_a_reader_keeps_the_wal(tmp_path: Path) -> None:
     finally:
         reader.close()
     assert report["wal_truncated"] is False
-    assert "another process is reading the file" in text
+    assert "another process is using the file" in text
     assert fake_cli().json("vacuum", db)["wal_truncated"] is True
     assert "another process" not in fake_cli().run("vacuum", db).stdout
     assert fake_cli().json("get", db, FAQ[1]["query"])["hit"] is True
