@@ -90,8 +90,9 @@ class VacuumReport(NamedTuple):
     bytes_before: int
     bytes_after: int
     vectors_rebuilt: int
-    #: False: another connection was reading, so the WAL could not be emptied (and
-    #: may still hold the compacted file: ``bytes_after`` can exceed ``bytes_before``).
+    #: False: another connection was using the file, so the WAL could not be emptied
+    #: (a reader from before the VACUUM also keeps the compacted pages in it, so
+    #: ``bytes_after`` can exceed ``bytes_before``).
     wal_truncated: bool
 
 
