@@ -439,10 +439,11 @@ class ChatStream:
     def _generate(self) -> Generator[str, None, None]:
         try:
             body = self._raw.response.read() if _answered_json(self._raw) else None
-            for chunk in self._raw if body is None else ():
-                piece = self._acc.feed(chunk)
-                if piece:
-                    yield piece
+            if body is None:
+                for chunk in self._raw:
+                    piece = self._acc.feed(chunk)
+                    if piece:
+                        yield piece
         except Exception as exc:
             raise self._error(exc) from exc
         if body is not None:

@@ -482,7 +482,8 @@ def _insert_index_rows(
 ) -> int:
     """Insert index rows (no promotion, no clustering); ``centroids``: of the rows'
     namespaces, where the caller already has them; ``large``: the namespaces whose rows
-    go to the large table (default: those already there, ``index_table``)."""
+    go to the large table (default: those already there, ``index_table``; a caller that
+    passes them has the small table: the rest go there)."""
     good, matrix = uniform_blobs([r.embedding for r in rows])
     if len(good) < len(rows):
         kept = set(good)
@@ -517,12 +518,11 @@ def _insert_index_rows(
     # Partition by partition: vec0 finds a partition's chunk again for every row
     # that follows one of another partition (inserts ~25% faster in 64 cells).
     values.sort(key=lambda v: (v[1], v[2]))
-    if large is None:
+    if large is None:  # without the small table (a file not upgraded yet): every namespace
         large = _large_namespaces(conn, {r.namespace for r in rows})
-    small = has_small_table(conn)  # without it (a file not upgraded yet): all to the large
     by_table: dict[str, list[tuple[Any, ...]]] = {VECTOR_TABLE: [], SMALL_VECTOR_TABLE: []}
     for v in values:
-        by_table[VECTOR_TABLE if v[1] in large or not small else SMALL_VECTOR_TABLE].append(v)
+        by_table[VECTOR_TABLE if v[1] in large else SMALL_VECTOR_TABLE].append(v)
     for table, chosen in by_table.items():
         if chosen:
             conn.executemany(
