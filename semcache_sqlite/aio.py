@@ -493,8 +493,9 @@ class AsyncCacheMixin:
         return await asyncio.to_thread(_as_cache(self).vacuum, compact_vectors=compact_vectors)
 
     async def aclose(self) -> None:
-        """Close the file's connections (``close`` is quick; this is for ``async with``)."""
-        _as_cache(self).close()
+        """Async ``close`` (in a worker thread: writing the lookup counts still waiting
+        for the write lock may wait for it)."""
+        await asyncio.to_thread(_as_cache(self).close)
 
     async def __aenter__(self) -> SemanticCache:
         return _as_cache(self)

@@ -57,6 +57,7 @@ from .fallback import (
 )
 from .lifecycle import UNSET, Eviction, LifecycleConfig, OnDuplicate, Unset, check_write_options
 from .llms import LLMFunction, llm_cache_context
+from .lookup_counts import LatencySums
 from .migrate import check_current, check_openable, migrate
 from .prompts import Prompt
 from .quality import GuardConfig, GuardsArgument, Verifier, check_band, parse_guards
@@ -68,7 +69,7 @@ from .quality_store import (
     QualityStore,
     resolve_rule,
 )
-from .store import EntryRow, LatencySums, NewEntry, Scope, Store
+from .store import EntryRow, NewEntry, Scope, Store
 from .streaming import StreamingMixin
 from .timing import CacheResult, latency_figures
 from .validation import (
@@ -717,8 +718,13 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
     # -- lifecycle -----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the file's connections. Idempotent."""
-        self._db.close()
+        """Close the file's connections, after writing the lookup counts still waiting
+        for the write lock (waiting for it up to the busy timeout; if another
+        connection keeps it, they are dropped with a warning). Idempotent."""
+        try:
+            self._store.write_counts(lock_wait=None)
+        finally:
+            self._db.close()
 
     def __enter__(self) -> SemanticCache:
         return self

@@ -543,8 +543,12 @@ class Database:
                 GATE.leave()
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT), re-entrant per thread."""
+    def transaction(self, wait: float | None = None) -> Iterator[Any]:
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT), re-entrant per thread.
+
+        ``wait``: wait at most this long (not the busy timeout) for another
+        connection's write lock, then raise CacheTimeoutError; inside a transaction
+        this thread already holds, it has the lock and the argument does nothing."""
         if self.read_only:
             raise ReadOnlyError(f"{self.path}: opened with read_only=True, writes are refused")
         state = self._state()
@@ -553,7 +557,8 @@ class Database:
         if depth == 0:
             GATE.enter()  # a fork() waits for this transaction (fork_gate.py)
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                with self._busy_wait(conn, self.busy_timeout if wait is None else wait):
+                    conn.execute("BEGIN IMMEDIATE")
             except self.driver.Error as exc:
                 GATE.leave()
                 raise translate_error(exc, self.path) from exc
@@ -625,14 +630,23 @@ class Database:
         to finish their transactions. Returns SQLite's (busy, WAL frames, frames copied):
         busy 0 when the WAL was emptied; frames copied < WAL frames when a reader's older
         snapshot kept the newer frames out of the file."""
-        wait = min(self.busy_timeout, WAL_CHECKPOINT_WAIT)
-        conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-        try:
+        with self._busy_wait(conn, WAL_CHECKPOINT_WAIT):
             busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(busy), int(frames), int(copied)
+
+    @contextmanager
+    def _busy_wait(self, conn: Any, seconds: float) -> Iterator[None]:
+        """The statements inside wait at most ``seconds`` (never more than the busy
+        timeout) for other connections' locks; the busy timeout is restored after."""
+        if seconds >= self.busy_timeout:
+            yield
+            return
+        conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        try:
+            yield
         finally:
             with suppress(self.driver.Error):
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        return int(busy), int(frames), int(copied)
 
     @contextmanager
     def side_connection(self) -> Iterator[Any]:

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .embedder_calls import embed_one
 from .errors import (
-    CacheTimeoutError,
     EmbedderError,
     InvalidInputError,
     LLMError,
@@ -207,10 +206,8 @@ def conclude(
     llm_seconds: float | None = None,
     embed_failed: bool = False,
     coalesced: bool = False,
-    count: bool = True,
 ) -> CacheResult:
-    """Build the request's CacheResult, count it in the file (unless ``count`` is
-    False), log it, call the hook."""
+    """Build the request's CacheResult, count it in the file, log it, call the hook."""
     result = CacheResult(
         operation=req.operation,
         outcome=outcome,
@@ -229,15 +226,14 @@ def conclude(
         error=error,
     )
     try:
-        if count:
-            cache._store.record_lookup(
-                req.scope.namespace,
-                entry_id if is_cached else None,
-                seconds=result.timings.total,
-                llm_seconds=llm_seconds,
-                embed_failed=embed_failed,
-                coalesced=coalesced,
-            )
+        cache._store.record_lookup(
+            req.scope.namespace,
+            entry_id if is_cached else None,
+            seconds=result.timings.total,
+            llm_seconds=llm_seconds,
+            embed_failed=embed_failed,
+            coalesced=coalesced,
+        )
     except SemCacheError:
         if error is None:
             raise
@@ -298,9 +294,8 @@ def conclude_answer(
     returned uncached (reason "store_failed", the exception in ``result.error``)
     with a WARNING, under the strict policy too (strict is about answering
     without the cache before the LLM is paid; raising now would only throw the
-    answer away). After a lock timeout the request is not counted: counting
-    would wait for the same lock a second time (the count is dropped, as a
-    lookup's is).
+    answer away). After a lock timeout the request is still counted: its count
+    waits in memory for the lock (lookup_counts.py) instead of waiting for it again.
     """
     reason = uncacheable_reason(cache, found, completion)
     entry_id = None
@@ -312,8 +307,7 @@ def conclude_answer(
         except SemCacheError as exc:
             reason, error = "store_failed", exc
             logger.warning(
-                "could not store the LLM's answer, returning it uncached%s: %s namespace=%s",
-                " and not counted" if isinstance(exc, CacheTimeoutError) else "",
+                "could not store the LLM's answer, returning it uncached: %s namespace=%s",
                 exc,
                 req.scope.namespace,
             )
@@ -332,7 +326,6 @@ def conclude_answer(
         error=error,
         llm_seconds=req.watch.seconds("llm"),
         embed_failed=found.embed_error is not None,
-        count=not isinstance(error, CacheTimeoutError),
     )
 
 

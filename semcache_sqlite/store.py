@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .db import Database, in_batches
@@ -47,6 +47,7 @@ from .lifecycle import (
     check_ttl,
     expiry,
 )
+from .lookup_counts import COUNTER_LOCK_WAIT, MAX_WAITING, CountBatch, LatencySums, WaitingCounts
 from .store_lifecycle import LifecycleStore, count_inserted
 from .store_reembed import ReembedStore
 from .validation import FloatVector, metadata_json, similarity_hits
@@ -147,23 +148,6 @@ class Scope:
 
 
 @dataclass(frozen=True)
-class LatencySums:
-    """One namespace's persisted hit/miss counters and latency sums."""
-
-    hits: int = 0
-    misses: int = 0
-    hit_seconds: float = 0.0
-    miss_seconds: float = 0.0
-    llm_seconds: float = 0.0
-    llm_calls: int = 0
-    embed_failures: int = 0
-    coalesced: int = 0
-
-    def __add__(self, other: LatencySums) -> LatencySums:
-        return LatencySums(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
-
-
-@dataclass(frozen=True)
 class NewEntry:
     namespace: str
     user_id: str
@@ -191,6 +175,7 @@ class Store(LifecycleStore, ReembedStore):
         #: Scan every exact vector instead of using the bit index.
         self.exact_search = False
         self._layout_known_current = False
+        self._waiting_counts = WaitingCounts()  # lookup counts the write lock held up
 
     # -- file facts --------------------------------------------------------------
 
@@ -567,54 +552,91 @@ class Store(LifecycleStore, ReembedStore):
         on a hit, a sliding TTL restarts the entry's time to live.
 
         ``seconds`` is added to the hit or miss latency sum; ``llm_seconds``, when
-        given, to the LLM latency sum (and ``llm_calls`` + 1). One transaction.
+        given, to the LLM latency sum (and ``llm_calls`` + 1).
 
-        Best effort: the lookup's answer is already known, so when the counters cannot
-        be written (the write lock stayed taken for the whole busy timeout, the disk is
-        full, the file became read-only) the lookup still returns it; the count is
-        dropped with a warning in the log.
+        Never waits long: the lookup's answer is already known. When another
+        connection holds the write lock, the count waits in memory and goes in with a
+        later one (lookup_counts.py). When the counters cannot be written at all (the
+        disk is full, the file became read-only) the count is dropped with a warning.
         """
         if self.db.read_only:
             return  # a read-only file keeps the counters it has
         hit = entry_id is not None
+        sums = LatencySums(
+            hits=int(hit),
+            misses=int(not hit),
+            hit_seconds=float(seconds) if hit else 0.0,
+            miss_seconds=0.0 if hit else float(seconds),
+            llm_seconds=float(llm_seconds or 0.0),
+            llm_calls=int(llm_seconds is not None),
+            embed_failures=int(embed_failed),
+            coalesced=int(coalesced),
+        )
+        waiting = self._waiting_counts.size()
+        self._waiting_counts.add(namespace, sums, entry_id, self.now())
+        if waiting > MAX_WAITING:
+            self.write_counts(lock_wait=None)  # bounded memory: wait like any write
+        else:
+            # Counts already waiting: the lock was taken a moment ago, maybe by a long
+            # write; try for it without waiting, so a lookup never stalls on that.
+            self.write_counts(lock_wait=0.0 if waiting else COUNTER_LOCK_WAIT)
+
+    def write_counts(self, *, lock_wait: float | None) -> None:
+        """Write the lookup counts waiting in memory, in one transaction.
+
+        ``lock_wait``: wait at most this long for the write lock, and if another
+        connection still holds it, keep the counts for the next try. None: wait the
+        busy timeout like any write (``close()`` does), then drop them with a warning.
+        A full disk or a read-only file drops them at once, with a warning.
+        """
+        batch = self._waiting_counts.take()
+        if not batch:
+            return
         try:
-            with self.db.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO namespace_stats (namespace, hits, misses, hit_seconds, "
-                    "miss_seconds, llm_seconds, llm_calls, embed_failures, coalesced) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(namespace) DO UPDATE SET hits = hits + excluded.hits, "
-                    "misses = misses + excluded.misses, "
-                    "hit_seconds = hit_seconds + excluded.hit_seconds, "
-                    "miss_seconds = miss_seconds + excluded.miss_seconds, "
-                    "llm_seconds = llm_seconds + excluded.llm_seconds, "
-                    "llm_calls = llm_calls + excluded.llm_calls, "
-                    "embed_failures = embed_failures + excluded.embed_failures, "
-                    "coalesced = coalesced + excluded.coalesced",
-                    (
-                        namespace,
-                        int(hit),
-                        int(not hit),
-                        float(seconds) if hit else 0.0,
-                        0.0 if hit else float(seconds),
-                        float(llm_seconds or 0.0),
-                        int(llm_seconds is not None),
-                        int(embed_failed),
-                        int(coalesced),
-                    ),
-                )
-                if entry_id is not None:
-                    now = self.now()
-                    conn.execute(
-                        "UPDATE entries SET hit_count = hit_count + 1, last_hit_at = ? "
-                        "WHERE id = ?",
-                        (now, entry_id),
-                    )
-                    self._slide_expiry(conn, entry_id, namespace, now)  # sliding TTL only
-        except (CacheTimeoutError, StorageFullError, ReadOnlyError) as exc:
-            logger.warning(
-                "%s not counted in namespace %r: %s", "hit" if hit else "miss", namespace, exc
+            with self.db.transaction(wait=lock_wait) as conn:
+                self._write_count_batch(conn, batch)
+        except CacheTimeoutError as exc:
+            if lock_wait is not None:
+                self._waiting_counts.put_back(batch)
+                logger.debug("lookup counts wait for the write lock: %s", exc)
+                return
+            self._drop_counts(batch, exc)
+        except (StorageFullError, ReadOnlyError) as exc:
+            self._drop_counts(batch, exc)
+
+    def _write_count_batch(self, conn: Any, batch: CountBatch) -> None:
+        conn.executemany(
+            "INSERT INTO namespace_stats (namespace, hits, misses, hit_seconds, "
+            "miss_seconds, llm_seconds, llm_calls, embed_failures, coalesced) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(namespace) DO UPDATE SET hits = hits + excluded.hits, "
+            "misses = misses + excluded.misses, "
+            "hit_seconds = hit_seconds + excluded.hit_seconds, "
+            "miss_seconds = miss_seconds + excluded.miss_seconds, "
+            "llm_seconds = llm_seconds + excluded.llm_seconds, "
+            "llm_calls = llm_calls + excluded.llm_calls, "
+            "embed_failures = embed_failures + excluded.embed_failures, "
+            "coalesced = coalesced + excluded.coalesced",
+            [(name, *sums.values()) for name, sums in batch.namespaces.items()],
+        )
+        for entry_id, hits in batch.entries.items():
+            # max(): a hit of another connection, written while these waited, may be later
+            conn.execute(
+                "UPDATE entries SET hit_count = hit_count + ?, "
+                "last_hit_at = max(coalesce(last_hit_at, ?), ?) WHERE id = ?",
+                (hits.hits, hits.last_hit_at, hits.last_hit_at, entry_id),
             )
+            self._slide_expiry(conn, entry_id, hits.namespace, hits.last_hit_at)  # sliding TTL
+
+    @staticmethod
+    def _drop_counts(batch: CountBatch, exc: Exception) -> None:
+        lookups = sum(s.hits + s.misses for s in batch.namespaces.values())
+        logger.warning(
+            "%d lookup(s) not counted in namespace(s) %s: %s",
+            lookups,
+            ", ".join(repr(n) for n in sorted(batch.namespaces)),
+            exc,
+        )
 
     # -- reads -------------------------------------------------------------------
 
@@ -820,7 +842,9 @@ class Store(LifecycleStore, ReembedStore):
         return [(full[s.entry_id], s.distance) for s in best if s.entry_id in full]
 
     def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
-        """namespace -> (entries, hits, misses), for every namespace with entries or lookups."""
+        """namespace -> (entries, hits, misses), for every namespace with entries or
+        lookups; with the counts of this Store that wait for the write lock."""
+        waiting = self._waiting_counts.namespace_sums()
         with self.db.reading() as conn:
             rows = conn.execute(
                 "SELECT n.namespace, "
@@ -830,16 +854,22 @@ class Store(LifecycleStore, ReembedStore):
                 "      UNION SELECT namespace FROM namespace_stats) n "
                 "LEFT JOIN namespace_stats s ON s.namespace = n.namespace ORDER BY n.namespace"
             ).fetchall()
-        return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+        counters = {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+        for name, sums in waiting.items():
+            entries, hits, misses = counters.get(name, (0, 0, 0))
+            counters[name] = (entries, hits + sums.hits, misses + sums.misses)
+        return dict(sorted(counters.items()))
 
     def latency_counters(self) -> dict[str, LatencySums]:
-        """namespace -> the persisted latency sums (see migrations/0004_latency_stats.sql)."""
+        """namespace -> the latency sums (see migrations/0004_latency_stats.sql), with
+        those of this Store that wait for the write lock."""
+        waiting = self._waiting_counts.namespace_sums()
         with self.db.reading() as conn:
             rows = conn.execute(
                 "SELECT namespace, hits, misses, hit_seconds, miss_seconds, llm_seconds, "
                 "llm_calls, embed_failures, coalesced FROM namespace_stats"
             ).fetchall()
-        return {
+        sums = {
             str(r[0]): LatencySums(
                 hits=int(r[1]),
                 misses=int(r[2]),
@@ -852,6 +882,9 @@ class Store(LifecycleStore, ReembedStore):
             )
             for r in rows
         }
+        for name, more in waiting.items():
+            sums[name] = sums.get(name, LatencySums()) + more
+        return sums
 
     def orphan_counts(self) -> tuple[int, int]:
         """(entries without a vector, vectors without an entry): both must be 0.

@@ -366,13 +366,18 @@ class LifecycleStore:
         return self._delete_ids(conn, victims)
 
     def _slide_expiry(self, conn: Any, entry_id: int, namespace: str, now: float) -> None:
-        """On a hit with a sliding TTL: the entry now expires ``ttl`` after this hit."""
+        """On a hit with a sliding TTL: the entry now expires ``ttl`` after this hit, or
+        later if it already does (a hit written late must not undo a later one)."""
         if not self._policy(conn, namespace).sliding_ttl:
             return
-        row = conn.execute("SELECT ttl FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        row = conn.execute(
+            "SELECT ttl, expires_at FROM entries WHERE id = ?", (entry_id,)
+        ).fetchone()
         if row is None or row[0] is None:
             return
         expires_at = expiry(now, float(row[0]))
+        if row[1] is not None and float(row[1]) >= expires_at:
+            return
         conn.execute("UPDATE entries SET expires_at = ? WHERE id = ?", (expires_at, entry_id))
         set_expiry(conn, entry_id, expires_at)
 

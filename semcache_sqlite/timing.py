@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .store import LatencySums
+from .lookup_counts import LatencySums
 
 logger = logging.getLogger("semcache_sqlite")
 

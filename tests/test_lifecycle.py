@@ -148,6 +148,31 @@ def test_no_sliding_ttl_by_default(ttl_cache: SemanticCache, clock: FakeClock) -
     assert ttl_cache.lookup("alpha beta gamma") is None
 
 
+def test_a_sliding_hit_counted_late_does_not_undo_a_later_one(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """A hit whose count waited for the write lock (lookup_counts.py) is written after a
+    later hit of another connection: its sliding TTL must not move the expiry back."""
+    with (
+        make_cache(db_path, clock, ttl=60, sliding_ttl=True) as first,
+        make_cache(db_path, clock, ttl=60, sliding_ttl=True) as second,
+    ):
+        entry_id = first.store("alpha beta gamma delta", None, "r")
+        holder = Database(db_path)
+        try:
+            with holder.transaction():  # another connection holds the write lock
+                clock.advance(10)
+                assert first.lookup("alpha beta gamma delta") is not None  # its count waits
+        finally:
+            holder.close()
+        clock.advance(30)
+        assert second.lookup("alpha beta gamma delta") is not None  # expires at +100 now
+        first.close()  # writes the hit of +10, which alone would mean +70
+        clock.advance(55)  # +95
+        assert second.lookup("alpha beta gamma delta") is not None
+        assert second.get(entry_id).hit_count == 3
+
+
 def test_sliding_ttl_extends_on_exact_and_semantic_hits(db_path: Path, clock: FakeClock) -> None:
     with make_cache(db_path, clock, ttl=60, sliding_ttl=True) as cache:
         cache.store("alpha beta gamma delta", None, "r")

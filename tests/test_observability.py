@@ -12,8 +12,8 @@ from fakes import FakeEmbedder
 
 from semcache_sqlite import CacheResult, SemanticCache
 from semcache_sqlite.db import Database
+from semcache_sqlite.lookup_counts import LatencySums
 from semcache_sqlite.migrate import migrate
-from semcache_sqlite.store import LatencySums
 from semcache_sqlite.timing import latency_figures
 
 

@@ -26,6 +26,7 @@ import pytest
 from fakes import FakeEmbedder
 
 from semcache_sqlite import CacheResult, CacheTimeoutError, FallbackPolicy, SemanticCache
+from semcache_sqlite import store as store_module
 from semcache_sqlite.db import Database, select_driver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -86,19 +87,78 @@ def test_readers_never_block_on_an_open_write_transaction(
             assert hit is not None and hit.response == "committed answer"
         # opening the file again needs no write lock either
         with SemanticCache(db_path, embedder=FakeEmbedder(), busy_timeout=SHORT) as other:
-            # a counting lookup cannot write its hit: it still answers, the count is dropped
-            with caplog.at_level(logging.WARNING, logger="semcache_sqlite"):
-                hit = other.lookup("alpha beta gamma")
+            # a counting lookup cannot write its hit: it still answers, the count waits
+            hit = other.lookup("alpha beta gamma")
             assert hit is not None and hit.response == "committed answer"
-            assert "not counted" in caplog.text
+            assert other.stats()["hits"] == 1
             # a write gives up after the busy timeout with the library's own error
             started = time.monotonic()
             with pytest.raises(CacheTimeoutError, match="busy timeout"):
                 other.store("another query", None, "x")
             assert time.monotonic() - started >= SHORT * 0.9  # it waited, then gave up
+            # closed while the lock is still taken: the waiting count is dropped, loudly
+            with caplog.at_level(logging.WARNING, logger="semcache_sqlite"):
+                other.close()
+            assert "1 lookup(s) not counted in namespace(s) 'default'" in caplog.text
         commit()
     assert cache.get(entry_id).response == "uncommitted"  # now committed
     assert cache.stats()["hits"] == 0  # the dropped count stayed dropped
+
+
+def test_lookups_do_not_wait_for_another_connections_write_lock(
+    cache: SemanticCache, db_path: Path
+) -> None:
+    """A lookup counts itself in the file, which is a small write, and another connection
+    can hold the write lock for long (an import, a vacuum, a re-embed). Lookups used to
+    wait for it, up to the busy timeout, then drop their count. Now they answer at once;
+    their counts wait in memory (in this process's stats() meanwhile) and the next
+    lookup that gets the lock writes them all."""
+    entry_id = cache.store("alpha beta gamma", None, "committed answer")
+    with SemanticCache(db_path, embedder=FakeEmbedder(), threshold=0.8, busy_timeout=120) as other:
+        answers: list[Any] = []
+
+        def lookups() -> None:
+            try:
+                answers.append(other.lookup("alpha beta gamma"))
+                answers.append(other.get_or_compute("Alpha  beta gamma", lambda q: "paid"))
+                answers.append(other.lookup("completely unrelated words"))
+            except BaseException as exc:
+                answers.append(exc)
+
+        with write_lock_held(db_path) as commit:
+            thread = threading.Thread(target=lookups)
+            thread.start()
+            thread.join(20)  # well inside the lock holder's own 30 s limit
+            # Waiting for the lock, they would still be waiting: the busy timeout is 120 s.
+            assert not thread.is_alive()
+            assert answers[0].response == "committed answer", answers
+            assert answers[1:] == [("committed answer", True), None]
+            assert (other.stats()["hits"], other.stats()["misses"]) == (2, 1)
+            assert cache.stats()["total_requests"] == 0  # not in the file yet
+            assert cache.get(entry_id).hit_count == 0
+            commit()
+        assert other.lookup("alpha beta gamma") is not None  # the lock is free: all written
+        assert other.stats()["hits"] == 3
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"]) == (3, 1)
+    assert stats["mean_hit_latency"] is not None
+    entry = cache.get(entry_id)
+    assert entry.hit_count == 3 and entry.last_hit_at is not None
+
+
+def test_close_writes_the_counts_still_waiting(cache: SemanticCache, db_path: Path) -> None:
+    entry_id = cache.store("alpha beta gamma", None, "committed answer")
+    other = SemanticCache(db_path, embedder=FakeEmbedder(), threshold=0.8)
+    try:
+        with write_lock_held(db_path):
+            assert other.lookup("alpha beta gamma") is not None
+            assert other.lookup("nothing like it at all") is None
+        assert cache.stats()["total_requests"] == 0  # still waiting in `other`
+    finally:
+        other.close()  # the lock is free now: written
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"]) == (1, 1)
+    assert cache.get(entry_id).hit_count == 1
 
 
 def test_writer_waits_for_the_lock_and_then_succeeds(cache: SemanticCache, db_path: Path) -> None:
@@ -175,7 +235,8 @@ def test_answer_survives_a_store_that_times_out(
 ) -> None:
     """The LLM answered but its store hit the lock timeout: the paid-for answer is
     returned uncached (sync, async, stream, astream; strict policy too), reported to
-    on_event with the error, not counted (that would wait for the lock again)."""
+    on_event with the error, and counted once the lock is free (the count waits in
+    memory: waiting for the lock again would delay the answer by another busy timeout)."""
     events: list[CacheResult] = []
     asked: list[str] = []
 
@@ -190,10 +251,11 @@ def test_answer_survives_a_store_that_times_out(
         return [answer, (streamed, stream.is_cached)]
 
     with (
-        write_lock_held(db_path),
+        # left last: closing `other` after the lock is free writes the counts
         SemanticCache(
             db_path, embedder=FakeEmbedder(), busy_timeout=SHORT, on_event=events.append
         ) as other,
+        write_lock_held(db_path),
         caplog.at_level(logging.WARNING, logger="semcache_sqlite"),
     ):
         answers: list[tuple[str, bool | None]] = [other.get_or_compute("asked in sync", llm)]
@@ -202,6 +264,7 @@ def test_answer_survives_a_store_that_times_out(
         answers += asyncio.run(async_paths(other))
         other.policy = FallbackPolicy.strict()
         answers.append(other.get_or_compute("asked strictly", llm))
+        assert cache.stats()["total_requests"] == 0  # the counts wait for the lock
     assert answers == [(f"paid for: {q}", False) for q in asked]
     assert len(asked) == 5 and len(events) == 5
     for event in events:
@@ -209,9 +272,35 @@ def test_answer_survives_a_store_that_times_out(
         assert isinstance(event.error, CacheTimeoutError)
     assert caplog.text.count("could not store the LLM's answer") == 5
     stats = cache.stats()
-    assert stats["cached_entries"] == 0 and stats["total_requests"] == 0
+    assert stats["cached_entries"] == 0
+    assert (stats["misses"], stats["llm_calls"]) == (5, 5)
     assert cache.get_or_compute("asked in sync", llm) == ("paid for: asked in sync", False)
     assert cache.stats()["cached_entries"] == 1  # the lock is free again: stored
+
+
+def test_waiting_lookup_counts_are_bounded(
+    cache: SemanticCache, db_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    """Past MAX_WAITING namespaces and entries waiting, a lookup waits for the lock like
+    any write (the busy timeout), and drops the counts with a warning if it stays
+    taken: memory does not grow while another connection keeps the lock."""
+    monkeypatch.setattr(store_module, "MAX_WAITING", 2)
+    for word in ("alpha", "beta", "gamma"):
+        cache.store(f"{word} one two", None, word)
+    with (
+        SemanticCache(db_path, embedder=FakeEmbedder(), threshold=0.8, busy_timeout=SHORT) as other,
+        write_lock_held(db_path),
+    ):
+        assert other.lookup("alpha one two") is not None  # 2 waiting: its namespace, its entry
+        assert other.lookup("beta one two") is not None  # 3 waiting
+        assert other.stats()["hits"] == 2
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="semcache_sqlite"):
+            assert other.lookup("gamma one two") is not None  # past the bound: waits
+        assert time.monotonic() - started >= SHORT * 0.9
+        assert "3 lookup(s) not counted in namespace(s) 'default'" in caplog.text
+        assert other.stats()["hits"] == 0
+    assert cache.stats()["hits"] == 0
 
 
 @pytest.fixture

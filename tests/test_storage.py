@@ -35,6 +35,7 @@ from semcache_sqlite.migrate import (
     latest_version,
     migrate,
 )
+from semcache_sqlite.store import Store
 
 TESTS_DIR = Path(__file__).parent
 
@@ -268,6 +269,39 @@ def test_usable_after_fork(cache: SemanticCache) -> None:
     assert _in_forked_child(child)
     hit = cache.lookup("from the child")
     assert hit is not None and hit.response == "child"
+
+
+def _counters_in_file(path: str) -> tuple[int, int, int]:
+    db = Database(path)
+    try:
+        return Store(db).namespace_counters()["default"]
+    finally:
+        db.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_lookup_counts_waiting_at_a_fork_stay_the_parents(cache: SemanticCache) -> None:
+    """Lookup counts that wait for the write lock (lookup_counts.py) are written by the
+    process that counted them: a child that wrote its inherited copy too would count
+    those lookups twice."""
+    entry_id = cache.store("before the fork", None, "parent")
+    other = Database(cache.path)
+    try:
+        with other.transaction():  # the write lock, taken by another connection
+            assert cache.lookup("before the fork") is not None  # its count waits
+    finally:
+        other.close()
+
+    def child() -> bool:
+        cache.close()  # writes what this process counted: nothing
+        return True
+
+    assert _in_forked_child(child)
+    assert _counters_in_file(cache.path) == (1, 0, 0)  # (entries, hits, misses)
+    cache.close()
+    assert _counters_in_file(cache.path) == (1, 1, 0)
+    with SemanticCache(cache.path, embedder=FakeEmbedder(), read_only=True) as reader:
+        assert reader.get(entry_id).hit_count == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
