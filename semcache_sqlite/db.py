@@ -237,12 +237,19 @@ class _ThreadConnection:
     references to these, for ``close()`` and ``fork()``.
     """
 
-    __slots__ = ("__weakref__", "conn", "depth", "pid")
+    __slots__ = ("__weakref__", "conn", "depth", "pid", "when_done")
 
     def __init__(self, conn: Any) -> None:
         self.conn: Any = conn
         self.depth = 0
         self.pid = os.getpid()
+        #: Called with True after the outermost transaction's COMMIT, False after its rollback.
+        self.when_done: list[Callable[[bool], None]] = []
+
+    def done(self, committed: bool) -> None:
+        callbacks, self.when_done = self.when_done, []
+        for callback in callbacks:
+            callback(committed)
 
     def release(self) -> None:
         conn, self.conn = self.conn, None
@@ -559,9 +566,11 @@ class Database:
             try:
                 with self._busy_wait(conn, self.busy_timeout if wait is None else wait):
                     conn.execute("BEGIN IMMEDIATE")
-            except self.driver.Error as exc:
+            except BaseException as exc:  # a KeyboardInterrupt while waiting too
                 GATE.leave()
-                raise translate_error(exc, self.path) from exc
+                if isinstance(exc, self.driver.Error):
+                    raise translate_error(exc, self.path) from exc
+                raise
         state.depth = depth + 1
         try:
             yield conn
@@ -570,6 +579,7 @@ class Database:
             if depth == 0:
                 self._rollback(conn)
                 GATE.leave()
+                state.done(committed=False)
             if isinstance(exc, self.driver.Error):
                 raise translate_error(exc, self.path) from exc
             raise
@@ -579,10 +589,20 @@ class Database:
                 conn.execute("COMMIT")
             except self.driver.Error as exc:
                 self._rollback(conn)
+                state.done(committed=False)
                 raise translate_error(exc, self.path) from exc
             finally:
                 GATE.leave()
+            state.done(committed=True)
             self._bound_wal(conn)
+
+    def when_done(self, callback: Callable[[bool], None]) -> None:
+        """Inside a write transaction: call ``callback(committed)`` when the outermost
+        one ends, after its COMMIT (True) or its rollback (False). It must not raise."""
+        state = self._state()
+        if state.depth == 0:
+            raise RuntimeError("when_done() outside a write transaction")
+        state.when_done.append(callback)
 
     def _bound_wal(self, conn: Any) -> None:
         """Checkpoint and truncate an oversized WAL (see WAL_LIMIT_BYTES); never fails

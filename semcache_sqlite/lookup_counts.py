@@ -8,9 +8,10 @@ import, a vacuum, a re-embed, a namespace's rows moved into cells), and a lookup
 whose answer is already known, must not wait for it. So ``Store.record_lookup``
 waits at most :data:`COUNTER_LOCK_WAIT` for the lock; if it is still taken, the
 count stays here, merged with the next ones, and is written by the next lookup that
-gets the lock (while counts wait, lookups only try for it, without waiting), or by
-``close()``. ``stats()`` adds what is waiting, so this process's own figures are
-never behind.
+gets the lock (while counts wait, lookups only try for it, without waiting), by the
+Store's next write (``_after_write``: its eviction and purge must see the hits), or
+by ``close()``. ``stats()`` adds what is waiting or being written, so the cache's own
+figures are never behind.
 
 Counts kept for a process that forks belong to the parent: the child starts with
 none, or both would write them.
@@ -95,41 +96,58 @@ class CountBatch:
 
 
 class WaitingCounts:
-    """The counts of one Store that are waiting for the write lock (thread-safe)."""
+    """The counts of one Store that wait for the write lock (thread-safe).
+
+    A batch being written (``take`` until ``settle``) still counts in ``size`` and
+    ``namespace_sums``: the figures must not dip while a lookup tries for the lock.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._batch = CountBatch()
+        self._in_flight: list[CountBatch] = []
         _ALL.add(self)
 
     def add(self, namespace: str, sums: LatencySums, hit_entry: int | None, now: float) -> None:
         """One lookup's count; ``hit_entry``: the entry a hit served, None on a miss."""
         hits = {} if hit_entry is None else {hit_entry: EntryHits(namespace, 1, now)}
-        self.put_back(CountBatch({namespace: sums}, hits))
+        with self._lock:
+            self._batch.merge(CountBatch({namespace: sums}, hits))
 
     def take(self) -> CountBatch:
-        """Everything waiting, now the caller's to write (or to put back)."""
+        """Everything waiting, for the caller to write; then ``settle`` it."""
         with self._lock:
             batch, self._batch = self._batch, CountBatch()
+            if batch:
+                self._in_flight.append(batch)
         return batch
 
-    def put_back(self, batch: CountBatch) -> None:
+    def settle(self, batch: CountBatch, *, keep: bool) -> None:
+        """A taken batch is written or dropped (``keep=False``), or waits again."""
         with self._lock:
-            self._batch.merge(batch)
+            if not any(b is batch for b in self._in_flight):
+                return  # settled already
+            self._in_flight = [b for b in self._in_flight if b is not batch]
+            if keep:
+                self._batch.merge(batch)
 
     def size(self) -> int:
         with self._lock:
-            return len(self._batch)
+            return len(self._batch) + sum(len(b) for b in self._in_flight)
 
     def namespace_sums(self) -> dict[str, LatencySums]:
-        """namespace -> the sums waiting (a copy)."""
+        """namespace -> the sums waiting or being written (a copy)."""
         with self._lock:
-            return dict(self._batch.namespaces)
+            merged = CountBatch(dict(self._batch.namespaces))
+            for batch in self._in_flight:
+                merged.merge(CountBatch(batch.namespaces))
+        return merged.namespaces
 
     def _forget_after_fork(self) -> None:
         # The parent writes these; the lock may have been held by one of its threads.
         self._lock = threading.Lock()
         self._batch = CountBatch()
+        self._in_flight = []
 
 
 _ALL: weakref.WeakSet[WaitingCounts] = weakref.WeakSet()

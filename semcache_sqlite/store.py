@@ -32,8 +32,10 @@ from .errors import (
     CacheTimeoutError,
     EmbedderMismatchError,
     EntryNotFoundError,
+    InvalidInputError,
     NotACacheFileError,
     ReadOnlyError,
+    SemCacheError,
     StorageFullError,
     UpgradeRequiredError,
     VersionConflictError,
@@ -587,22 +589,38 @@ class Store(LifecycleStore, ReembedStore):
         ``lock_wait``: wait at most this long for the write lock, and if another
         connection still holds it, keep the counts for the next try. None: wait the
         busy timeout like any write (``close()`` does), then drop them with a warning.
-        A full disk or a read-only file drops them at once, with a warning.
+        Any other storage error (a full disk, a file become read-only) drops them at
+        once, with a warning: the lookups they count have their answers already.
         """
         batch = self._waiting_counts.take()
         if not batch:
             return
+        keep = True  # on an interruption (KeyboardInterrupt) they wait again
         try:
             with self.db.transaction(wait=lock_wait) as conn:
                 self._write_count_batch(conn, batch)
+            keep = False
         except CacheTimeoutError as exc:
-            if lock_wait is not None:
-                self._waiting_counts.put_back(batch)
+            if lock_wait is None:
+                keep = False
+                self._drop_counts(batch, exc)
+            else:
                 logger.debug("lookup counts wait for the write lock: %s", exc)
-                return
+        except SemCacheError as exc:
+            keep = False
             self._drop_counts(batch, exc)
-        except (StorageFullError, ReadOnlyError) as exc:
-            self._drop_counts(batch, exc)
+        finally:
+            self._waiting_counts.settle(batch, keep=keep)
+
+    def _write_waiting_counts(self, conn: Any) -> None:
+        """Inside a write transaction of this Store: write the counts waiting, so that its
+        eviction and purge see the hits (last_hit_at, hit_count, sliding TTL); they wait
+        again if the transaction rolls back."""
+        batch = self._waiting_counts.take()
+        if not batch:
+            return
+        self.db.when_done(lambda committed: self._waiting_counts.settle(batch, keep=not committed))
+        self._write_count_batch(conn, batch)
 
     def _write_count_batch(self, conn: Any, batch: CountBatch) -> None:
         conn.executemany(
@@ -626,7 +644,14 @@ class Store(LifecycleStore, ReembedStore):
                 "last_hit_at = max(coalesce(last_hit_at, ?), ?) WHERE id = ?",
                 (hits.hits, hits.last_hit_at, hits.last_hit_at, entry_id),
             )
-            self._slide_expiry(conn, entry_id, hits.namespace, hits.last_hit_at)  # sliding TTL
+            try:
+                self._slide_expiry(conn, entry_id, hits.namespace, hits.last_hit_at)
+            except InvalidInputError as exc:
+                # The namespace's settings in the file cannot be used (a newer version's):
+                # the other counts of the batch, often other namespaces', still go in.
+                logger.warning(
+                    "entry %s: hit counted, its sliding TTL not applied: %s", entry_id, exc
+                )
 
     @staticmethod
     def _drop_counts(batch: CountBatch, exc: Exception) -> None:

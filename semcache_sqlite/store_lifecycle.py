@@ -119,6 +119,8 @@ class LifecycleStore:
     _staged_estimate: tuple[float, int] | None = None
     #: Store's: refuses vectors of a model the file no longer holds (a re-embed elsewhere).
     _check_bound: Callable[[Any], None]
+    #: Store's: writes the lookup counts waiting for the lock, in this transaction.
+    _write_waiting_counts: Callable[[Any], None]
 
     def now(self) -> float:
         # vec0 FLOAT columns refuse Python ints, and a test clock may return one.
@@ -259,6 +261,7 @@ class LifecycleStore:
         go (or stay) together with the write. After an eviction batch, the rows of
         the sparsest vec0 chunks are moved so those chunks can be freed.
         """
+        self._write_waiting_counts(conn)  # the purge and eviction must see recent hits
         purged = self._delete_ids(conn, self._expired_ids(conn, now, LAZY_PURGE_BATCH))
         removed = 0
         policy = self._policy(conn, namespace)
@@ -366,8 +369,10 @@ class LifecycleStore:
         return self._delete_ids(conn, victims)
 
     def _slide_expiry(self, conn: Any, entry_id: int, namespace: str, now: float) -> None:
-        """On a hit with a sliding TTL: the entry now expires ``ttl`` after this hit, or
-        later if it already does (a hit written late must not undo a later one)."""
+        """On a hit (at ``now``) with a sliding TTL: the entry now expires ``ttl`` after
+        this hit. A hit written late (lookup_counts.py) changes nothing if the entry
+        already expires later (a later hit was written first) or has expired since
+        (lookups missed it meanwhile: it must not come back)."""
         if not self._policy(conn, namespace).sliding_ttl:
             return
         row = conn.execute(
@@ -376,7 +381,7 @@ class LifecycleStore:
         if row is None or row[0] is None:
             return
         expires_at = expiry(now, float(row[0]))
-        if row[1] is not None and float(row[1]) >= expires_at:
+        if row[1] is not None and not self.now() < float(row[1]) < expires_at:
             return
         conn.execute("UPDATE entries SET expires_at = ? WHERE id = ?", (expires_at, entry_id))
         set_expiry(conn, entry_id, expires_at)

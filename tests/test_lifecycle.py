@@ -3,6 +3,7 @@ invalidation and vacuum, all with a clock the tests move by hand."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -171,6 +172,76 @@ def test_a_sliding_hit_counted_late_does_not_undo_a_later_one(
         clock.advance(55)  # +95
         assert second.lookup("alpha beta gamma delta") is not None
         assert second.get(entry_id).hit_count == 3
+
+
+def test_a_late_sliding_hit_does_not_bring_an_expired_entry_back(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """A hit at +50 (ttl 60) whose count waited for the lock until +80: the entry
+    expired at +60 and lookups missed it since; writing the hit must not revive it."""
+    with make_cache(db_path, clock, ttl=60, sliding_ttl=True) as cache:
+        cache.store("alpha beta gamma", None, "r")
+        holder = Database(db_path)
+        try:
+            with holder.transaction():
+                clock.advance(50)
+                assert cache.lookup("alpha beta gamma") is not None  # its count waits
+                clock.advance(20)
+                assert cache.lookup("alpha beta gamma") is None  # expired at +60
+        finally:
+            holder.close()
+        clock.advance(10)
+        assert cache.lookup("unrelated words entirely") is None  # writes the waiting counts
+        assert cache.stats()["hits"] == 1
+        assert cache.lookup("alpha beta gamma") is None
+
+
+def test_eviction_sees_the_hits_still_waiting_for_the_lock(db_path: Path, clock: FakeClock) -> None:
+    """LRU eviction by this cache's own next store counts the hits it made while the
+    lock was taken, written in the store's transaction before it evicts."""
+    with make_cache(db_path, clock, max_entries=3, eviction="lru") as cache:
+        hot = cache.store("alpha beta gamma", None, "hot")
+        for words in ("delta epsilon zeta", "kappa lambda mu"):
+            clock.advance(1)
+            cache.store(words, None, "cold")
+        clock.advance(1)
+        holder = Database(db_path)
+        try:
+            with holder.transaction():
+                assert cache.lookup("alpha beta gamma") is not None  # its count waits
+        finally:
+            holder.close()
+        cache.store("eta theta iota", None, "new")  # 4 > 3: evicts down to 2 (95%)
+        assert cache.get(hot).hit_count == 1  # the most recently used stayed
+        assert entry_count(cache) == 2
+
+
+def test_one_namespace_with_unusable_settings_does_not_lose_the_other_counts(
+    db_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counts that waited together are written together: a hit in a namespace whose
+    settings in the file cannot be used (a newer version's) is counted without its
+    sliding TTL, and neither breaks the lookup that writes them nor loses the others."""
+    with make_cache(db_path, clock) as cache:
+        cache.store("alpha beta gamma", None, "odd", namespace="odd")
+        cache.store("delta epsilon zeta", None, "default")
+        holder = Database(db_path)
+        try:
+            with holder.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO namespace_config (namespace, settings, updated_at) "
+                    "VALUES ('odd', '{\"newer\": 1}', 0)"
+                )
+                assert cache.lookup("delta epsilon zeta") is not None
+                assert cache.lookup("alpha beta gamma", namespace="odd") is not None
+        finally:
+            holder.close()
+        with caplog.at_level(logging.WARNING, logger="semcache_sqlite"):
+            assert cache.lookup("delta epsilon zeta") is not None  # writes all three
+        assert "sliding TTL not applied" in caplog.text
+    with make_cache(db_path, clock, read_only=True) as reader:
+        assert reader.stats(namespace="default")["hits"] == 2
+        assert reader.stats(namespace="odd")["hits"] == 1
 
 
 def test_sliding_ttl_extends_on_exact_and_semantic_hits(db_path: Path, clock: FakeClock) -> None:

@@ -278,6 +278,38 @@ def test_answer_survives_a_store_that_times_out(
     assert cache.stats()["cached_entries"] == 1  # the lock is free again: stored
 
 
+def test_stats_include_counts_being_written(
+    cache: SemanticCache, db_path: Path, monkeypatch: Any
+) -> None:
+    """While a lookup tries for the lock to write the counts waiting (up to 50 ms), they
+    are neither waiting nor in the file: stats() must still count them."""
+    cache.store("alpha beta gamma", None, "r")
+    with write_lock_held(db_path):
+        for _ in range(3):
+            assert cache.lookup("alpha beta gamma") is not None
+        inside, go = threading.Event(), threading.Event()
+        real = cache._db.transaction
+
+        def held_before_begin(wait: float | None = None) -> Any:
+            inside.set()  # the counts are taken: this lookup is about to try for the lock
+            assert go.wait(30)
+            return real(wait=wait)
+
+        monkeypatch.setattr(cache._db, "transaction", held_before_begin)
+        thread = threading.Thread(target=lambda: cache.lookup("alpha beta gamma"))
+        thread.start()
+        assert inside.wait(30)
+        seen = cache.stats()["hits"]
+        go.set()
+        thread.join(30)
+        monkeypatch.undo()
+        assert seen == 4  # three waiting, and this lookup's own
+        assert cache.stats()["hits"] == 4
+    cache.close()
+    with SemanticCache(db_path, embedder=FakeEmbedder(), read_only=True) as reader:
+        assert reader.stats()["hits"] == 4
+
+
 def test_waiting_lookup_counts_are_bounded(
     cache: SemanticCache, db_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: Any
 ) -> None:
