@@ -632,8 +632,26 @@ def _delete_index_rows(conn: Any, ids: Sequence[int]) -> None:
         conn.executemany(f"DELETE FROM {table} WHERE rowid = ?", params)
 
 
+#: A delete by scope (``delete_vectors_where``) removes the index rows one rowid at a
+#: time while they are fewer than 1/ROWID_DELETE_RATIO of the entries, otherwise with
+#: one ``rowid IN (...)`` statement per vec0 table, which vec0 answers with a full scan.
+#: Measured on the suite's 100k-entry file over 1,000 namespaces: ~37 us per rowid
+#: against ~0.33 us per index row scanned plus ~13 us per row deleted (a namespace of
+#: 13 entries: 0.6-1.4 ms against 33-41 ms; of 13,861: 0.51 s against 0.21-0.27 s).
+ROWID_DELETE_RATIO = 64
+
+
 def delete_vectors_where(conn: Any, where: str, params: Sequence[Any]) -> None:
     """Delete the vectors of the entries ``SELECT id FROM entries {where}`` finds."""
+    found = int(conn.execute(f"SELECT count(*) FROM entries {where}", params).fetchone()[0])
+    if not found:
+        return
+    entries = conn.execute("SELECT coalesce(sum(entries), 0) FROM entry_counts").fetchone()[0]
+    if found * ROWID_DELETE_RATIO < int(entries):  # a few in a large file: no scan
+        delete_vectors(
+            conn, [int(r[0]) for r in conn.execute(f"SELECT id FROM entries {where}", params)]
+        )
+        return
     sources = [(table, "rowid") for table in index_tables(conn)] + [(EMBEDDING_TABLE, "id")]
     for table, key in sources:
         conn.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT id FROM entries {where})", params)
