@@ -693,13 +693,15 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         embed_failures, coalesced); and, overall, ``namespaces`` (the same figures
         per namespace) plus the file's model facts.
         """
+        if namespace is not None:
+            namespace = check_scope_name(namespace, "namespace", allow_empty=True)
         latency = self._store.latency_counters()
         per_namespace = {
             name: _figures(entries, hits, misses, latency.get(name, LatencySums()))
-            for name, (entries, hits, misses) in self._store.namespace_counters().items()
+            for name, (entries, hits, misses) in self._store.namespace_counters(namespace).items()
         }
         if namespace is not None:
-            return per_namespace.get(namespace, _figures(0, 0, 0, LatencySums()))
+            return per_namespace[namespace]
         total = _figures(
             sum(f["cached_entries"] for f in per_namespace.values()),
             sum(f["hits"] for f in per_namespace.values()),

@@ -866,19 +866,31 @@ class Store(LifecycleStore, ReembedStore):
         }
         return [(full[s.entry_id], s.distance) for s in best if s.entry_id in full]
 
-    def namespace_counters(self) -> dict[str, tuple[int, int, int]]:
+    def namespace_counters(self, namespace: str | None = None) -> dict[str, tuple[int, int, int]]:
         """namespace -> (entries, hits, misses), for every namespace with entries or
-        lookups; with the counts of this Store that wait for the write lock."""
+        lookups, or for ``namespace`` alone (counting its entries only: the whole file's
+        count reads every entry, ~130 ms at 1M); with the counts of this Store that
+        wait for the write lock."""
         waiting = self._waiting_counts.namespace_sums()
         with self.db.reading() as conn:
-            rows = conn.execute(
-                "SELECT n.namespace, "
-                "  (SELECT count(*) FROM entries e WHERE e.namespace = n.namespace), "
-                "  coalesce(s.hits, 0), coalesce(s.misses, 0) "
-                "FROM (SELECT namespace FROM entries "
-                "      UNION SELECT namespace FROM namespace_stats) n "
-                "LEFT JOIN namespace_stats s ON s.namespace = n.namespace ORDER BY n.namespace"
-            ).fetchall()
+            if namespace is None:
+                rows = conn.execute(
+                    "SELECT n.namespace, "
+                    "  (SELECT count(*) FROM entries e WHERE e.namespace = n.namespace), "
+                    "  coalesce(s.hits, 0), coalesce(s.misses, 0) "
+                    "FROM (SELECT namespace FROM entries "
+                    "      UNION SELECT namespace FROM namespace_stats) n "
+                    "LEFT JOIN namespace_stats s ON s.namespace = n.namespace "
+                    "ORDER BY n.namespace"
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT ?1, (SELECT count(*) FROM entries WHERE namespace = ?1), "
+                    "  coalesce(s.hits, 0), coalesce(s.misses, 0) "
+                    "FROM (SELECT 1) LEFT JOIN namespace_stats s ON s.namespace = ?1",
+                    (namespace,),
+                ).fetchall()
+                waiting = {n: w for n, w in waiting.items() if n == namespace}
         counters = {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
         for name, sums in waiting.items():
             entries, hits, misses = counters.get(name, (0, 0, 0))
