@@ -738,9 +738,11 @@ def candidate_ids(
     own ('' = shared only), unexpired at ``now``, whose bits are nearest (Hamming),
     among the given ``cells`` of the namespace (None: all of it).
 
-    Each cell is one KNN query (a partition each; sqlite-vec answers
-    ``cell IN (...)`` with one query per value anyway) for its ``k`` nearest, merged
-    by distance here: the ``keep`` nearest of them (default ``k``) are returned.
+    The cells are one statement, ``cell IN (...)``: sqlite-vec 0.1.9 answers it with
+    one KNN per cell (a partition each), ``k`` nearest from each, which costs ~0.3 ms
+    less than as many statements over 24 cells of a 100k namespace; a version that
+    returned the ``k`` nearest of them all would give the same result here, where
+    they are merged by distance and the ``keep`` nearest (default ``k``) returned.
     ``widen=False``: no tie widening (below); ties are cut arbitrarily.
 
     When all ``k`` are as far as the first, more entries may tie than came back,
@@ -770,15 +772,22 @@ def candidate_ids(
     if expiring_rows:
         sql += " AND expires_at > ?"
         params.append(float(now))
-    scans: list[tuple[str, list[Any]]] = (
-        [(sql, [])] if cells is None else [(f"{sql} AND cell = ?", [int(c)]) for c in cells]
-    )
-    per_scan = [conn.execute(q, [*params, *extra]).fetchall() for q, extra in scans]
+    if cells is None:
+        found = conn.execute(sql, params).fetchall()
+    elif cells:
+        marks = ",".join("?" * len(cells))
+        found = conn.execute(f"{sql} AND cell IN ({marks})", [*params, *map(int, cells)]).fetchall()
+    else:
+        return []
     keep = k if keep is None else keep
-    rows = sorted((r for found in per_scan for r in found), key=lambda r: float(r[1]))[:keep]
+    rows = sorted(found, key=lambda r: float(r[1]))[:keep]
     if widen and k > 1 and len(rows) == k and rows[0][1] == rows[-1][1]:
+        # One statement per cell here: each must tell whether it hit the cap.
         params[1] = wider = min(MAX_K, TIE_WIDENING * k)
         bound = rows[0][1]
+        scans: list[tuple[str, list[Any]]] = (
+            [(sql, [])] if cells is None else [(f"{sql} AND cell = ?", [int(c)]) for c in cells]
+        )
         per_scan = [
             conn.execute(f"{q} AND distance <= ?", [*params, *extra, bound]).fetchall()
             for q, extra in scans
