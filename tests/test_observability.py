@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fakes import FakeEmbedder
+from vm_steps import vm_steps
 
 from semcache_sqlite import CacheResult, InvalidInputError, SemanticCache
 from semcache_sqlite.db import Database
@@ -129,18 +130,8 @@ def test_stats_of_one_namespace_match_the_overall_ones_and_read_only_it(tmp_path
     measured in SQLite VM steps, which do not depend on the machine."""
 
     def steps_of_stats(cache: SemanticCache, namespace: str) -> tuple[int, dict[str, object]]:
-        steps = [0]
-
-        def count() -> int:
-            steps[0] += 1
-            return 0  # go on
-
-        conn = cache._db.connection()
-        conn.set_progress_handler(count, 10)
-        try:
+        with vm_steps(cache, every=10) as steps:
             figures = cache.stats(namespace)
-        finally:
-            conn.set_progress_handler(None, 0)
         return steps[0], figures
 
     found: dict[int, int] = {}

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from clock import FakeClock
 from fakes import FakeEmbedder
+from vm_steps import vm_steps
 
 from semcache_sqlite import (
     DimensionMismatchError,
@@ -562,18 +563,8 @@ def test_a_promotion_reads_only_the_rows_of_its_namespace(
             for n in range(other_namespaces):
                 cache.store_many(texts[:19], texts[:19], embeddings=vectors[:19], namespace=f"o{n}")
             cache.store_many(texts[:19], texts[:19], embeddings=vectors[:19], namespace="grow")
-            steps = [0]
-
-            def count() -> int:
-                steps[0] += 1
-                return 0  # go on
-
-            conn = cache._db.connection()  # this thread's: the one the store uses
-            conn.set_progress_handler(count, 100)
-            try:
+            with vm_steps(cache) as steps:
                 cache.store(texts[19], vectors[19], texts[19], namespace="grow")
-            finally:
-                conn.set_progress_handler(None, 0)
             assert _rows_per_table(cache, "grow") == (20, 0)
             return steps[0]
 
@@ -600,18 +591,8 @@ def test_clearing_a_small_namespace_does_not_scan_the_others(
                     texts[3:13], texts[3:13], embeddings=vectors[3:13], namespace=f"s{n}"
                 )
             cache.store_many(texts[:3], texts[:3], embeddings=vectors[:3], namespace="gone")
-            steps = [0]
-
-            def count() -> int:
-                steps[0] += 1
-                return 0  # go on
-
-            conn = cache._db.connection()  # this thread's: the one the clear uses
-            conn.set_progress_handler(count, 100)
-            try:
+            with vm_steps(cache) as steps:
                 assert cache.clear("gone") == 3
-            finally:
-                conn.set_progress_handler(None, 0)
             assert _rows_per_table(cache, "gone") == (0, 0)
             assert cache._store.orphan_counts() == (0, 0)
             assert _all_found(cache, big[::50], vectors[3::50], "big")
