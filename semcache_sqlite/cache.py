@@ -691,7 +691,8 @@ class SemanticCache(FallbackMixin, AsyncCacheMixin, StreamingMixin, LifecycleMix
         figures of ``timing.latency_figures`` (mean_hit_latency, mean_miss_latency,
         mean_llm_latency, time_saved_fraction, seconds_saved, llm_calls,
         embed_failures, coalesced); and, overall, ``namespaces`` (the same figures
-        per namespace) plus the file's model facts.
+        per namespace) plus the file's model facts. ``namespace`` is checked like every
+        scope name (a str of at most 1,024 characters, no NUL): InvalidInputError.
         """
         if namespace is not None:
             namespace = check_scope_name(namespace, "namespace", allow_empty=True)

@@ -740,9 +740,11 @@ def candidate_ids(
 
     The cells are one statement, ``cell IN (...)``: sqlite-vec 0.1.9 answers it with
     one KNN per cell (a partition each), ``k`` nearest from each, which costs ~0.3 ms
-    less than as many statements over 24 cells of a 100k namespace; a version that
-    returned the ``k`` nearest of them all would give the same result here, where
-    they are merged by distance and the ``keep`` nearest (default ``k``) returned.
+    less than as many statements over 24 cells of a 100k namespace. They are merged by
+    distance here and the ``keep`` nearest (default ``k``) returned. A ``keep`` above
+    ``k`` (the guards' pass over the other cells) relies on ``k`` rows from each cell:
+    a sqlite-vec that returned the ``k`` nearest of them all would need one statement
+    per cell again (tests/test_vector_index.py checks that it does not).
     ``widen=False``: no tie widening (below); ties are cut arbitrarily.
 
     When all ``k`` are as far as the first, more entries may tie than came back,

@@ -28,6 +28,7 @@ from semcache_sqlite import (
     ReadOnlyError,
     SemanticCache,
 )
+from semcache_sqlite import vector_cells as vector_cells_module
 from semcache_sqlite import vector_index as vector_index_module
 from semcache_sqlite.db import Database
 from semcache_sqlite.migrate import migrate
@@ -705,3 +706,40 @@ def test_a_lookup_reads_one_snapshot_while_another_writer_promotes(
     finally:
         writer.close()
         reader.close()
+
+
+@pytest.mark.parametrize("user", ["", "u1"])
+def test_cells_in_one_statement_give_k_from_each_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user: str
+) -> None:
+    """``candidate_ids`` asks for several cells with one ``cell IN (...)`` statement;
+    the guards' pass over the other cells keeps more than ``k`` of them, so it needs
+    sqlite-vec to answer with ``k`` rows from each cell, as one statement per cell did."""
+    monkeypatch.setattr(vector_cells_module, "CLUSTER_AT", 300)
+    monkeypatch.setattr(vector_cells_module, "CELLS", 8)
+    monkeypatch.setattr(vector_cells_module, "TRAINING_SAMPLE", 200)
+    vectors = _unit_vectors(520, seed=7)
+    texts = [f"question {i}" for i in range(520)]
+    with SemanticCache(tmp_path / "c.db", embedder=FakeEmbedder()) as cache:
+        cache.store_many(texts[:500], texts[:500], embeddings=vectors[:500], namespace="big")
+        cache.store_many(
+            texts[500:], texts[500:], embeddings=vectors[500:], namespace="big", user_id="u1"
+        )
+        conn = cache._db.connection()
+
+        def candidates(vector: Any, cells: list[int], k: int) -> list[int]:
+            found = vector_index_module.candidate_ids(
+                conn, vector, k, 0.0, namespace="big", context_key="", user_id=user,
+                cells=cells, keep=10**6, widen=False,
+            )  # fmt: skip
+            assert found is not None
+            return found
+
+        for vector in vectors[::25]:
+            cells = vector_index_module.lookup_cells(conn, "big", vector, 3)
+            assert cells is not None  # the namespace has cells
+            for some, k in ((cells[0], 16), (cells[1], 4)):
+                together = candidates(vector, some, k)
+                one_by_one = [i for cell in some for i in candidates(vector, [cell], k)]
+                assert sorted(together) == sorted(one_by_one)
+                assert len(together) > k or len(some) == 1
