@@ -41,6 +41,7 @@ from .vector_index import (
     EMBEDDING_TABLE,
     VECTOR_TABLE,
     complete_index,
+    counted_entries,
     delete_vectors,
     has_float_index,
     has_vector_table,
@@ -266,13 +267,13 @@ class LifecycleStore:
         removed = 0
         policy = self._policy(conn, namespace)
         if policy.max_entries is not None:
-            count = self._count(conn, namespace)
+            count = counted_entries(conn, namespace)
             if count > policy.max_entries:
                 excess = count - eviction_target(policy.max_entries)
                 removed += self._evict(conn, excess, policy.eviction, now, written, namespace)
         limit = self.lifecycle.max_entries
         if limit is not None:
-            count = self._count(conn, None)
+            count = counted_entries(conn)
             if count > limit:
                 excess = count - eviction_target(limit)
                 removed += self._evict(conn, excess, self.lifecycle.eviction, now, written)
@@ -280,22 +281,11 @@ class LifecycleStore:
             # Oldest first whatever the policy: rows sit in vec0 chunks in insertion
             # order, and only emptied chunks give their pages back. A soft limit:
             # the entries just written always stay.
-            batch = max(1, math.ceil(self._count(conn, None) * (1 - EVICT_TO)))
+            batch = max(1, math.ceil(counted_entries(conn) * (1 - EVICT_TO)))
             removed += self._evict(conn, batch, "fifo", now, written, spare_written=True)
         if removed:
             self._compact_sparse_chunks(conn, max(COMPACT_MIN_BUDGET, removed // 4))
         return purged + removed
-
-    @staticmethod
-    def _count(conn: Any, namespace: str | None) -> int:
-        if namespace is None:
-            row = conn.execute("SELECT coalesce(sum(entries), 0) FROM entry_counts").fetchone()
-        else:
-            row = conn.execute(
-                "SELECT coalesce(sum(entries), 0) FROM entry_counts WHERE namespace = ?",
-                (namespace,),
-            ).fetchone()
-        return int(row[0])
 
     def _over_max_bytes(self, conn: Any) -> bool:
         """Pages in use above ``max_bytes``, an unfinished re-embed's staged vectors left

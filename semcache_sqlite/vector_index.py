@@ -438,12 +438,12 @@ def _index(conn: Any, rows: Sequence[VectorRow]) -> int:
     centroids = {n: namespace_centroids(conn, n) for n in namespaces}
     large = _large_namespaces(conn, namespaces)
     for namespace in namespaces - large:
-        if _entry_count(conn, namespace) >= PROMOTE_AT:  # the entries are counted already
+        if counted_entries(conn, namespace) >= PROMOTE_AT:  # the entries are counted already
             promote_namespace(conn, namespace, {r.entry_id for r in rows})
             large.add(namespace)
     indexed = _insert_index_rows(conn, rows, centroids, large)
     for namespace, centres in centroids.items():
-        if centres is None and _entry_count(conn, namespace) >= vector_cells.CLUSTER_AT:
+        if centres is None and counted_entries(conn, namespace) >= vector_cells.CLUSTER_AT:
             cluster_namespace(conn, namespace)
     return indexed
 
@@ -534,11 +534,18 @@ def _insert_index_rows(
     return len(rows)
 
 
-def _entry_count(conn: Any, namespace: str) -> int:
-    row = conn.execute(
-        "SELECT entries FROM entry_counts WHERE namespace = ?", (namespace,)
-    ).fetchone()
-    return 0 if row is None else int(row[0])
+def counted_entries(conn: Any, namespace: str | None = None) -> int:
+    """Entries of ``namespace`` (None: of the file) as ``entry_counts`` has them: one
+    lookup instead of count(*), kept by the library's writes (rows written around it,
+    with the sqlite3 shell, are counted again by vacuum)."""
+    if namespace is None:
+        row = conn.execute("SELECT coalesce(sum(entries), 0) FROM entry_counts").fetchone()
+    else:
+        row = conn.execute(
+            "SELECT coalesce(sum(entries), 0) FROM entry_counts WHERE namespace = ?",
+            (namespace,),
+        ).fetchone()
+    return int(row[0])
 
 
 # -- cells (see vector_cells.py) ---------------------------------------------------
@@ -643,14 +650,14 @@ ROWID_DELETE_RATIO = 64
 
 def delete_vectors_where(conn: Any, where: str, params: Sequence[Any]) -> None:
     """Delete the vectors of the entries ``SELECT id FROM entries {where}`` finds."""
-    found = int(conn.execute(f"SELECT count(*) FROM entries {where}", params).fetchone()[0])
-    if not found:
-        return
-    entries = conn.execute("SELECT coalesce(sum(entries), 0) FROM entry_counts").fetchone()[0]
-    if found * ROWID_DELETE_RATIO < int(entries):  # a few in a large file: no scan
-        delete_vectors(
-            conn, [int(r[0]) for r in conn.execute(f"SELECT id FROM entries {where}", params)]
-        )
+    # Rowid by rowid while found * ROWID_DELETE_RATIO < entries, i.e. found < most: asking
+    # for at most `most` ids tells which, and gives the ids, in one statement.
+    most = -(-counted_entries(conn) // ROWID_DELETE_RATIO)
+    ids = [
+        int(r[0]) for r in conn.execute(f"SELECT id FROM entries {where} LIMIT ?", [*params, most])
+    ]
+    if len(ids) < most:  # a few in a large file (or none): no scan
+        delete_vectors(conn, ids)
         return
     sources = [(table, "rowid") for table in index_tables(conn)] + [(EMBEDDING_TABLE, "id")]
     for table, key in sources:
